@@ -1,0 +1,1 @@
+"""The head-office service: enrollment, ingestion, online authorization, settlement batches, exports."""

@@ -1,0 +1,1 @@
+"""The durable SQLite queue (SQLAlchemy + Alembic) and the sync engine that drains it to head office."""
