@@ -35,11 +35,11 @@ def validate_pan(pan: str) -> str:
 
 
 def mask_pan(pan: str, *, bin8: bool = False) -> str:
-    """First 6 (or 8) and last 4 digits, the rest as ``*``. Short PANs show fewer leading digits so
-    that at least a third of the digits stay hidden."""
+    """First 6 (or BIN 8 for PANs of 16+ digits) and last 4 digits, the rest as ``*``.
+    Short PANs show fewer leading digits so that at least 3 digits stay hidden."""
     validate_pan(pan)
     head = 8 if bin8 and len(pan) >= 16 else 6
-    head = min(head, max(0, len(pan) - 4 - len(pan) // 3))
+    head = min(head, len(pan) - 4 - 3)
     return pan[:head] + "*" * (len(pan) - head - 4) + pan[-4:]
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="smartpos", standalone_mode=True)
     except SystemExit:
         raise
-    except Exception as exc:  # noqa: BLE001 - last line of defence for a technician's terminal
+    except Exception as exc:  # last line of defence: a technician never sees a traceback
         from protocol.carddata import redact
 
         click.echo(f"smartpos: error: {redact(str(exc)) or type(exc).__name__}", err=True)

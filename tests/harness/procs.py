@@ -28,7 +28,7 @@ class ProcessGroup:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             list(args),
             stdout=log,
