@@ -2,4 +2,10 @@
 
 pytest_plugins = [
     "tests.harness.procs",
+    "tests.harness.pcsc",
+    "tests.harness.printer",
+    "tests.harness.daemon",
+    "tests.harness.headoffice",
+    "tests.harness.queue",
+    "tests.harness.nfc",
 ]

@@ -1,0 +1,201 @@
+"""The terminal's settings: one pydantic model per TOML section, unknown keys refused.
+
+Defaults are what a fresh terminal runs with; ``config/smartpos.toml`` documents every key.
+The enrollment command writes ``[terminal] id``, ``state_dir`` and ``[headoffice] url``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/smartpos/smartpos.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/smartpos")
+
+PaymentMode = Literal["prefer-online", "require-online", "force-offline"]
+PAYMENT_MODES: tuple[str, ...] = ("prefer-online", "require-online", "force-offline")
+
+
+class _Section(BaseModel):
+    # strict: "8470" or 1 for a bool in a config file is a mistake to report, not to coerce silently
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
+
+
+class TerminalSection(_Section):
+    id: str | None = Field(default=None, min_length=1, max_length=64)
+    state_dir: Path = Field(default=DEFAULT_STATE_DIR, strict=False)
+
+
+class HeadOfficeSection(_Section):
+    url: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")) or len(value) < len("http://x"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiSection(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    # 0 picks a free port (tests, several daemons on one machine); the daemon writes the bound port to its state dir.
+    port: int = Field(default=8470, ge=0, le=65535)
+    token: str | None = Field(default=None, min_length=16)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiSection:
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not loopback, so api.token (16+ characters) is required")
+        return self
+
+
+class ReadersSection(_Section):
+    pcsc: bool = True
+    pcsc_filter: str | None = None
+    # nfcpy device paths, e.g. "usb:072f:2200", "tty:USB0:pn532" or "udp:127.0.0.1:54321" for the simulator
+    nfcpy: list[str] = Field(default_factory=list)
+
+    @field_validator("nfcpy")
+    @classmethod
+    def _nfcpy_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path or (":" not in path and path not in ("usb", "tty")):
+                raise ValueError(f"{path!r} is not an nfcpy device path like 'usb:072f:2200' or 'udp:127.0.0.1:54321'")
+        if len(set(value)) != len(value):
+            raise ValueError("a reader is listed twice")
+        return value
+
+
+class PrinterSection(_Section):
+    # None: no printer; receipts are still rendered and kept for reprint.
+    uri: str | None = None
+    # python-escpos profile name (e.g. "TM-T88V"); unset = the printing driver's default profile
+    profile: str | None = None
+    timeout_s: float = Field(default=3.0, gt=0, le=60)  # deadline to send one receipt
+    status_timeout_s: float = Field(default=0.5, gt=0, le=10)  # a silent printer is "unknown" after this
+    # Overrides of the profile's capabilities
+    columns: int | None = Field(default=None, ge=16, le=96)
+    width_px: int | None = Field(default=None, ge=128, le=2048)
+    native_qr: bool | None = None
+    codepages: list[str] | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _printer_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("tcp://", "usb://", "serial:", "file:")):
+            raise ValueError("must start with tcp://, usb://, serial: or file:")
+        return value
+
+
+class PaymentsSection(_Section):
+    mode: PaymentMode = "prefer-online"
+    # How long prefer-online waits for head office before the offline rules decide.
+    online_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    card_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # Used by `smartpos pay` when no --currency is given.
+    currency: str = "EUR"
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        from protocol.amounts import validate_currency
+        from protocol.errors import ValidationError
+
+        try:
+            return validate_currency(value)
+        except ValidationError as exc:
+            raise ValueError(exc.message) from None
+
+
+class CardDataSection(_Section):
+    pan_mask: Literal["bin6", "bin8"] = "bin6"
+
+
+class SyncSection(_Section):
+    interval_s: float = Field(default=10.0, gt=0, le=86_400)
+    page_size: int = Field(default=500, ge=1, le=5000)
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsSection(_Section):
+    # None: no metrics endpoint. Prometheus text format on http://host:port/metrics.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class Settings(_Section):
+    terminal: TerminalSection = Field(default_factory=TerminalSection)
+    headoffice: HeadOfficeSection = Field(default_factory=HeadOfficeSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    readers: ReadersSection = Field(default_factory=ReadersSection)
+    printer: PrinterSection = Field(default_factory=PrinterSection)
+    payments: PaymentsSection = Field(default_factory=PaymentsSection)
+    # Overrides of the offline risk parameters head office sends (field names of offline_queue.risk.RiskParameters).
+    risk: dict[str, Any] = Field(default_factory=dict)
+    card_data: CardDataSection = Field(default_factory=CardDataSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @field_validator("risk")
+    @classmethod
+    def _risk_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fields = risk_parameter_fields()
+        if fields is None:
+            return value
+        for key in value:
+            if key not in fields:
+                raise ValueError(f"unknown risk parameter {key!r} (known: {', '.join(sorted(fields))})")
+        from pydantic import ValidationError as PydanticValidationError
+
+        from offline_queue.risk import RiskParameters
+
+        try:
+            RiskParameters.model_validate(value)
+        except PydanticValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return value
+
+    @property
+    def state_dir(self) -> Path:
+        return self.terminal.state_dir
+
+    @property
+    def db_path(self) -> Path:
+        return self.terminal.state_dir / "queue.sqlite"
+
+
+def risk_parameter_fields() -> set[str] | None:
+    """Names the offline risk rules accept, or None when the rules module is not part of this build."""
+    try:
+        from offline_queue.risk import RiskParameters
+    except ImportError:
+        return None
+    if hasattr(RiskParameters, "model_fields"):
+        return set(RiskParameters.model_fields)
+    import dataclasses
+
+    if dataclasses.is_dataclass(RiskParameters):
+        return {f.name for f in dataclasses.fields(RiskParameters)}
+    return None

@@ -1,0 +1,135 @@
+"""Typed results of a card read: EMV payment card/phone, UID-only card, NFC Forum NDEF tag.
+
+Each result says which reader saw it and when (``time.monotonic()``), and has ``to_public_dict()``: the JSON-safe
+view for displays, APIs and logs. Secrets (PAN, expiry, track 2) are ``repr=False`` and never in the public view;
+they live in memory only until the queue seals them for head office.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SCHEMES = ("visa", "mastercard", "amex", "discover", "jcb", "unionpay", "other")
+
+
+class _RenderedOnRead:
+    """A str attribute that may be given as a zero-argument callable and is rendered on first read.
+
+    The diagnostic TLV dump is rarely looked at but costs about a fifth of a whole read's CPU time to render and
+    redact, so the EMV flow hands over a renderer instead of the text. Readers of the attribute always get a str.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> str:
+        if obj is None:
+            return ""  # the dataclass default
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = value()
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj: object, value: str | Callable[[], str]) -> None:
+        # Left out of the constructor, dataclasses passes the default (this descriptor itself): the empty text.
+        obj.__dict__[self.slot] = "" if isinstance(value, _RenderedOnRead) else value
+
+
+@dataclass(frozen=True)
+class EmvCardRead:
+    reader: str
+    detected_at: float
+    read_at: float
+    scheme: str
+    masked_pan: str
+    pan_last4: str
+    aid: str
+    label: str
+    preferred_name: str | None
+    track2_present: bool
+    atc: int | None
+    cryptogram: dict[str, str]
+    wallet: bool
+    redacted_tlv: str = field(default=_RenderedOnRead(), repr=False, compare=False)  # type: ignore[assignment]
+    pan: str = field(repr=False, default="")
+    expiry: str = field(repr=False, default="")  # YYMM
+    track2: str | None = field(repr=False, default=None)
+    entry_mode: str = "contactless"
+    kind: Literal["emv"] = "emv"
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reader": self.reader,
+            "scheme": self.scheme,
+            "masked_pan": self.masked_pan,
+            "pan_last4": self.pan_last4,
+            "aid": self.aid,
+            "label": self.label,
+            "preferred_name": self.preferred_name,
+            "track2_present": self.track2_present,
+            "atc": self.atc,
+            "wallet": self.wallet,
+            "entry_mode": self.entry_mode,
+            "read_ms": round((self.read_at - self.detected_at) * 1000, 3),
+        }
+
+
+@dataclass(frozen=True)
+class UidCardRead:
+    reader: str
+    detected_at: float
+    read_at: float
+    uid: str  # hex upper
+    atr: str | None = None
+    entry_mode: str = "card_uid"
+    kind: Literal["uid"] = "uid"
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reader": self.reader,
+            "uid": self.uid,
+            "atr": self.atr,
+            "entry_mode": self.entry_mode,
+            "read_ms": round((self.read_at - self.detected_at) * 1000, 3),
+        }
+
+
+@dataclass(frozen=True)
+class NdefRecord:
+    type: Literal["text", "uri", "mime", "other"]
+    value: str
+    lang: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value, "lang": self.lang}
+
+
+@dataclass(frozen=True)
+class NdefRead:
+    reader: str
+    detected_at: float
+    read_at: float
+    tag_type: str
+    uid: str
+    records: list[NdefRecord]
+    entry_mode: str = "nfc_tag"
+    kind: Literal["ndef"] = "ndef"
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reader": self.reader,
+            "tag_type": self.tag_type,
+            "uid": self.uid,
+            "records": [r.to_dict() for r in self.records],
+            "entry_mode": self.entry_mode,
+            "read_ms": round((self.read_at - self.detected_at) * 1000, 3),
+        }
+
+
+CardRead = EmvCardRead | UidCardRead | NdefRead

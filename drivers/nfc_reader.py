@@ -1,0 +1,415 @@
+"""nfcpy reader stack: an ISO-DEP APDU transport and a ``CardReader`` over one nfcpy device.
+
+=================  =========  ===========================================================================
+what               support    how
+=================  =========  ===========================================================================
+ISO-DEP (4A / 4B)  yes        EMV contactless read (``drivers.emv.read_card``) over ``tag.transceive``
+Type 4 NDEF        yes        when no payment application answers: NDEF via nfcpy, records via ndeflib
+Type 2 / 3 NDEF    yes        ``tag.ndef`` (nfcpy), records via ndeflib
+Type 1             yes        NDEF when present, else UID
+no NDEF, no EMV    UID        ``UidCardRead`` with the tag's identifier
+devices            all        nfcpy paths: ``usb[:vid:pid]``, ``tty:USB0:pn532``, ``udp:HOST:PORT`` (simulation)
+=================  =========  ===========================================================================
+
+One reader belongs to one stack: a reader claimed by pcscd cannot be opened here (reported as
+``reader_unavailable`` with the reason), and one path is opened by at most one ``NfcpyReader`` per process.
+
+Waiting: nfcpy's ``sense()`` blocks for a whole poll of one technology (about 1 s per technology on the ``udp``
+driver when nothing answers), so the device is driven by one worker thread and ``wait_for_card`` only waits for
+that worker's answer. Cancel and timeout are therefore honoured within ~20 ms; a sense in flight finishes in the
+background and a card it finds for a wait that has already given up is released unread (a stale tap must never
+pay for the next sale).
+
+Logging: ``import nfc`` sets the ``nfc`` logger to INFO, and nfcpy logs every frame (card data included) at DEBUG
+and an expected card removal as warnings/errors. This module owns that outcome reporting (typed errors, no card
+data), so on first import the ``nfc`` logger is set to CRITICAL; lower it afterwards to debug a reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.cardread import CardRead, NdefRead, UidCardRead
+from drivers.emv import TerminalData, read_card
+from drivers.errors import (
+    CardDataError,
+    CardError,
+    CardRemovedError,
+    NoApplicationError,
+    ReaderUnavailableError,
+    ReadTimeout,
+)
+from drivers.ndef import decode_records
+from drivers.transport import RApdu, split_response
+
+log = logging.getLogger(__name__)
+
+PATH_PREFIXES = ("usb", "tty:", "com:", "udp")
+
+# 106A first: phones and most payment cards answer it; then FeliCa (Type 3), then Type B.
+DEFAULT_TECHNOLOGIES: tuple[str, ...] = ("106A", "212F", "106B")
+
+_nfc_lock = threading.Lock()
+_nfc_module: Any = None
+
+
+def import_nfc() -> Any:
+    """Import nfcpy (lazily: it costs ~0.2 s) and quiet its logger once; see the module docstring."""
+    global _nfc_module
+    with _nfc_lock:
+        if _nfc_module is None:
+            import nfc
+            import nfc.clf
+            import nfc.tag
+            import nfc.tag.tt3
+            import nfc.tag.tt4
+
+            logging.getLogger("nfc").setLevel(logging.CRITICAL)
+            _nfc_module = nfc
+        return _nfc_module
+
+
+def is_nfcpy_path(text: str) -> bool:
+    """True if ``text`` names an nfcpy device (``usb...``, ``tty:...``, ``com:...``, ``udp...``)."""
+    return text.startswith(PATH_PREFIXES)
+
+
+class NfcpyTransport:
+    """``ApduTransport`` over an activated ISO-DEP tag (``nfc.tag.tt4.Type4Tag``): one APDU per ``transceive``."""
+
+    def __init__(self, tag: Any) -> None:
+        self.tag = tag
+
+    def transmit(self, apdu: bytes) -> RApdu:
+        nfc = import_nfc()
+        try:
+            raw = self.tag.transceive(bytearray(apdu))
+        except nfc.tag.tt4.Type4TagCommandError as exc:
+            if exc.errno == nfc.tag.PROTOCOL_ERROR:
+                raise CardDataError("card broke the ISO-DEP block protocol") from exc
+            raise CardRemovedError("card left the field during the read") from exc
+        except nfc.clf.CommunicationError as exc:  # BrokenLinkError (field off), timeouts, transmission errors
+            raise CardRemovedError("card left the field during the read") from exc
+        except OSError as exc:
+            raise ReaderUnavailableError("nfc reader failed during the read") from exc
+        if not raw:
+            raise CardRemovedError("card left the field during the read")
+        return split_response(bytes(raw))
+
+
+@dataclass
+class _Wait:
+    """One ``wait_for_card`` call as the worker sees it."""
+
+    td: TerminalData
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: CardRead | None = None
+    error: CardError | None = None
+
+    def finish(self, result: CardRead | None = None, error: CardError | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class NfcpyReader:
+    """``CardReader`` over one nfcpy device (see the module docstring for what it reads)."""
+
+    _claimed: set[str] = set()  # paths opened in this process: one reader, one owner
+    _claim_lock = threading.Lock()
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        technologies: Sequence[str] = DEFAULT_TECHNOLOGIES,
+        supported_aids: Sequence[str] | None = None,
+        reopen_s: float = 1.0,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        if not isinstance(path, str) or not is_nfcpy_path(path):
+            raise ValueError(f"not an nfcpy reader path: {path!r} (usb[:VID:PID], tty:PORT:DRIVER, udp:HOST:PORT)")
+        key = path.lower()
+        with NfcpyReader._claim_lock:
+            if key in NfcpyReader._claimed:
+                raise ReaderUnavailableError(f"nfc reader {path} is already in use by another reader in this process")
+            NfcpyReader._claimed.add(key)
+        self._key = key
+        self.path = path
+        self.name = name or f"nfcpy:{path}"
+        self.technologies = list(technologies)
+        self.supported_aids = list(supported_aids) if supported_aids is not None else None
+        self.reopen_s = reopen_s
+        self.poll_interval_s = poll_interval_s
+        self._waits: queue.Queue[_Wait] = queue.Queue()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clf: Any = None
+        self._next_open = 0.0
+        self._state_lock = threading.Lock()
+        self._state = "absent"
+        self._detail = "not opened yet"
+        self._opened = threading.Event()
+
+    # -- CardReader --------------------------------------------------------------------------------------------
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
+        """Wait for the next tap and read it. ``ReadTimeout`` (``timeout`` / ``cancelled``) or another
+        ``CardError`` subclass; never another exception type."""
+        if self._closing.is_set():
+            raise ReaderUnavailableError(f"nfc reader {self.path} is closed")
+        self.start()
+        wait = _Wait(td)
+        self._waits.put(wait)
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            while not wait.done.wait(0.02):
+                if cancel is not None and cancel.is_set():
+                    raise ReadTimeout("card read cancelled", code="cancelled")
+                if time.monotonic() >= deadline:
+                    raise ReadTimeout(f"no card presented within {timeout:g} s")
+                if self._closing.is_set():
+                    raise ReaderUnavailableError(f"nfc reader {self.path} was closed")
+        finally:
+            if not wait.done.is_set():
+                wait.abandoned.set()
+        if wait.error is not None:
+            raise wait.error
+        if wait.result is None:  # cannot happen: the worker always sets one of the two
+            raise ReaderUnavailableError("nfc reader finished a read without a result")
+        return wait.result
+
+    def status(self) -> dict:
+        self.start()
+        with self._state_lock:
+            return {"name": self.name, "stack": "nfcpy", "state": self._state, "detail": self._detail}
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(3.0)
+        with NfcpyReader._claim_lock:
+            NfcpyReader._claimed.discard(self._key)
+
+    def __enter__(self) -> NfcpyReader:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> NfcpyReader:
+        """Start the worker that owns the device (opens it, retries while it is missing)."""
+        if (self._thread is None or not self._thread.is_alive()) and not self._closing.is_set():
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-worker", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the device has been opened at least once (``False``: still not, see ``status()``)."""
+        self.start()
+        return self._opened.wait(timeout)
+
+    def _set_state(self, state: str, detail: str) -> None:
+        with self._state_lock:
+            if (state, detail) != (self._state, self._detail) and state == "error":
+                log.warning("nfc reader %s: %s", self.path, detail)
+            self._state, self._detail = state, detail
+
+    def _run(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._ensure_open()
+                try:
+                    wait = self._waits.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if wait.abandoned.is_set():
+                    continue
+                try:
+                    self._serve(wait)
+                except Exception as exc:  # the worker must outlive any surprise from a driver
+                    log.exception("nfc reader %s: unexpected error", self.path)
+                    self._device_failed(f"unexpected reader error: {type(exc).__name__}")
+                    if not wait.done.is_set():
+                        wait.finish(error=ReaderUnavailableError("unexpected nfc reader error"))
+        finally:
+            self._close_device()
+            with self._state_lock:
+                self._state, self._detail = "absent", "closed"
+
+    def _ensure_open(self) -> Any:
+        if self._clf is not None:
+            return self._clf
+        if time.monotonic() < self._next_open:
+            return None
+        self._next_open = time.monotonic() + self.reopen_s
+        nfc = import_nfc()
+        clf = nfc.ContactlessFrontend()
+        try:
+            found = clf.open(self.path)
+        except OSError as exc:
+            self._set_state("error", _open_error(self.path, exc))
+            return None
+        except Exception as exc:  # malformed path pieces raise assorted errors inside nfcpy
+            self._set_state("error", f"cannot open {self.path}: {type(exc).__name__}")
+            return None
+        if not found:
+            self._set_state("error", f"no nfc reader found at {self.path}")
+            return None
+        self._clf = clf
+        self._set_state("ready", f"{clf.device}" if clf.device is not None else self.path)
+        self._opened.set()
+        return clf
+
+    def _device_failed(self, detail: str) -> None:
+        self._close_device()
+        self._set_state("error", detail)
+
+    def _close_device(self) -> None:
+        clf, self._clf = self._clf, None
+        if clf is not None:
+            with contextlib.suppress(Exception):
+                clf.close()
+
+    # -- one wait ----------------------------------------------------------------------------------------------
+    def _serve(self, wait: _Wait) -> None:
+        while not (wait.abandoned.is_set() or self._closing.is_set()):
+            clf = self._ensure_open()
+            if clf is None:
+                wait.abandoned.wait(min(self.reopen_s, 0.2))
+                continue
+            for tech in list(self.technologies):
+                if wait.abandoned.is_set() or self._closing.is_set():
+                    return
+                target = self._sense(clf, tech)
+                if self._clf is None:
+                    break  # the device failed during sense
+                if target is None:
+                    continue
+                detected_at = time.monotonic()
+                if wait.abandoned.is_set():
+                    self._release(clf, None)
+                    return
+                if self._read(clf, target, wait, detected_at):
+                    return
+            wait.abandoned.wait(self.poll_interval_s)
+
+    def _sense(self, clf: Any, tech: str) -> Any:
+        nfc = import_nfc()
+        try:
+            return clf.sense(nfc.clf.RemoteTarget(tech))
+        except nfc.clf.UnsupportedTargetError:
+            log.info("nfc reader %s does not poll %s; skipping it", self.path, tech)
+            self.technologies.remove(tech)
+            if not self.technologies:
+                self._device_failed("the reader supports none of the configured technologies")
+        except nfc.clf.CommunicationError:
+            pass
+        except OSError as exc:
+            self._device_failed(f"nfc reader {self.path} failed: {exc.strerror or exc}")
+        return None
+
+    def _read(self, clf: Any, target: Any, wait: _Wait, detected_at: float) -> bool:
+        """Activate and read ``target``; ``False`` if it left during activation (not a tap, keep polling)."""
+        nfc = import_nfc()
+        tag = None
+        with self._state_lock:
+            self._state = "card_present"
+        try:
+            try:
+                tag = nfc.tag.activate(clf, target)
+            except OSError as exc:
+                raise ReaderUnavailableError("nfc reader failed during activation") from exc
+            except Exception as exc:  # nfcpy indexes activation answers without checking their length
+                raise CardDataError("card answered the activation with malformed data") from exc
+            if tag is None:
+                return False
+            result = self._read_tag(tag, wait.td, detected_at)
+        except CardError as exc:
+            log.info("nfc read on %s failed: %s", self.path, exc.code)
+            wait.finish(error=exc)
+            if isinstance(exc, ReaderUnavailableError):
+                self._device_failed(exc.message)
+            return True
+        finally:
+            self._release(clf, tag)
+            with self._state_lock:
+                if self._state == "card_present":
+                    self._state = "ready"
+        wait.finish(result)
+        return True
+
+    def _read_tag(self, tag: Any, td: TerminalData, detected_at: float) -> CardRead:
+        nfc = import_nfc()
+        uid = bytes(tag.identifier).hex().upper()
+        if isinstance(tag, nfc.tag.tt4.Type4Tag):
+            try:
+                return read_card(
+                    NfcpyTransport(tag), td, reader=self.name, supported_aids=self.supported_aids,
+                    detected_at=detected_at,
+                )  # fmt: skip
+            except NoApplicationError:
+                pass  # not a payment card/phone: an NDEF tag, or a card known by its UID
+        octets = self._ndef_octets(tag)
+        if octets is not None:
+            return NdefRead(
+                reader=self.name, detected_at=detected_at, read_at=time.monotonic(), tag_type=str(tag.type),
+                uid=uid, records=decode_records(octets),
+            )  # fmt: skip
+        return UidCardRead(reader=self.name, detected_at=detected_at, read_at=time.monotonic(), uid=uid)
+
+    @staticmethod
+    def _ndef_octets(tag: Any) -> bytes | None:
+        """The tag's NDEF message bytes, ``None`` if it has no (readable) NDEF. A tag that vanished meanwhile
+        raises ``CardRemovedError`` (nfcpy reports both cases as "no NDEF")."""
+        nfc = import_nfc()
+        try:
+            ndef = tag.ndef
+            octets = ndef.octets if ndef is not None and ndef.is_readable else None
+        except (nfc.tag.TagCommandError, nfc.clf.CommunicationError):
+            ndef = octets = None
+        except OSError as exc:
+            raise ReaderUnavailableError("nfc reader failed during the read") from exc
+        if octets is not None:
+            return octets
+        try:
+            present = tag.is_present
+        except Exception:
+            present = False
+        if not present:
+            raise CardRemovedError("tag left the field during the read")
+        return None
+
+    def _release(self, clf: Any, tag: Any) -> None:
+        """End the activation: S(DESELECT) for ISO-DEP, then field off, so the card knows the tap is over."""
+        nfc = import_nfc()
+        if tag is not None and isinstance(tag, nfc.tag.tt4.Type4Tag):
+            with contextlib.suppress(Exception):
+                clf.exchange(bytearray(b"\xc2"), 0.02)
+        with contextlib.suppress(Exception), clf.lock:
+            if clf.device is not None:
+                clf.device.mute()
+
+
+def _open_error(path: str, exc: OSError) -> str:
+    if exc.errno == errno.EBUSY:
+        return f"{path} is busy: claimed by another process or by pcscd (one reader belongs to one stack)"
+    if exc.errno == errno.EACCES:
+        return f"no permission to open {path} (install the udev rule or run as a member of the reader's group)"
+    if exc.errno == errno.ENODEV:
+        return f"no nfc reader found at {path}"
+    return f"cannot open {path}: {exc.strerror or exc}"
+
+
+def open_reader(path: str, **options: Any) -> NfcpyReader:
+    """An ``NfcpyReader`` for ``path`` (e.g. ``udp:127.0.0.1:54321``) with its worker started (for the CLI)."""
+    return NfcpyReader(path, **options).start()

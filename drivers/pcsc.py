@@ -1,0 +1,471 @@
+"""PC/SC readers through pcscd (pyscard's low-level ``smartcard.scard`` API).
+
+=========================  ==================================================================================
+supports                   notes
+=========================  ==================================================================================
+EMV contactless cards      full read via ``drivers.emv`` (T=0 and T=1; 61xx/6Cxx resolved in the transport)
+phones (HCE wallets)       same EMV flow
+UID-only cards             PC/SC GET DATA ``FF CA 00 00 00`` when the card has no payment application
+reader hotplug             ``\\\\?PnP?\\Notification`` pseudo-reader; the reader list is re-read on each change
+pcscd restart / absence    the monitor re-establishes its context with backoff; state ``error`` meanwhile
+=========================  ==================================================================================
+
+A monitor thread of our own loops on ``SCardGetStatusChange`` (pyscard's ``CardMonitor`` is a process-wide
+singleton that re-reports present cards and dies after a pcscd restart). It records card insertions with the
+``time.monotonic()`` at which they were seen and, when a ``wait_for_card`` is waiting, reads the card itself right
+away (no thread hand-off, and no status wait of ours running against pcscd during the read). Nothing here raises
+anything but ``CardError`` subclasses to callers, and the monitor thread never dies on an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.cardread import CardRead, UidCardRead
+from drivers.emv import TerminalData, read_card
+from drivers.errors import (
+    CardDataError,
+    CardError,
+    CardRemovedError,
+    NoApplicationError,
+    ReaderUnavailableError,
+    ReadTimeout,
+)
+from drivers.transport import RApdu, split_response
+
+log = logging.getLogger(__name__)
+
+PNP_READER = "\\\\?PnP?\\Notification"
+GET_UID = bytes.fromhex("FFCA000000")
+# PC/SC part 3 ATR historical bytes of a storage card (MIFARE, FeliCa...): RID A000000306. No EMV to try.
+_STORAGE_CARD_RID = bytes.fromhex("A000000306")
+
+
+def _u32(hr: int) -> int:
+    return hr & 0xFFFFFFFF
+
+
+_REMOVED = {0x80100069, 0x8010000C, 0x80100016, 0x80100067, 0x80100068, 0x80100066, 0x8010002F}
+_SERVICE_GONE = {0x8010001D, 0x8010001E, 0x80100003, 0x80100009, 0x80100017, 0x8010002E, 0x80100013}
+_TIMEOUT = 0x8010000A
+_CANCELLED = 0x80100002
+
+
+def _scard() -> Any:
+    # Imported lazily: pyscard loads libpcsclite, which nothing should do at import time of this module.
+    from smartcard import scard
+
+    return scard
+
+
+class _GoneBeforeConnect(CardRemovedError):
+    pass
+
+
+class PcscTransport:
+    """``ApduTransport`` over one connected PC/SC card handle."""
+
+    def __init__(self, handle: int, protocol: int) -> None:
+        sc = _scard()
+        self._sc = sc
+        self._handle = handle
+        self._pci = sc.SCARD_PCI_T0 if protocol == sc.SCARD_PROTOCOL_T0 else sc.SCARD_PCI_T1
+        self.protocol = "T=0" if protocol == sc.SCARD_PROTOCOL_T0 else "T=1"
+
+    def transmit(self, apdu: bytes) -> RApdu:
+        hr, resp = self._sc.SCardTransmit(self._handle, self._pci, list(apdu))
+        if hr != 0:
+            raise _error_for(hr, "transmit")
+        if len(resp) < 2:
+            # No status word at all: the card left the field mid-exchange (or the reader lost it).
+            raise CardRemovedError("card stopped answering during the read")
+        return split_response(bytes(resp))
+
+
+def _error_for(hr: int, what: str) -> CardError:
+    code = _u32(hr)
+    if code in _REMOVED:
+        return CardRemovedError(f"card removed during {what}")
+    if code in _SERVICE_GONE:
+        return ReaderUnavailableError(f"reader or pcscd unavailable during {what} (0x{code:08X})")
+    return ReaderUnavailableError(f"PC/SC error during {what} (0x{code:08X})")
+
+
+@dataclass
+class _ReaderState:
+    name: str
+    state: str = "unknown"  # until the first status: "empty" | "card_present" | "mute" | "unavailable"
+    atr: bytes = b""
+    insertion: int = 0  # counter of insertions seen on this reader
+    detected_at: float = 0.0
+    read_insertion: int = 0  # last insertion that a wait_for_card took
+    events: int = -1  # pcsc-lite's card event counter (upper 16 bits of the event state)
+    connect_retries: int = 0  # connects of the current insertion that found no card (see _serve_waiter)
+
+
+@dataclass
+class _Waiter:
+    td: TerminalData
+    done: threading.Event = field(default_factory=threading.Event)
+    result: CardRead | None = None
+    error: CardError | None = None
+
+
+class PcscReaders:
+    """All PC/SC readers whose name contains ``reader_filter`` (case-insensitive), as one ``CardReader``."""
+
+    def __init__(
+        self,
+        reader_filter: str | None = None,
+        *,
+        poll_ms: int = 500,
+        on_change: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.reader_filter = reader_filter
+        self.name = f"pcsc:{reader_filter}" if reader_filter else "pcsc"
+        self._poll_ms = poll_ms
+        self._on_change = on_change
+        self._cond = threading.Condition()
+        self._readers: dict[str, _ReaderState] = {}
+        self._service_ok = False
+        self._detail = "starting"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._monitor_ctx: int | None = None
+        self._read_ctx: int | None = None
+        self._waiter: _Waiter | None = None
+        self.restarts = 0  # how many times the monitor re-established its context (pcscd restarts seen)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> PcscReaders:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._monitor, name=f"{self.name}-monitor", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        ctx = self._monitor_ctx
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                _scard().SCardCancel(ctx)
+        if self._thread is not None:
+            self._thread.join(5)
+        self._release_read_ctx()
+
+    def __enter__(self) -> PcscReaders:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        if self._thread is None:
+            self.start()
+        with self._cond:
+            readers = [{"name": r.name, "state": r.state, "atr": r.atr.hex().upper() or None}
+                       for r in self._readers.values()]  # fmt: skip
+            if not self._service_ok:
+                state = "error"
+            elif not readers:
+                state = "absent"
+            elif any(r["state"] == "card_present" for r in readers):
+                state = "card_present"
+            else:
+                state = "ready"
+            return {"name": self.name, "stack": "pcsc", "state": state, "detail": self._detail, "readers": readers}
+
+    def reader_names(self) -> list[str]:
+        with self._cond:
+            return list(self._readers)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until pcscd is reachable, at least one matching reader exists and its state is known."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (
+                self._service_ok and self._readers and all(r.state != "unknown" for r in self._readers.values())
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _matches(self, name: str) -> bool:
+        return self.reader_filter is None or self.reader_filter.lower() in name.lower()
+
+    def _notify(self) -> None:
+        self._cond.notify_all()
+        if self._on_change is not None:
+            try:
+                self._on_change(self.status())
+            except Exception:  # a listener's bug must not stop the monitor
+                log.exception("reader state listener failed")
+
+    # -- monitor thread ----------------------------------------------------------------------------------------
+    def _monitor(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._monitor_session()
+                backoff = 0.1
+            except Exception as exc:  # never let the thread die: report, back off, retry
+                # One warning per outage; the retries while pcscd stays away are only debug noise.
+                log.log(logging.WARNING if self._service_ok or self._detail == "starting" else logging.DEBUG,
+                        "PC/SC monitor: %s", exc)  # fmt: skip
+                with self._cond:
+                    self._service_ok = False
+                    self._detail = str(exc)
+                    for r in self._readers.values():
+                        r.state = "unavailable"
+                    self._notify()
+            finally:
+                ctx, self._monitor_ctx = self._monitor_ctx, None
+                if ctx is not None:
+                    with contextlib.suppress(Exception):
+                        _scard().SCardReleaseContext(ctx)
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, 2.0)
+
+    def _monitor_session(self) -> None:
+        sc = _scard()
+        hr, ctx = sc.SCardEstablishContext(sc.SCARD_SCOPE_USER)
+        if hr != 0:
+            raise ReaderUnavailableError(f"pcscd not reachable (0x{_u32(hr):08X})")
+        self._monitor_ctx = ctx
+        if self._stop.is_set():
+            return
+        with self._cond:
+            if not self._service_ok and self._detail != "starting":
+                self.restarts += 1
+            self._service_ok = True
+            self._detail = "pcscd connected"
+            self._notify()
+        while not self._stop.is_set():
+            names = self._list_readers(ctx)
+            states = [(n, sc.SCARD_STATE_UNAWARE) for n in names]
+            states.append((PNP_READER, sc.SCARD_STATE_UNAWARE))
+            pnp_changed = False
+            while not self._stop.is_set() and not pnp_changed:
+                retry_soon = self._serve_waiter()
+                hr, new_states = sc.SCardGetStatusChange(ctx, 50 if retry_soon else self._poll_ms, states)
+                code = _u32(hr)
+                if code == _TIMEOUT:
+                    continue
+                if code == _CANCELLED:
+                    if self._stop.is_set():
+                        return
+                    continue  # woken up because a waiter arrived
+                if hr != 0:
+                    log.debug("status wait failed: 0x%08X", code)
+                    raise _error_for(hr, "status wait")
+                states = []
+                for name, event_state, atr in new_states:
+                    if name == PNP_READER:
+                        if event_state & sc.SCARD_STATE_CHANGED:
+                            pnp_changed = True
+                    else:
+                        self._update(name, event_state, bytes(atr))
+                    states.append((name, event_state & ~sc.SCARD_STATE_CHANGED))
+
+    def _list_readers(self, ctx: int) -> list[str]:
+        sc = _scard()
+        hr, names = sc.SCardListReaders(ctx, [])
+        if _u32(hr) == 0x8010002E:  # no readers
+            names = []
+        elif hr != 0:
+            raise _error_for(hr, "reader listing")
+        names = [n for n in names if self._matches(n)]
+        with self._cond:
+            for gone in set(self._readers) - set(names):
+                del self._readers[gone]
+            for name in names:
+                self._readers.setdefault(name, _ReaderState(name))
+            self._detail = f"{len(names)} reader(s)"
+            self._notify()
+        return names
+
+    def _update(self, name: str, event_state: int, atr: bytes) -> None:
+        sc = _scard()
+        now = time.monotonic()
+        with self._cond:
+            r = self._readers.get(name)
+            if r is None:
+                return
+            if event_state & (sc.SCARD_STATE_UNAVAILABLE | sc.SCARD_STATE_IGNORE):
+                new = "unavailable"
+            elif event_state & sc.SCARD_STATE_MUTE:
+                new = "mute"
+            elif event_state & sc.SCARD_STATE_PRESENT:
+                new = "card_present"
+            else:
+                new = "empty"
+            # pcsc-lite counts card events in the upper 16 bits: a remove+insert between two polls still counts.
+            events = event_state >> 16
+            replaced = r.events >= 0 and events != r.events
+            if new == "card_present" and (r.state != "card_present" or atr != r.atr or replaced):
+                r.insertion += 1
+                r.detected_at = now
+                r.connect_retries = 0
+            r.events = events
+            changed = new != r.state or atr != r.atr
+            r.state, r.atr = new, atr
+            if changed:
+                self._notify()
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def _read_context(self) -> int:
+        if self._read_ctx is None:
+            sc = _scard()
+            hr, ctx = sc.SCardEstablishContext(sc.SCARD_SCOPE_USER)
+            if hr != 0:
+                raise ReaderUnavailableError(f"pcscd not reachable (0x{_u32(hr):08X})")
+            self._read_ctx = ctx
+        return self._read_ctx
+
+    def _release_read_ctx(self) -> None:
+        ctx, self._read_ctx = self._read_ctx, None
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                _scard().SCardReleaseContext(ctx)
+
+    def _serve_waiter(self) -> bool:
+        """In the monitor thread: read the next unread card for the registered waiter, if both exist.
+
+        Reading here rather than in the waiting thread saves a thread hand-off and keeps our own status wait from
+        running against pcscd in parallel with the read. Returns True when a connect found no card although
+        pcscd still says one is present (state lags its ~400 ms poll, or a card was swapped between two polls):
+        the monitor then retries after 50 ms instead of its normal poll.
+        """
+        with self._cond:
+            waiter = self._waiter
+            if waiter is None or waiter.done.is_set():
+                return False
+            reader = next(
+                (r for r in self._readers.values() if r.state == "card_present" and r.insertion > r.read_insertion),
+                None,
+            )
+            if reader is None:
+                return False
+            reader.read_insertion = reader.insertion
+            name, detected_at, atr = reader.name, reader.detected_at, reader.atr
+        try:
+            waiter.result = self.read_present(name, waiter.td, detected_at=detected_at, atr=atr, connect=True)
+        except _GoneBeforeConnect:
+            with self._cond:
+                reader.connect_retries += 1
+                if reader.connect_retries <= 20:  # ~1 s of retries, then wait for a new insertion
+                    reader.read_insertion = reader.insertion - 1
+                    return True
+            log.debug("card on %s left before it could be read", name)
+            return False
+        except CardError as exc:
+            waiter.error = exc
+        except Exception as exc:  # pyscard/SWIG surprises become a typed failure, never a dead monitor
+            log.exception("unexpected error while reading a card")
+            waiter.error = ReaderUnavailableError("unexpected reader error")
+            del exc
+        waiter.done.set()
+        return False
+
+    def _wake_monitor(self) -> None:
+        ctx = self._monitor_ctx
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                _scard().SCardCancel(ctx)
+
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
+        """Wait for the next card on any matching reader and read it (EMV, else UID). One waiter at a time.
+
+        A card that was already present and not read yet (tapped just before the wait) is read; a card that was
+        read before is not read again until it is removed and presented again.
+        """
+        cancel = cancel or threading.Event()
+        self.start()
+        waiter = _Waiter(td)
+        with self._cond:
+            if self._waiter is not None and not self._waiter.done.is_set():
+                raise ReaderUnavailableError("another read is already waiting on this reader")
+            self._waiter = waiter
+        try:
+            with contextlib.suppress(CardError):
+                self._read_context()  # ready before the tap, so it is not part of the read time
+            self._wake_monitor()
+            deadline = time.monotonic() + timeout
+            while not waiter.done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                if cancel.is_set():
+                    raise ReadTimeout("card read cancelled", code="cancelled")
+                if time.monotonic() >= deadline:
+                    raise ReadTimeout(f"no card presented within {timeout:g} s")
+        finally:
+            with self._cond:
+                waiter.done.set()  # a read finishing after we gave up is dropped, not handed to the next waiter
+                if self._waiter is waiter:
+                    self._waiter = None
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.result is None:  # done without a result: only when we gave up above, which raised already
+            raise ReaderUnavailableError("card read ended without a result")
+        return waiter.result
+
+    def read_present(
+        self, reader: str, td: TerminalData, *, detected_at: float, atr: bytes = b"", connect: bool = False
+    ) -> CardRead:
+        """Connect to the card now in ``reader`` and read it, in the calling thread. (``connect=True``: a card
+        already gone at connect raises ``_GoneBeforeConnect`` for the monitor to retry or skip.)"""
+        sc = _scard()
+        for attempt in (1, 2):
+            ctx = self._read_context()
+            hr, handle, protocol = sc.SCardConnect(
+                ctx, reader, sc.SCARD_SHARE_SHARED, sc.SCARD_PROTOCOL_T0 | sc.SCARD_PROTOCOL_T1
+            )
+            if hr == 0:
+                break
+            err = _error_for(hr, "connect")
+            if isinstance(err, CardRemovedError) and connect:
+                raise _GoneBeforeConnect(err.message)
+            if not isinstance(err, ReaderUnavailableError):
+                raise err
+            # The cached context may belong to a pcscd that has restarted since: retry once with a fresh one.
+            self._release_read_ctx()
+            if attempt == 2:
+                raise err
+        try:
+            transport = PcscTransport(handle, protocol)
+            return self._read(transport, reader, td, detected_at, atr)
+        finally:
+            with contextlib.suppress(Exception):
+                sc.SCardDisconnect(handle, sc.SCARD_UNPOWER_CARD)
+
+    def _read(
+        self, transport: PcscTransport, reader: str, td: TerminalData, detected_at: float, atr: bytes
+    ) -> CardRead:
+        if _STORAGE_CARD_RID not in atr:
+            try:
+                return read_card(transport, td, reader=reader, detected_at=detected_at)
+            except NoApplicationError:
+                pass
+        resp = transport.transmit(GET_UID)
+        if resp.sw != 0x9000 or not 4 <= len(resp.data) <= 10:
+            raise NoApplicationError("card has no payment application and no readable UID")
+        return UidCardRead(
+            reader=reader,
+            detected_at=detected_at,
+            read_at=time.monotonic(),
+            uid=resp.data.hex().upper(),
+            atr=atr.hex().upper() or None,
+        )
+
+
+__all__ = ["CardDataError", "PcscReaders", "PcscTransport"]

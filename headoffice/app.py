@@ -1,0 +1,284 @@
+"""The head-office HTTP API (FastAPI). OpenAPI at ``/openapi.json``.
+
+No state lives in the process besides the engine and the keystore: nonces, codes, chain heads, parameters and
+acquirer rules are in the database, so several ``serve`` processes on one PostgreSQL answer alike.
+Terminal endpoints read the raw body themselves because the signature covers its exact bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from headoffice import apitokens, authorization, batches, enrollment, exports, ingest, parameters
+from headoffice.acquirer import AcquirerConnector, AuthRequest
+from headoffice.clock import utcnow
+from headoffice.db import make_engine, session_factory
+from headoffice.errors import HQError
+from headoffice.keystore import FileKeystore, Keystore
+from headoffice.settings import HQSettings
+from headoffice.terminal_auth import authenticate
+
+log = logging.getLogger("smartpos.headoffice")
+T = TypeVar("T")
+
+
+class EnrollmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(min_length=4, max_length=40)
+    public_key: str = Field(min_length=40, max_length=64, description="base64 of the 32-byte Ed25519 public key")
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _signed_path(request: Request) -> str:
+    path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string") or b""
+    return (path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise HQError(400, "invalid_json", "request body is not valid JSON") from None
+
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def _decoded(body: bytes, encoding: str | None) -> bytes:
+    """Uploads may be gzip-compressed (100k transactions are ~57 MB of JSON); the signature covers what was sent."""
+    if len(body) > MAX_BODY:
+        raise HQError(413, "body_too_large", f"body above {MAX_BODY} bytes")
+    if not encoding or encoding == "identity":
+        return body
+    if encoding != "gzip":
+        raise HQError(415, "unsupported_encoding", "content-encoding must be gzip or none")
+    decomp = zlib.decompressobj(wbits=31)
+    try:
+        out = decomp.decompress(body, MAX_BODY)
+    except zlib.error:
+        raise HQError(400, "invalid_body", "body is not valid gzip") from None
+    if decomp.unconsumed_tail:
+        raise HQError(413, "body_too_large", f"uncompressed body above {MAX_BODY} bytes")
+    return out
+
+
+class HeadOffice:
+    """What the request handlers share: settings, database sessions, keystore, acquirer connector."""
+
+    def __init__(
+        self,
+        settings: HQSettings,
+        *,
+        keystore: Keystore | None = None,
+        connector_for: Callable[[Session], AcquirerConnector] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.keystore = keystore or FileKeystore(settings.keystore_dir)
+        self.connector_for = connector_for or authorization.simulated_connector
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        with self.sessions() as session, session.begin():
+            return work(session)
+
+    async def call(self, work: Callable[[Session], T]) -> T:
+        return await run_in_threadpool(self.run, work)
+
+    def terminal_call(
+        self, request: Request, body: bytes, work: Callable[[Session, Any], T], *,
+        path_terminal: str | None = None, lock: bool = False,
+    ) -> Callable[[Session], T]:
+        headers = dict(request.headers)
+        method = request.method
+        path = _signed_path(request)
+
+        def run(session: Session) -> T:
+            terminal = authenticate(session, headers, method, path, body, window_s=self.settings.signature_window_s,
+                                    path_terminal=path_terminal, lock=lock)
+            terminal.last_seen_at = utcnow()
+            return work(session, terminal)
+
+        return run
+
+
+def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
+    hq = HeadOffice(settings or HQSettings.resolve(), **kwargs)
+    app = FastAPI(
+        title="smartpos head office",
+        version="1",
+        description="Enrollment, signed terminal uploads, online authorization, settlement batches.",
+    )
+    app.state.hq = hq
+
+    @app.exception_handler(HQError)
+    async def _hq_error(_request: Request, exc: HQError) -> Response:
+        return _json(exc.to_dict(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _json({"error": {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}},
+                     422)
+
+    @app.exception_handler(PydanticValidationError)
+    async def _pyd_validation(_request: Request, exc: PydanticValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _json({"error": {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}},
+                     422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse({"error": {"code": "internal", "message": "internal error; see head-office logs"}}, 500)
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    @app.get("/api/v1/health", tags=["public"])
+    async def health() -> dict[str, Any]:
+        await hq.call(lambda s: s.execute(text("SELECT 1")).scalar())
+        return {"status": "ok", "database": hq.engine.dialect.name}
+
+    @app.get("/api/v1/time", tags=["public"])
+    async def server_time() -> dict[str, float]:
+        return {"server_time": time.time()}
+
+    @app.post("/api/v1/enrollments", tags=["terminals"], status_code=201)
+    async def enroll(body: EnrollmentRequest) -> Response:
+        def work(session: Session) -> dict[str, Any]:
+            terminal, merchant = enrollment.enroll(session, body.code, body.public_key)
+            params = parameters.current(session)
+            return {
+                "terminal_id": terminal.id,
+                "merchant": enrollment.merchant_doc(merchant),
+                "parameters": dict(params.parameters),
+                "deny_list": list(params.deny_list),
+                "parameters_version": params.version,
+                "hq_public_key": hq.keystore.envelope_public_pem(),  # type: ignore[attr-defined]
+                "token_key": _b64(hq.keystore.token_key()),
+                "server_time": time.time(),
+            }
+
+        return _json(await hq.call(work), 201)
+
+    # -- terminals (signed) ------------------------------------------------------------------------------------
+
+    @app.get("/api/v1/terminals/{terminal_id}/ping", tags=["terminals"])
+    async def ping(terminal_id: str, request: Request) -> Response:
+        def work(session: Session, terminal: Any) -> dict[str, Any]:
+            return {"terminal_id": terminal.id, "server_time": time.time(),
+                    "parameters_version": parameters.current_version(session)}
+
+        return _json(await hq.call(hq.terminal_call(request, b"", work, path_terminal=terminal_id)))
+
+    @app.get("/api/v1/terminals/{terminal_id}/parameters", tags=["terminals"])
+    async def get_parameters(terminal_id: str, request: Request, if_version: int | None = None) -> Response:
+        def work(session: Session, _terminal: Any) -> dict[str, Any] | None:
+            row = parameters.current(session)
+            if if_version is not None and row.version == if_version:
+                return None
+            return parameters.document(row)
+
+        doc = await hq.call(hq.terminal_call(request, b"", work, path_terminal=terminal_id))
+        return Response(status_code=304) if doc is None else _json(doc)
+
+    @app.post("/api/v1/authorizations", tags=["terminals"], openapi_extra=_body_schema(AuthRequest))
+    async def authorize(request: Request) -> Response:
+        body = await request.body()
+
+        def work(session: Session, terminal: Any) -> dict[str, Any]:
+            auth = AuthRequest.model_validate(_parse(body))
+            return authorization.authorize(session, terminal, auth, hq.connector_for)
+
+        return _json(await hq.call(hq.terminal_call(request, body, work)))
+
+    @app.post("/api/v1/terminals/{terminal_id}/transactions", tags=["terminals"],
+              openapi_extra=_body_schema(ingest.UploadRequest))
+    async def upload(terminal_id: str, request: Request) -> Response:
+        body = await request.body()
+
+        raw = _decoded(body, request.headers.get("content-encoding"))
+
+        def work(session: Session, terminal: Any) -> dict[str, Any]:
+            result = ingest.ingest_page(session, terminal, _parse(raw), hq.keystore)
+            # Lets the terminal notice changed parameters without asking on every sync.
+            result["parameters_version"] = parameters.current_version(session)
+            return result
+
+        return _json(await hq.call(hq.terminal_call(request, body, work, path_terminal=terminal_id, lock=True)))
+
+    @app.post("/api/v1/terminals/{terminal_id}/batches/{batch_no}/close", tags=["terminals"],
+              openapi_extra=_body_schema(batches.CloseRequest))
+    async def close_batch(terminal_id: str, batch_no: int, request: Request) -> Response:
+        body = await request.body()
+
+        def work(session: Session, terminal: Any) -> dict[str, Any]:
+            return batches.close(session, terminal, batch_no, batches.CloseRequest.model_validate(_parse(body)))
+
+        return _json(await hq.call(hq.terminal_call(request, body, work, path_terminal=terminal_id)))
+
+    # -- staff (API token) -------------------------------------------------------------------------------------
+
+    def staff(request: Request, work: Callable[[Session], T]) -> Callable[[Session], T]:
+        header = request.headers.get("authorization")
+
+        def run(session: Session) -> T:
+            apitokens.check_bearer(session, header)
+            return work(session)
+
+        return run
+
+    @app.get("/api/v1/batches", tags=["staff"])
+    async def list_batches(request: Request, status: str | None = None, since: datetime | None = None,
+                           terminal: str | None = None) -> Response:
+        docs = await hq.call(staff(request, lambda s: batches.list_batches(s, status=status, since=since,
+                                                                            terminal_id=terminal)))
+        return _json({"batches": docs})
+
+    @app.get("/api/v1/batches/{batch_id:int}.csv", tags=["staff"], response_class=Response)
+    async def batch_csv(batch_id: int, request: Request) -> Response:
+        doc = await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id)))
+        return Response(exports.batch_csv(doc), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}.csv"'})
+
+    @app.get("/api/v1/batches/{batch_id:int}", tags=["staff"])
+    async def batch_detail(batch_id: int, request: Request) -> Response:
+        return _json(await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id))))
+
+    return app
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes: settings come from the environment ``serve`` set."""
+    return create_app(HQSettings.resolve())

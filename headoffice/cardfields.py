@@ -1,0 +1,52 @@
+"""Checks on card fields arriving from terminals, so a clear PAN can never land in a head-office column."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+from headoffice.keystore import Keystore
+from protocol.carddata import validate_pan
+from protocol.envelope import EnvelopeError, open_sealed
+from protocol.errors import ValidationError
+from protocol.tokens import card_token
+
+_MASKED = re.compile(r"^[0-9]{0,8}\*{3,15}[0-9]{0,4}$")
+
+
+def is_masked(value: str) -> bool:
+    """``492500******0018`` style: at most 8 leading and 4 trailing digits, at least 3 hidden, 12-19 long."""
+    return 12 <= len(value) <= 19 and bool(_MASKED.match(value))
+
+
+def open_card(keystore: Keystore, sealed: str) -> dict[str, Any] | None:
+    """The clearing data in a terminal's envelope, or None if it does not open with head office's key."""
+    try:
+        return open_sealed(keystore.envelope_private_key(), sealed)
+    except EnvelopeError:
+        return None
+
+
+def card_matches(keystore: Keystore, card: dict[str, Any], *, token: str | None, masked_pan: str | None,
+                 pan_last4: str | None) -> bool:
+    """The envelope's PAN is the card the transaction's token, masked PAN and last 4 describe (a terminal cannot
+    attach one card's data to another card's transaction without head office noticing)."""
+    pan = card.get("pan")
+    if not isinstance(pan, str):
+        return False
+    try:
+        validate_pan(pan)
+    except ValidationError:
+        return False
+    if token is None or not hmac.compare_digest(card_token(keystore.token_key(), pan), token):
+        return False
+    if pan_last4 is not None and pan_last4 != pan[-4:]:
+        return False
+    if masked_pan is not None:
+        if len(masked_pan) != len(pan) or masked_pan[-4:] != pan[-4:]:
+            return False
+        head = masked_pan.split("*", 1)[0]
+        if not pan.startswith(head):
+            return False
+    return True

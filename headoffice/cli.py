@@ -1,0 +1,482 @@
+"""`smartpos-hq`: run the head-office service and administer it (codes, tokens, batches, parameters, deny list).
+
+Administration commands work on the database directly (same ``--database-url``/``--home`` as ``serve``) and
+bring its schema up to date first, so a fresh install needs no separate set-up step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _db_options(func: F) -> F:
+    @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="SMARTPOS_HQ_HOME",
+                  help="Directory for the default SQLite database and keystore (default ~/.local/share/smartpos-hq).")
+    @click.option("--database-url", envvar="SMARTPOS_HQ_DATABASE_URL",
+                  help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: SQLite file in --home).")
+    @click.option("--keystore", type=click.Path(file_okay=False, path_type=Path), envvar="SMARTPOS_HQ_KEYSTORE",
+                  help="Directory holding head office's private keys (default: HOME/keys).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, home: Path | None, database_url: str | None, keystore: Path | None,
+                **kwargs: Any) -> Any:
+        from headoffice.settings import HQSettings
+
+        settings = HQSettings.resolve(home=home, database_url=database_url, keystore=keystore)
+        return func(*args, settings=settings, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _session_run(settings: Any, work: Callable[[Any], Any]) -> Any:
+    from headoffice.db import make_engine, session_factory, upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        with session_factory(engine)() as session, session.begin():
+            return work(session)
+    finally:
+        engine.dispose()
+
+
+def _print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="smartpos-hq")
+def cli() -> None:
+    """smartpos head office: ingestion, online authorization, settlement batches."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8480, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (all stateless; several serve commands may share one PostgreSQL too).")
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="Private key of --ssl-certfile.")
+@_db_options
+def serve(settings: Any, host: str, port: int, workers: int, access_log: bool, log_level: str,
+          ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+    """Run the head-office HTTP API (OpenAPI at /openapi.json)."""
+    import uvicorn
+
+    from headoffice.db import make_engine, upgrade
+    from headoffice.keystore import FileKeystore
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    FileKeystore(settings.keystore_dir)  # create or check the keys once, before workers race for them
+    os.environ.update(settings.to_env())
+    # httptools + uvloop: stock h11 with several workers never sets TCP_NODELAY and stalls every
+    # kept-alive response ~40 ms (measured); httptools does not.
+    uvicorn.run(
+        "headoffice.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+        http="httptools", loop="uvloop", access_log=access_log, log_level=log_level,
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_keep_alive=30,
+    )
+
+
+# -- database and keys -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@_db_options
+def db_upgrade(settings: Any) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from headoffice.db import current_revision, make_engine, upgrade
+
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    click.echo(f"schema at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+@cli.group()
+def keys() -> None:
+    """Head office's keystore (envelope key, token key, data key)."""
+
+
+@keys.command("init")
+@_db_options
+def keys_init(settings: Any) -> None:
+    """Create the keystore if missing and print the envelope public key."""
+    from headoffice.keystore import FileKeystore
+
+    store = FileKeystore(settings.keystore_dir)
+    click.echo(f"keystore: {settings.keystore_dir}")
+    click.echo(store.envelope_public_pem().rstrip())
+
+
+# -- merchants, codes, terminals -------------------------------------------------------------------------------
+
+
+@cli.group()
+def merchants() -> None:
+    """Merchants (name and address lines go to the terminals' receipts)."""
+
+
+@merchants.command("set")
+@click.argument("merchant_id")
+@click.option("--name")
+@click.option("--address", multiple=True, help="Address line (repeat for several lines).")
+@_db_options
+def merchants_set(settings: Any, merchant_id: str, name: str | None, address: tuple[str, ...]) -> None:
+    """Create or update a merchant."""
+    from headoffice import enrollment
+
+    doc = _session_run(settings, lambda s: enrollment.merchant_doc(
+        enrollment.upsert_merchant(s, merchant_id, name=name, address=list(address) if address else None)))
+    _print_json(doc)
+
+
+@cli.group()
+def codes() -> None:
+    """One-time enrollment codes."""
+
+
+@codes.command("create")
+@click.option("--merchant", "merchant_id", required=True)
+@click.option("--terminal", "terminal_id", required=True)
+@click.option("--expires", default="24h", show_default=True, help="Validity, e.g. 30m, 24h, 7d.")
+@click.option("--json", "as_json", is_flag=True)
+@_db_options
+def codes_create(settings: Any, merchant_id: str, terminal_id: str, expires: str, as_json: bool) -> None:
+    """Issue a one-time code with which terminal TERMINAL of merchant MERCHANT enrolls."""
+    from headoffice import enrollment
+    from headoffice.clock import parse_duration
+
+    try:
+        ttl = parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
+    issued = _session_run(settings, lambda s: enrollment.create_code(s, merchant_id, terminal_id, ttl))
+    if as_json:
+        _print_json(issued.__dict__)
+    else:
+        click.echo(issued.code)
+        click.echo(f"terminal {issued.terminal_id} of merchant {issued.merchant_id}; single use, "
+                   f"expires {issued.expires_at}", err=True)
+
+
+@cli.group()
+def terminals() -> None:
+    """Enrolled terminals."""
+
+
+@terminals.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_db_options
+def terminals_list(settings: Any, as_json: bool) -> None:
+    from sqlalchemy import select
+
+    from headoffice.models import Terminal
+
+    def work(session: Any) -> list[dict[str, Any]]:
+        return [{"id": t.id, "merchant": t.merchant_id, "enrolled_at": str(t.enrolled_at),
+                 "head_sequence": t.head_sequence, "last_seen_at": str(t.last_seen_at or "")}
+                for t in session.execute(select(Terminal).order_by(Terminal.id)).scalars()]
+
+    rows = _session_run(settings, work)
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["id", "merchant", "enrolled_at", "head_sequence", "last_seen_at"], rows)
+
+
+# -- API tokens --------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens for head-office staff and systems (batches API)."""
+
+
+@tokens.command("create")
+@click.option("--name", required=True)
+@_db_options
+def tokens_create(settings: Any, name: str) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from headoffice import apitokens
+
+    click.echo(_session_run(settings, lambda s: apitokens.create_token(s, name)))
+
+
+@tokens.command("revoke")
+@click.option("--name", required=True)
+@_db_options
+def tokens_revoke(settings: Any, name: str) -> None:
+    from headoffice import apitokens
+
+    if not _session_run(settings, lambda s: apitokens.revoke_token(s, name)):
+        raise click.ClickException(f"no active token named {name!r}")
+    click.echo(f"revoked {name}")
+
+
+@tokens.command("list")
+@_db_options
+def tokens_list(settings: Any) -> None:
+    from headoffice import apitokens
+
+    rows = _session_run(settings, lambda s: [
+        {"name": t.name, "created_at": str(t.created_at), "revoked_at": str(t.revoked_at or "")}
+        for t in apitokens.list_tokens(s)])
+    _table(["name", "created_at", "revoked_at"], rows)
+
+
+# -- batches -----------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def batches() -> None:
+    """Settlement batches."""
+
+
+@batches.command("list")
+@click.option("--status", type=click.Choice(["open", "balanced", "out_of_balance"]))
+@click.option("--terminal")
+@click.option("--json", "as_json", is_flag=True)
+@_db_options
+def batches_list(settings: Any, status: str | None, terminal: str | None, as_json: bool) -> None:
+    from headoffice import batches as batch_service
+    from protocol.amounts import format_amount
+
+    docs = _session_run(settings, lambda s: batch_service.list_batches(s, status=status, terminal_id=terminal))
+    if as_json:
+        _print_json(docs)
+        return
+    rows = []
+    for doc in docs:
+        totals = ", ".join(
+            f"{t['type']} {t['count']}x {format_amount(t['amount_minor'], t['currency'])}" for t in doc["totals"])
+        rows.append({"id": doc["id"], "terminal": doc["terminal_id"], "batch": doc["batch"],
+                     "status": doc["status"], "closed_at": doc["closed_at"] or "", "totals": totals})
+    _table(["id", "terminal", "batch", "status", "closed_at", "totals"], rows)
+
+
+@batches.command("pull")
+@click.argument("batch_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (default stdout).")
+@_db_options
+def batches_pull(settings: Any, batch_id: int, fmt: str, out: Path | None) -> None:
+    """Export batch BATCH_ID as CSV (header, one line per transaction, trailer) or JSON."""
+    from headoffice import batches as batch_service
+    from headoffice import exports
+
+    doc = _session_run(settings, lambda s: batch_service.batch_doc(s, batch_id))
+    text = exports.batch_csv(doc) if fmt == "csv" else json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, "utf-8")
+        click.echo(f"batch {batch_id}: {doc['count']} transactions written to {out}", err=True)
+
+
+# -- parameters, deny list, acquirer -----------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@cli.group("parameters")
+def parameters_group() -> None:
+    """Terminal parameters (offline risk limits, receipt header); versioned, fetched by terminals on sync."""
+
+
+@parameters_group.command("show")
+@_db_options
+def parameters_show(settings: Any) -> None:
+    from headoffice import parameters
+
+    _print_json(_session_run(settings, lambda s: parameters.document(parameters.current(s))))
+
+
+@parameters_group.command("set")
+@click.argument("assignments", nargs=-1)
+@click.option("--unset", multiple=True, help="Remove a key (terminal default applies).")
+@_db_options
+def parameters_set(settings: Any, assignments: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Set KEY=VALUE pairs (VALUE is JSON if it parses, else text); prints the new version."""
+    from headoffice import parameters
+
+    updates = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        updates[key.strip()] = _parse_value(value)
+    if not updates and not unset:
+        raise click.UsageError("nothing to set")
+    row = _session_run(settings, lambda s: parameters.document(parameters.set_parameters(s, updates,
+                                                                                         unset=list(unset))))
+    click.echo(f"parameters version {row['version']}")
+
+
+@cli.group()
+def deny() -> None:
+    """Deny list of card tokens (pushed to terminals, checked on online authorization)."""
+
+
+def _tokens_from(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> list[str]:
+    out = list(tokens)
+    if pan_stdin:
+        from headoffice.keystore import FileKeystore
+        from protocol.carddata import validate_pan
+        from protocol.tokens import card_token  # type: ignore[attr-defined]
+
+        key = FileKeystore(settings.keystore_dir).token_key()
+        for line in sys.stdin:
+            pan = line.strip()
+            if pan:
+                out.append(card_token(key, validate_pan(pan)))
+    if not out:
+        raise click.UsageError("give card tokens, or --pan-stdin with PANs on standard input")
+    return out
+
+
+@deny.command("add")
+@click.argument("tokens", nargs=-1)
+@click.option("--pan-stdin", is_flag=True, help="Read PANs (one per line) from stdin and deny their tokens.")
+@_db_options
+def deny_add(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> None:
+    from headoffice import parameters
+
+    checked = _tokens_from(settings, tokens, pan_stdin)
+    row = _session_run(settings, lambda s: parameters.document(parameters.deny_add(s, checked)))
+    click.echo(f"deny list: {len(row['deny_list'])} tokens, parameters version {row['version']}")
+
+
+@deny.command("remove")
+@click.argument("tokens", nargs=-1)
+@click.option("--pan-stdin", is_flag=True)
+@_db_options
+def deny_remove(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> None:
+    from headoffice import parameters
+
+    checked = _tokens_from(settings, tokens, pan_stdin)
+    row = _session_run(settings, lambda s: parameters.document(parameters.deny_remove(s, checked)))
+    click.echo(f"deny list: {len(row['deny_list'])} tokens, parameters version {row['version']}")
+
+
+@deny.command("list")
+@_db_options
+def deny_list(settings: Any) -> None:
+    from headoffice import parameters
+
+    for token in _session_run(settings, lambda s: list(parameters.current(s).deny_list)):
+        click.echo(token)
+
+
+@cli.group()
+def acquirer() -> None:
+    """Rules of the built-in simulated acquirer (shared by all serve processes)."""
+
+
+@acquirer.command("show")
+@_db_options
+def acquirer_show(settings: Any) -> None:
+    from headoffice.acquirer import SETTING_KEY, rules_from_setting
+    from headoffice.models import Setting
+
+    def work(session: Any) -> dict[str, Any]:
+        row = session.get(Setting, SETTING_KEY)
+        return rules_from_setting(row.value if row else None).model_dump()
+
+    _print_json(_session_run(settings, work))
+
+
+@acquirer.command("set")
+@click.option("--approve/--decline-all", default=None, help="Approve by default, or decline everything.")
+@click.option("--decline-over", type=click.IntRange(min=0), help="Decline amounts above this (minor units).")
+@click.option("--no-limit", is_flag=True, help="Remove --decline-over.")
+@click.option("--delay-ms", type=click.IntRange(0, 120_000), help="Answer this much later (tests of timeouts).")
+@click.option("--decline-deny-listed/--ignore-deny-list", default=None)
+@_db_options
+def acquirer_set(settings: Any, approve: bool | None, decline_over: int | None, no_limit: bool,
+                 delay_ms: int | None, decline_deny_listed: bool | None) -> None:
+    from headoffice.acquirer import SETTING_KEY, rules_from_setting
+    from headoffice.models import Setting
+
+    def work(session: Any) -> dict[str, Any]:
+        row = session.get(Setting, SETTING_KEY)
+        rules = rules_from_setting(row.value if row else None).model_dump()
+        if approve is not None:
+            rules["approve"] = approve
+        if decline_over is not None:
+            rules["decline_over_minor"] = decline_over
+        if no_limit:
+            rules["decline_over_minor"] = None
+        if delay_ms is not None:
+            rules["delay_ms"] = delay_ms
+        if decline_deny_listed is not None:
+            rules["decline_deny_listed"] = decline_deny_listed
+        value = rules_from_setting(rules).model_dump()
+        if row is None:
+            session.add(Setting(key=SETTING_KEY, value=value))
+        else:
+            row.value = value
+        return value
+
+    _print_json(_session_run(settings, work))
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: known errors are one line and exit status 1, never a traceback."""
+    from headoffice.errors import HQError
+    from headoffice.keystore import KeystoreError
+
+    try:
+        cli.main(args=argv, prog_name="smartpos-hq", standalone_mode=True)
+    except SystemExit:
+        raise
+    except HQError as exc:
+        click.echo(f"smartpos-hq: error: {exc.message}", err=True)
+        sys.exit(1)
+    except KeystoreError as exc:
+        click.echo(f"smartpos-hq: error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        from protocol.carddata import redact
+
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        click.echo(f"smartpos-hq: error: {redact(first) or type(exc).__name__}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

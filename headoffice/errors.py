@@ -1,0 +1,14 @@
+"""Errors head office answers with: an HTTP status, a machine-readable code and a message for people."""
+
+from __future__ import annotations
+
+
+class HQError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}

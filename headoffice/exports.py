@@ -1,0 +1,64 @@
+"""Settlement files: the CSV export of a batch (header row, one line per transaction, trailer lines).
+
+Trailer lines have ``record`` = ``trailer``: one per (currency, type) with the count and total, then one per
+currency with type ``net`` (sales minus refunds minus voids) and the overall transaction count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from protocol.amounts import format_amount
+
+COLUMNS = (
+    "record", "batch", "merchant", "terminal", "sequence", "uuid", "type", "amount_minor", "amount", "currency",
+    "scheme", "masked_pan", "auth_code", "auth_mode", "entry_mode", "reference", "created_at", "received_at",
+    "count",
+)
+
+
+def _amount(minor: int, currency: str) -> str:
+    try:
+        return format_amount(minor, currency).split(" ")[0]
+    except Exception:  # an unknown currency still exports, without the decimal rendering
+        return str(minor)
+
+
+def batch_csv(doc: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\r\n")
+    out.writerow(COLUMNS)
+    per: dict[tuple[str, str], list[int]] = {}
+    for txn in doc["transactions"]:
+        out.writerow([
+            "txn", doc["id"], doc["merchant_id"], doc["terminal_id"], txn["sequence"], txn["uuid"], txn["type"],
+            txn["amount_minor"], _amount(txn["amount_minor"], txn["currency"]), txn["currency"], txn["scheme"] or "",
+            txn["masked_pan"] or "", txn["auth_code"] or "", txn["auth_mode"] or "", txn["entry_mode"] or "",
+            txn["reference"] or "", txn["created_at"], txn["received_at"], "",
+        ])
+        entry = per.setdefault((txn["currency"], txn["type"]), [0, 0])
+        entry[0] += 1
+        entry[1] += txn["amount_minor"]
+    currencies = sorted({c for c, _t in per})
+    for currency in currencies:
+        net = 0
+        count = 0
+        for type_ in ("sale", "refund", "void"):
+            n, a = per.get((currency, type_), [0, 0])
+            if n:
+                out.writerow(_trailer(doc, type_, a, currency, n))
+            net += a if type_ == "sale" else -a
+            count += n
+        out.writerow(_trailer(doc, "net", net, currency, count))
+    if not currencies:
+        out.writerow(_trailer(doc, "net", 0, "", 0))
+    return buf.getvalue()
+
+
+def _trailer(doc: dict[str, Any], type_: str, amount: int, currency: str, count: int) -> list[Any]:
+    return [
+        "trailer", doc["id"], doc["merchant_id"], doc["terminal_id"], "", "", type_, amount,
+        _amount(amount, currency) if currency else "0", currency, "", "", "", "", "", "", "", "", count,
+    ]

@@ -1,0 +1,160 @@
+"""Card-data protection at the point of capture: the only way card data gets into the queue.
+
+From a card read it keeps the masked PAN, the last 4, a keyed token, and a sealed envelope of what head office
+needs for clearing. The clear PAN stays in the caller's memory only; ``record()`` accepts nothing but a
+``ProtectedCard``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from protocol import envelope as envelope_mod
+from protocol.carddata import last4, luhn_ok, mask_pan, redact, validate_pan
+from protocol.chain import envelope_digest
+from protocol.errors import ValidationError
+from protocol.tokens import card_token, load_token_key, uid_token
+
+PAN_MASKS = ("bin6", "bin8")
+
+
+@dataclass(frozen=True)
+class ProtectedCard:
+    scheme: str
+    masked_pan: str | None
+    pan_last4: str | None
+    token: str
+    envelope: str | None = field(repr=False)
+    envelope_sha256: str | None
+    aid: str | None
+    label: str | None
+    entry_mode: str
+    wallet: bool
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "masked_pan": self.masked_pan,
+            "pan_last4": self.pan_last4,
+            "entry_mode": self.entry_mode,
+            "aid": self.aid,
+            "label": self.label,
+            "wallet": self.wallet,
+        }
+
+
+class CardProtection:
+    """Built once from enrollment material: token key, head office's X25519 public key, mask mode."""
+
+    def __init__(self, token_key: bytes, hq_public_key: X25519PublicKey | bytes, *, pan_mask: str = "bin6") -> None:
+        if pan_mask not in PAN_MASKS:
+            raise ValidationError("invalid_config", f"pan_mask must be one of {', '.join(PAN_MASKS)}")
+        card_token(token_key, "4111111111111111")  # fail now, not at the first sale, on a bad key
+        self._token_key = bytes(token_key)
+        self._public_key = envelope_mod.load_public_key(hq_public_key)
+        self._bin8 = pan_mask == "bin8"
+
+    def __repr__(self) -> str:
+        return f"CardProtection(pan_mask={'bin8' if self._bin8 else 'bin6'})"
+
+    @classmethod
+    def from_state_dir(cls, state_dir: str | Path, *, pan_mask: str = "bin6") -> CardProtection:
+        keys = Path(state_dir) / "keys"
+        return cls(
+            load_token_key(keys / "token.key"),
+            (keys / "hq_x25519_public.pem").read_bytes(),
+            pan_mask=pan_mask,
+        )
+
+    def token_for_pan(self, pan: str) -> str:
+        return card_token(self._token_key, pan)
+
+    def protect(self, card: Any) -> ProtectedCard:
+        """``card`` is a ``drivers.cardread.EmvCardRead`` or ``UidCardRead`` (duck-typed on ``kind``)."""
+        kind = getattr(card, "kind", None)
+        if kind == "emv":
+            return self._protect_emv(card)
+        if kind == "uid":
+            uid = getattr(card, "uid", None)
+            token = uid_token(self._token_key, uid)
+            return ProtectedCard(
+                scheme="uid",
+                masked_pan=None,
+                pan_last4=uid[-4:].upper(),
+                token=token,
+                envelope=None,
+                envelope_sha256=None,
+                aid=None,
+                label=None,
+                entry_mode=getattr(card, "entry_mode", "card_uid") or "card_uid",
+                wallet=False,
+            )
+        raise ValidationError("invalid_card", f"cannot take a payment from a card read of kind {kind!r}")
+
+    def _protect_emv(self, card: Any) -> ProtectedCard:
+        pan = getattr(card, "pan", None)
+        try:
+            validate_pan(pan)
+        except ValidationError:
+            raise ValidationError("invalid_card", "the card read has no valid PAN") from None
+        payload = {
+            "pan": pan,
+            "expiry": getattr(card, "expiry", None),
+            "track2": getattr(card, "track2", None),
+            "cryptogram": dict(getattr(card, "cryptogram", None) or {}),
+            "aid": getattr(card, "aid", None),
+            "atc": getattr(card, "atc", None),
+            "scheme": getattr(card, "scheme", None),
+        }
+        sealed = envelope_mod.seal(self._public_key, payload)
+        return ProtectedCard(
+            scheme=getattr(card, "scheme", None) or "other",
+            masked_pan=mask_pan(pan, bin8=self._bin8),
+            pan_last4=last4(pan),
+            token=card_token(self._token_key, pan),
+            envelope=sealed,
+            envelope_sha256=envelope_digest(sealed),
+            aid=getattr(card, "aid", None),
+            label=getattr(card, "label", None),
+            entry_mode=getattr(card, "entry_mode", None) or "contactless",
+            wallet=bool(getattr(card, "wallet", False)),
+        )
+
+
+_SENSITIVE_KEYS = frozenset({"pan", "track2", "track1", "track", "expiry", "cvv", "cvc", "pin", "cryptogram"})
+
+
+# 13-19 digits, optionally split by single spaces (as PANs are printed). Dashes are not joined on purpose: UUIDs
+# and dates are made of dash-separated digit groups and would give false alarms.
+_PAN_RUN = re.compile(r"(?<![0-9])[0-9](?: ?[0-9]){12,18}(?![0-9])")
+
+
+def _pan_shaped(text: str) -> bool:
+    for match in _PAN_RUN.finditer(text):
+        digits = match.group(0).replace(" ", "")
+        if luhn_ok(digits):
+            return True
+    return False
+
+
+def looks_like_card_data(value: Any) -> bool:
+    """True when a JSON-like value holds a sensitive key (``pan``, ``track2``, ...) at any depth, a string that is
+    a whole Luhn-valid 13-19 digit number, or track-2-shaped text. Used to refuse such data in stored payloads,
+    references and payment records (receipts carry the last 4 only)."""
+    if isinstance(value, str):
+        return _pan_shaped(value) or "[REDACTED-TRACK]" in redact(value)
+    if isinstance(value, dict):
+        return any(
+            (isinstance(k, str) and k.lower() in _SENSITIVE_KEYS and v not in (None, "", {}, []))
+            or looks_like_card_data(k)
+            or looks_like_card_data(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return any(looks_like_card_data(v) for v in value)
+    return False

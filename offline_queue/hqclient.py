@@ -1,0 +1,250 @@
+"""The terminal's client for head office: every request signed with the terminal's Ed25519 key.
+
+Errors are typed by what the caller should do: ``HeadOfficeUnreachable`` (network, timeout, 5xx — try again later,
+the request may or may not have been processed) and ``HeadOfficeRejected`` (4xx — head office refused this
+request; retrying it unchanged will not help). Every upload and authorization is idempotent at head office, so
+retrying after ``HeadOfficeUnreachable`` is always safe.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.signing import sign_request
+
+USER_AGENT = "smartpos-terminal/1"
+
+
+class HeadOfficeError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HeadOfficeUnreachable(HeadOfficeError):
+    """No usable answer: connection failed or cut, timeout, or a 5xx. Safe to retry."""
+
+
+class HeadOfficeRejected(HeadOfficeError):
+    """Head office answered 4xx. ``status`` is the HTTP status, ``code`` head office's machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+    @property
+    def is_auth(self) -> bool:
+        """The terminal itself is refused (unknown, bad signature, clock): no transaction is at fault."""
+        return self.status in (401, 403)
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    approved: bool
+    code: str | None
+    reason: str | None
+    auth_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"approved": self.approved, "code": self.code, "reason": self.reason, "auth_id": self.auth_id}
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    sequence: int
+    status: str  # accepted | rejected
+    reason: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    head_sequence: int
+    results: list[SequenceResult] = field(default_factory=list)
+    parameters_version: int | None = None
+
+    @property
+    def accepted(self) -> list[int]:
+        return [r.sequence for r in self.results if r.status == "accepted"]
+
+    @property
+    def rejected(self) -> list[SequenceResult]:
+        return [r for r in self.results if r.status == "rejected"]
+
+
+@dataclass(frozen=True)
+class ParametersDoc:
+    version: int
+    parameters: dict[str, Any]
+    deny_list: list[str]
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    try:
+        doc = response.json()
+        err = doc.get("error") or {}
+        return str(err.get("code") or f"http_{response.status_code}"), str(err.get("message") or response.reason_phrase)
+    except (ValueError, AttributeError):
+        return f"http_{response.status_code}", response.reason_phrase or "error"
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 500:
+        code, message = _error_of(response)
+        raise HeadOfficeUnreachable(code, f"head office error {response.status_code}: {message}")
+    if response.status_code >= 400:
+        code, message = _error_of(response)
+        raise HeadOfficeRejected(response.status_code, code, message)
+    return response
+
+
+def _doc(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        # A 200 with a cut or garbled body: we cannot know what head office did, so it is a retry case.
+        raise HeadOfficeUnreachable("bad_response", "head office answer was not valid JSON") from None
+
+
+def enroll(base_url: str, code: str, public_key: str, *, timeout: float = 10.0,
+           transport: httpx.BaseTransport | None = None, verify: bool | str = True) -> dict[str, Any]:
+    """Unsigned (the terminal has no identity yet): the one-time code authenticates the enrollment."""
+    try:
+        with httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport, verify=verify,
+                          headers={"user-agent": USER_AGENT}) as client:
+            response = client.post("/api/v1/enrollments", json={"code": code, "public_key": public_key})
+    except httpx.HTTPError as exc:
+        raise HeadOfficeUnreachable(
+            "unreachable", f"head office {base_url} unreachable: {type(exc).__name__}"
+        ) from None
+    return _doc(_check(response))
+
+
+class HeadOfficeClient:
+    def __init__(
+        self,
+        base_url: str,
+        terminal_id: str,
+        private_key: Ed25519PrivateKey,
+        timeout: float = 5.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        verify: bool | str = True,
+        compress: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.terminal_id = terminal_id
+        self._key = private_key
+        self.timeout = timeout
+        self.compress = compress
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify,
+            headers={"user-agent": USER_AGENT},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HeadOfficeClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- transport -------------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, doc: Any = None, *, timeout: float | None = None,
+                 compress: bool = False) -> httpx.Response:
+        body = b"" if doc is None else orjson.dumps(doc)
+        headers = {}
+        if body:
+            headers["content-type"] = "application/json"
+            if compress:
+                body = gzip.compress(body, compresslevel=1)
+                headers["content-encoding"] = "gzip"
+        # The signature covers the exact path+query and body bytes sent, so build the URL once here.
+        url = httpx.URL(self.base_url + path)
+        signed_path = url.raw_path.decode("ascii")
+        headers.update(sign_request(self._key, self.terminal_id, method, signed_path, body))
+        try:
+            response = self._http.request(method, url, content=body or None, headers=headers,
+                                          timeout=timeout if timeout is not None else self.timeout)
+        except httpx.TimeoutException:
+            raise HeadOfficeUnreachable("timeout", f"head office did not answer within {self.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise HeadOfficeUnreachable("unreachable", f"head office unreachable: {type(exc).__name__}") from None
+        return _check(response)
+
+    # -- API -------------------------------------------------------------------------------------------------
+
+    def authorize(
+        self,
+        *,
+        idempotency_key: str,
+        type: str,
+        amount_minor: int,
+        currency: str,
+        token: str | None = None,
+        masked_pan: str | None = None,
+        scheme: str | None = None,
+        entry_mode: str | None = None,
+        reference: str | None = None,
+        envelope: str | None = None,
+        timeout: float | None = None,
+    ) -> AuthorizationResult:
+        doc = {
+            "idempotency_key": idempotency_key, "type": type, "amount_minor": amount_minor, "currency": currency,
+            "token": token, "masked_pan": masked_pan, "scheme": scheme, "entry_mode": entry_mode,
+            "reference": reference, "envelope": envelope,
+        }
+        data = _doc(self._request("POST", "/api/v1/authorizations", doc, timeout=timeout))
+        return AuthorizationResult(bool(data["approved"]), data.get("code"), data.get("reason"), str(data["auth_id"]))
+
+    def upload(self, page: list[dict[str, Any]]) -> UploadResult:
+        path = f"/api/v1/terminals/{self.terminal_id}/transactions"
+        data = _doc(self._request("POST", path, {"transactions": page}, compress=self.compress))
+        results = [
+            SequenceResult(int(r["sequence"]), str(r["status"]), r.get("reason"), bool(r.get("duplicate")))
+            for r in data.get("results", [])
+        ]
+        return UploadResult(int(data.get("head_sequence", 0)), results, data.get("parameters_version"))
+
+    def close_batch(self, batch: int, totals: list[dict[str, Any]], *, first_sequence: int | None = None,
+                    last_sequence: int | None = None) -> dict[str, Any]:
+        path = f"/api/v1/terminals/{self.terminal_id}/batches/{int(batch)}/close"
+        doc = {"totals": totals, "first_sequence": first_sequence, "last_sequence": last_sequence}
+        return _doc(self._request("POST", path, doc))
+
+    def parameters(self, if_version: int | None = None) -> ParametersDoc | None:
+        """The current parameters and deny list, or None when head office still has ``if_version``."""
+        path = f"/api/v1/terminals/{self.terminal_id}/parameters"
+        if if_version is not None:
+            path += f"?if_version={int(if_version)}"
+        response = self._request("GET", path)
+        if response.status_code == 304:
+            return None
+        data = _doc(response)
+        return ParametersDoc(int(data["version"]), dict(data["parameters"]), list(data["deny_list"]))
+
+    def ping(self) -> dict[str, Any]:
+        """Reachable and authenticated: head office knows this terminal and accepts its signature."""
+        return dict(_doc(self._request("GET", f"/api/v1/terminals/{self.terminal_id}/ping")))
+
+    def server_time(self) -> float:
+        try:
+            response = self._http.get("/api/v1/time")
+        except httpx.HTTPError as exc:
+            raise HeadOfficeUnreachable("unreachable", f"head office unreachable: {type(exc).__name__}") from None
+        return float(_doc(_check(response))["server_time"])
+
+    def clock_offset(self) -> float:
+        """Head office time minus local time, seconds (half the round trip is not corrected: ~ms on a LAN)."""
+        return self.server_time() - time.time()

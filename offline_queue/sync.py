@@ -1,0 +1,335 @@
+"""The sync engine: drains the local queue to head office, in sequence order, exactly once.
+
+Protocol (PowerSync/CouchDB style): each page is an idempotent unit. The page is marked ``uploaded`` before it is
+sent; head office answers per sequence. ``accepted`` (also when it was a replay of something head office already
+had) -> the row is accepted and its sealed envelope wiped; ``rejected`` -> that row is dead-lettered with head
+office's reason and the rest goes on. A network error, timeout or 5xx leaves the rows as they were: the same page
+is sent again after an exponential backoff with jitter, and head office acknowledges what it already stored.
+A 400/413/422 for a whole page halves the page until the one bad transaction is found and dead-lettered;
+401/403 (the terminal itself is refused) stops the pass without touching any row.
+
+After the queue is drained, closed batches are reported (head office answers balanced/out_of_balance), and
+parameters/deny list are refreshed when head office's version changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from offline_queue.hqclient import HeadOfficeClient, HeadOfficeRejected, HeadOfficeUnreachable
+
+log = logging.getLogger("smartpos.sync")
+
+
+class SyncStore(Protocol):
+    """The part of ``offline_queue.store.QueueStore`` the engine uses."""
+
+    def pending_page(self, limit: int = 500, *, after_sequence: int = 0) -> list[dict[str, Any]]: ...
+    def mark_uploaded(self, sequences: Any) -> int: ...
+    def mark_accepted(self, sequences: Any) -> int: ...
+    def mark_rejected(self, sequence: int, code: str, reason: str) -> None: ...
+    def record_contact(self, at: datetime | None = None) -> None: ...
+    def last_contact(self) -> datetime | None: ...
+    def batches_to_report(self) -> list[Any]: ...
+    def mark_batch_reported(self, number: int, hq_status: str, detail: dict[str, Any] | None = None) -> None: ...
+    def save_parameters(self, version: int, parameters: dict[str, Any], deny_list: Any) -> None: ...
+    def parameters(self) -> Any: ...
+    def stats(self, *, now: datetime | None = None) -> Any: ...
+
+
+@dataclass
+class SyncProgress:
+    done: int
+    total: int
+    accepted: int
+    rejected: int
+
+
+@dataclass
+class SyncResult:
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    pages: int = 0
+    retries: int = 0
+    batches_reported: int = 0
+    parameters_version: int | None = None
+    parameters_updated: bool = False
+    remaining: int = 0
+    online: bool = False
+    error: str | None = None
+    error_code: str | None = None
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        store: SyncStore,
+        client: HeadOfficeClient,
+        *,
+        page_size: int = 500,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 60.0,
+        on_progress: Callable[[SyncProgress], None] | None = None,
+        on_contact: Callable[[bool], None] | None = None,
+        rng: random.Random | None = None,
+        max_rejections_listed: int = 100,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.page_size = max(1, int(page_size))
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.on_progress = on_progress
+        self.on_contact = on_contact
+        self._rng = rng or random.Random()
+        self._max_rejections_listed = max_rejections_listed
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one pass at a time (daemon loop and a technician's sync may overlap)
+        self._online: bool | None = None
+        self._last_error: str | None = None
+        self._last_result: SyncResult | None = None
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Sync now (after an offline approval, or when head office is seen again)."""
+        self._wake.set()
+
+    def note_contact(self, ok: bool) -> None:
+        """Outcome of any real request to head office (also the daemon's authorizations)."""
+        self._online = ok
+        if ok:
+            self.store.record_contact()
+        if self.on_contact is not None:
+            try:
+                self.on_contact(ok)
+            except Exception:  # a faulty observer must not stop the sync
+                log.exception("on_contact callback failed")
+
+    def status(self) -> dict[str, Any]:
+        last = self.store.last_contact()
+        return {
+            "online": self._online,
+            "last_contact": last.astimezone(UTC).isoformat() if last else None,
+            "last_error": self._last_error,
+            "last_result": self._last_result.to_dict() if self._last_result else None,
+        }
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Exponential with "equal jitter": between half and all of min(max, base * 2^attempt)."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** min(attempt, 30)))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    # -- passes --------------------------------------------------------------------------------------------------
+
+    def run_once(self, *, wait: bool = False, stop: threading.Event | None = None) -> SyncResult:
+        """One pass: parameters, all pending pages, closed batches. With ``wait``, network errors and 5xx are
+        retried with backoff until done or ``stop`` is set; without, the pass ends at the first such error."""
+        with self._lock:
+            result = SyncResult()
+            try:
+                self._pass(result, wait=wait, stop=stop)
+            except _Stopped:
+                result.error = result.error or "stopped"
+                result.error_code = result.error_code or "stopped"
+            except HeadOfficeUnreachable as exc:
+                result.error, result.error_code = exc.message, exc.code
+            except HeadOfficeRejected as exc:
+                result.error, result.error_code = f"head office refused the terminal: {exc.message}", exc.code
+            try:
+                result.remaining = int(self.store.stats().unsynced_count)
+            except Exception:  # stats are informative only
+                result.remaining = -1
+            self._last_error = result.error
+            self._last_result = result
+            return result
+
+    def run_forever(self, stop: threading.Event, interval_s: float = 10.0) -> None:
+        """The daemon's loop: a pass every ``interval_s`` or on ``wake()``; after a failure the next pass waits
+        the backoff delay instead."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                result = self.run_once(stop=stop)
+            except Exception as exc:  # store errors: report and keep the loop alive
+                log.error("sync pass failed: %s", type(exc).__name__)
+                result = SyncResult(error=type(exc).__name__, error_code="internal")
+            if result.ok:
+                failures = 0
+                delay = interval_s
+            else:
+                delay = self.backoff_delay(failures)
+                failures += 1
+            self._wake.clear()
+            if self._wait_any(stop, delay):
+                continue
+
+    def _wait_any(self, stop: threading.Event, delay: float) -> bool:
+        deadline = time.monotonic() + delay
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(left, 0.5)):
+                return True
+        return True
+
+    # -- one pass ------------------------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any], result: SyncResult, *, wait: bool, stop: threading.Event | None) -> Any:
+        attempt = 0
+        while True:
+            if stop is not None and stop.is_set():
+                raise _Stopped()
+            try:
+                value = fn()
+            except HeadOfficeUnreachable as exc:
+                self.note_contact(False)
+                if not wait:
+                    raise
+                delay = self.backoff_delay(attempt)
+                attempt += 1
+                result.retries += 1
+                log.info("head office unreachable (%s); retry in %.1f s", exc.code, delay)
+                if stop is not None:
+                    if stop.wait(delay):
+                        raise _Stopped() from None
+                else:
+                    time.sleep(delay)
+                continue
+            except HeadOfficeRejected:
+                # Head office answered: it is reachable, it refused this request.
+                self.note_contact(True)
+                raise
+            self.note_contact(True)
+            return value
+
+    def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
+        self._refresh_parameters(result, wait=wait, stop=stop)
+        total = int(self.store.stats().unsynced_count)
+        done = 0
+        page_size = self.page_size
+        known_version = result.parameters_version
+        while True:
+            page = self.store.pending_page(page_size)
+            if not page:
+                break
+            sequences = [row["sequence"] for row in page]
+            self.store.mark_uploaded(sequences)
+            try:
+                upload = self._call(lambda p=page: self.client.upload(p), result, wait=wait, stop=stop)
+            except HeadOfficeRejected as exc:
+                if exc.is_auth:
+                    raise
+                if len(page) > 1:
+                    # Something in this page makes head office refuse the whole request: narrow it down.
+                    page_size = max(1, len(page) // 2)
+                    continue
+                self.store.mark_rejected(sequences[0], exc.code, exc.message)
+                result.rejected += 1
+                self._note_rejection(result, sequences[0], exc.code, exc.message)
+                done += 1
+                self._progress(done, total, result)
+                continue
+            page_size = self.page_size
+            result.pages += 1
+            accepted = upload.accepted
+            if accepted:
+                self.store.mark_accepted(accepted)
+            for rej in upload.rejected:
+                code = (rej.reason or "rejected").split(":", 1)[0]
+                self.store.mark_rejected(rej.sequence, code, rej.reason or "rejected by head office")
+                self._note_rejection(result, rej.sequence, code, rej.reason)
+            answered = {r.sequence for r in upload.results}
+            if not answered.intersection(sequences):
+                # An answer that covers none of what was sent would loop forever: stop and report.
+                raise HeadOfficeUnreachable("bad_response", "head office answered for none of the uploaded rows")
+            result.accepted += len(accepted)
+            result.rejected += len(upload.rejected)
+            result.duplicates += sum(1 for r in upload.results if r.duplicate)
+            done += len(answered)
+            self._progress(done, total, result)
+            if upload.parameters_version is not None and upload.parameters_version != known_version:
+                known_version = upload.parameters_version
+                self._refresh_parameters(result, wait=wait, stop=stop)
+        self._report_batches(result, wait=wait, stop=stop)
+        result.online = True
+
+    def _note_rejection(self, result: SyncResult, sequence: int, code: str, reason: str | None) -> None:
+        log.warning("head office rejected transaction %d: %s", sequence, reason or code)
+        if len(result.rejections) < self._max_rejections_listed:
+            result.rejections.append({"sequence": sequence, "code": code, "reason": reason})
+
+    def _progress(self, done: int, total: int, result: SyncResult) -> None:
+        if self.on_progress is not None:
+            self.on_progress(SyncProgress(done, max(total, done), result.accepted, result.rejected))
+
+    def _refresh_parameters(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
+        stored = self.store.parameters()
+        have = stored.version if stored is not None else None
+        doc = self._call(lambda: self.client.parameters(if_version=have), result, wait=wait, stop=stop)
+        if doc is None:
+            result.parameters_version = have
+            return
+        self.store.save_parameters(doc.version, doc.parameters, doc.deny_list)
+        result.parameters_version = doc.version
+        result.parameters_updated = True
+        log.info("parameters updated to version %d (%d denied tokens)", doc.version, len(doc.deny_list))
+
+    def _report_batches(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
+        for batch in self.store.batches_to_report():
+            lines = totals_lines(batch.totals)
+            first = batch.totals.get("first_sequence") if isinstance(batch.totals, dict) else None
+            last = batch.totals.get("last_sequence") if isinstance(batch.totals, dict) else None
+            try:
+                answer = self._call(
+                    lambda b=batch, ln=lines, f=first, la=last: self.client.close_batch(
+                        b.number, ln, first_sequence=f, last_sequence=la),
+                    result, wait=wait, stop=stop,
+                )
+            except HeadOfficeRejected as exc:
+                if exc.is_auth:
+                    raise
+                log.warning("head office refused batch %d close: %s", batch.number, exc.message)
+                continue
+            self.store.mark_batch_reported(batch.number, answer["status"], answer)
+            result.batches_reported += 1
+
+
+def totals_lines(totals: dict[str, Any]) -> list[dict[str, Any]]:
+    """The queue's batch totals (``offline_queue.totals.compute_totals``) as head office's close lines:
+    one per (type, scheme, currency) with count and amount."""
+    lines = []
+    for entry in totals.get("by_scheme", []) if isinstance(totals, dict) else []:
+        scheme = entry.get("scheme")
+        for kind in ("sale", "refund", "void"):
+            count = int(entry.get(f"{kind}_count", 0))
+            if count:
+                lines.append({
+                    "type": kind,
+                    "scheme": None if scheme in (None, "unknown") else scheme,
+                    "currency": entry["currency"],
+                    "count": count,
+                    "amount_minor": int(entry.get(f"{kind}_amount_minor", 0)),
+                })
+    return lines

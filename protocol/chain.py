@@ -1,0 +1,132 @@
+"""The transaction hash chain: tamper evidence shared by terminal and head office.
+
+Each transaction's ``hash`` is SHA-256 over a domain tag, the previous transaction's hash and a canonical encoding
+of the chained fields of its wire dict (exactly what is uploaded). Head office recomputes it with this module, so
+a changed, removed or reordered transaction shows up as a broken link.
+
+The sealed envelope is chained through ``envelope_sha256`` rather than directly, so the envelope can be wiped once
+head office has it and the local chain still verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+GENESIS = "0" * 64
+_DOMAIN = b"smartpos-chain-v1\n"
+
+CHAINED_FIELDS: tuple[str, ...] = (
+    "uuid",
+    "terminal_id",
+    "sequence",
+    "batch",
+    "type",
+    "created_at",
+    "amount_minor",
+    "currency",
+    "scheme",
+    "masked_pan",
+    "pan_last4",
+    "token",
+    "aid",
+    "label",
+    "entry_mode",
+    "wallet",
+    "auth_mode",
+    "auth_code",
+    "auth_reason",
+    "auth_id",
+    "reference",
+    "void_of",
+    "envelope_sha256",
+)
+# Every key of an uploaded transaction: the chained fields, the link, the hash and the (wipeable) envelope.
+WIRE_FIELDS: tuple[str, ...] = (*CHAINED_FIELDS, "prev_hash", "hash", "envelope")
+
+_INT_FIELDS = frozenset({"sequence", "batch", "amount_minor"})
+_BOOL_FIELDS = frozenset({"wallet"})
+_HEX64 = frozenset("0123456789abcdef")
+
+
+class ChainError(ValueError):
+    """The chain does not verify. ``code``: gap, bad_link, bad_hash, bad_row, envelope_mismatch;
+    ``sequence``: the first transaction that fails."""
+
+    def __init__(self, code: str, sequence: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.sequence = sequence
+        self.message = message
+
+
+def _is_hash(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+
+
+def _check_types(fields: Mapping[str, Any]) -> None:
+    seq = fields.get("sequence")
+    for name in CHAINED_FIELDS:
+        if name not in fields:
+            raise ChainError("bad_row", seq if isinstance(seq, int) else None, f"transaction lacks field {name!r}")
+        value = fields[name]
+        if name in _INT_FIELDS:
+            ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+        elif name in _BOOL_FIELDS:
+            ok = isinstance(value, bool)
+        else:
+            ok = value is None or isinstance(value, str)
+        if not ok:
+            raise ChainError("bad_row", seq if isinstance(seq, int) else None, f"field {name!r} has the wrong type")
+
+
+def canonical(fields: Mapping[str, Any]) -> bytes:
+    """Sorted-key compact JSON of the chained fields only (extra keys are ignored, missing ones are an error)."""
+    _check_types(fields)
+    try:
+        return orjson.dumps({name: fields[name] for name in CHAINED_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # e.g. a string with a lone surrogate: not representable as UTF-8
+        seq = fields["sequence"]
+        raise ChainError("bad_row", seq, "transaction has a field that cannot be encoded") from None
+
+
+def chain_hash(prev_hash_hex: str, wire_fields: Mapping[str, Any]) -> str:
+    if not _is_hash(prev_hash_hex):
+        raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
+    return hashlib.sha256(_DOMAIN + prev_hash_hex.encode("ascii") + b"\n" + canonical(wire_fields)).hexdigest()
+
+
+def envelope_digest(envelope: str) -> str:
+    return hashlib.sha256(envelope.encode("utf-8")).hexdigest()
+
+
+def verify_chain(
+    rows: Iterable[Mapping[str, Any]], start_prev_hash: str = GENESIS, *, start_sequence: int | None = None
+) -> str:
+    """Check rows given in sequence order: contiguous sequence numbers (from ``start_sequence`` when given),
+    each ``prev_hash`` equal to the previous row's hash (the first to ``start_prev_hash``), each ``hash`` correct,
+    and a present envelope matching its digest. Returns the last hash (``start_prev_hash`` for no rows)."""
+    prev = start_prev_hash
+    expected_seq = start_sequence
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise ChainError("bad_row", None, "a transaction must be an object")
+        _check_types(row)
+        seq = row["sequence"]
+        if expected_seq is not None and seq != expected_seq:
+            raise ChainError("gap", seq, f"expected sequence {expected_seq}, found {seq}")
+        if row.get("prev_hash") != prev:
+            raise ChainError("bad_link", seq, f"transaction {seq} does not link to the previous hash")
+        digest = chain_hash(prev, row)
+        if row.get("hash") != digest:
+            raise ChainError("bad_hash", seq, f"transaction {seq} hash does not match its content")
+        envelope = row.get("envelope")
+        if envelope is not None:
+            if not isinstance(envelope, str) or row["envelope_sha256"] != envelope_digest(envelope):
+                raise ChainError("envelope_mismatch", seq, f"transaction {seq} envelope does not match its digest")
+        prev = digest
+        expected_seq = seq + 1
+    return prev

@@ -1,0 +1,125 @@
+"""A small httpx client of the daemon's local API, for the technician commands and the demo.
+
+Where the daemon listens: ``--url`` / ``$SMARTPOS_API_URL``, else the address the running daemon wrote to
+``<state_dir>/api.json`` (it does so at start, which also covers ``port = 0``), else ``[api] host``/``port``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from config.settings import Settings
+
+API_FILE = "api.json"
+
+
+class ApiCallError(Exception):
+    """The daemon answered with an error, or could not be reached. ``code`` is machine readable."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def api_url(settings: Settings, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit.rstrip("/")
+    if os.environ.get("SMARTPOS_API_URL"):
+        return os.environ["SMARTPOS_API_URL"].rstrip("/")
+    try:
+        doc = json.loads((Path(settings.state_dir) / API_FILE).read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("url"), str):
+            return doc["url"].rstrip("/")
+    except (OSError, ValueError):
+        pass
+    host = settings.api.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api.port}"
+
+
+class LocalApi:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LocalApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiCallError(
+                "daemon_unreachable", f"cannot reach the smartpos daemon at {self.base_url} ({type(exc).__name__}); "
+                "is `smartpos run` running?"
+            ) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            err = (body or {}).get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                raise ApiCallError(str(err.get("code")), str(err.get("message")), response.status_code)
+            raise ApiCallError("http_error", f"HTTP {response.status_code}", response.status_code)
+        if not isinstance(body, dict):
+            raise ApiCallError("bad_response", "the daemon answered something that is not a JSON object")
+        return body
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def create_payment(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        key = idempotency_key or str(uuid.uuid4())
+        return self._call("POST", "/v1/payments", json=body, headers={"Idempotency-Key": key})
+
+    def payment(self, payment_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/payments/{payment_id}")
+
+    def payments(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/payments", params={"limit": limit})["payments"])
+
+    def cancel(self, payment_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/payments/{payment_id}/cancel")
+
+    def void(self, payment_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/payments/{payment_id}/void")
+
+    def reprint(self, payment_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/payments/{payment_id}/receipt")
+
+    def close_batch(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/batches/close")
+
+    def events(self, payment_id: str, timeout: float = 120.0) -> Iterator[dict[str, Any]]:
+        """Payment objects as the daemon streams them, until a final state."""
+        try:
+            with self._http.stream(
+                "GET", f"/v1/payments/{payment_id}/events", timeout=httpx.Timeout(timeout, connect=5.0)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiCallError("http_error", f"HTTP {response.status_code}", response.status_code)
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except httpx.TransportError as exc:
+            raise ApiCallError("daemon_unreachable", f"event stream broke ({type(exc).__name__})") from None

@@ -1,0 +1,193 @@
+"""`smartpos enroll --hq URL --code CODE`: technician enrollment of this terminal with head office.
+
+The terminal's Ed25519 key is generated here and never leaves the machine. It is written (0600) before the
+request is sent, so an answer lost on the way can be retried with the same code: head office recognises the same
+key and answers the same enrollment again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+KEYS_DIR = "keys"
+PENDING_KEY = "keys/terminal_ed25519.pending.pem"
+PENDING_CODE = "keys/enrollment.pending"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomic replace with 0600 from the first byte (never briefly world-readable)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
+    """Set ``values[section][key]`` in a TOML document, keeping every other line (and comments) as it was."""
+    lines = text.splitlines()
+    for section, keys in values.items():
+        header = re.compile(rf"^\s*\[\s*{re.escape(section)}\s*\]\s*(#.*)?$")
+        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+        if start is None:
+            if lines and lines[-1].strip():
+                lines.append("")
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {_toml_string(v)}" for k, v in keys.items())
+            continue
+        end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
+        for key, value in keys.items():
+            pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+            hit = next((i for i in range(start + 1, end) if pattern.match(lines[i])), None)
+            if hit is not None:
+                lines[hit] = f"{key} = {_toml_string(value)}"
+            else:
+                lines.insert(start + 1, f"{key} = {_toml_string(value)}")
+                end += 1
+    return "\n".join(lines) + "\n"
+
+
+def _default_state_dir(config_file: Path) -> Path:
+    from config.settings import DEFAULT_STATE_DIR
+
+    try:
+        doc = tomllib.loads(config_file.read_text("utf-8"))
+        state = doc.get("terminal", {}).get("state_dir")
+        if isinstance(state, str):
+            path = Path(state).expanduser()
+            return path if path.is_absolute() else config_file.parent / path
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    return DEFAULT_STATE_DIR
+
+
+@click.command()
+@click.option("--hq", "hq_url", required=True, help="Head-office base URL, e.g. https://hq.example.com")
+@click.option("--code", required=True, help="One-time enrollment code from `smartpos-hq codes create`.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file to create or update (default $SMARTPOS_CONFIG or /etc/smartpos/smartpos.toml).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where keys and the queue live (default: from the config file, else /var/lib/smartpos).")
+@click.option("--force", is_flag=True, help="Replace an existing enrollment of this state directory.")
+@click.option("--timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--json", "as_json", is_flag=True)
+def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | None, force: bool, timeout: float,
+           as_json: bool) -> None:
+    """Enroll this terminal with head office: writes keys and enrollment under the state directory (0700/0600)
+    and [terminal] id / state_dir and [headoffice] url into the config file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from config.loading import ConfigError, config_path, parse_settings
+    from config.provisioning import ENROLLMENT, HQ_PUBLIC_KEY, TERMINAL_KEY, TOKEN_KEY
+    from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
+    from offline_queue.hqclient import enroll as hq_enroll
+    from protocol.envelope import EnvelopeError, load_public_key, public_key_pem
+    from protocol.signing import public_key_to_text
+
+    hq_url = hq_url.rstrip("/")
+    if not hq_url.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--hq")
+    cfg_path = config_path(config_file)
+    state = (state_dir or _default_state_dir(cfg_path)).expanduser().absolute()
+    if (state / ENROLLMENT).exists() and not force:
+        raise click.ClickException(f"{state} is already enrolled; use --force to enroll it again")
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    (state / KEYS_DIR).mkdir(mode=0o700, exist_ok=True)
+    os.chmod(state / KEYS_DIR, 0o700)
+
+    code_digest = hashlib.sha256(code.strip().upper().replace("-", "").encode()).hexdigest()
+    pending_key, pending_code = state / PENDING_KEY, state / PENDING_CODE
+    key: Ed25519PrivateKey | None = None
+    if pending_key.exists() and pending_code.exists() and pending_code.read_text().strip() == code_digest:
+        loaded = serialization.load_pem_private_key(pending_key.read_bytes(), password=None)
+        key = loaded if isinstance(loaded, Ed25519PrivateKey) else None
+    if key is None:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        _write_private(pending_key, pem)
+        _write_private(pending_code, code_digest.encode())
+
+    try:
+        answer = hq_enroll(hq_url, code, public_key_to_text(key.public_key()), timeout=timeout)
+    except HeadOfficeRejected as exc:
+        raise click.ClickException(f"head office refused the enrollment ({exc.code}): {exc.message}") from None
+    except HeadOfficeUnreachable as exc:
+        raise click.ClickException(f"{exc.message}; nothing changed, run the same command again") from None
+
+    try:
+        terminal_id = str(answer["terminal_id"])
+        hq_public = load_public_key(str(answer["hq_public_key"]).encode())
+        import base64
+
+        token_key = base64.b64decode(answer["token_key"], validate=True)
+        if len(token_key) != 32:
+            raise ValueError("token key must be 32 bytes")
+    except (KeyError, ValueError, EnvelopeError) as exc:
+        raise click.ClickException(f"head office answer is incomplete: {exc}") from None
+
+    # Validate the config before writing anything final, so a bad existing file is reported, not half-updated.
+    try:
+        old_text = cfg_path.read_text("utf-8") if cfg_path.exists() else (
+            "# smartpos terminal configuration, written by `smartpos enroll`.\n"
+            "# Every key with its default is documented in config/smartpos.toml of the smartpos package.\n")
+        new_text = update_config_text(old_text, {
+            "terminal": {"id": terminal_id, "state_dir": str(state)},
+            "headoffice": {"url": hq_url},
+        })
+        parse_settings(tomllib.loads(new_text), path=cfg_path)
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise click.ClickException(f"config {cfg_path}: {exc}") from None
+
+    enrollment_doc: dict[str, Any] = {
+        "terminal_id": terminal_id,
+        "merchant": answer.get("merchant") or {},
+        "hq_url": hq_url,
+        "parameters": answer.get("parameters") or {},
+        "deny_list": answer.get("deny_list") or [],
+        "parameters_version": answer.get("parameters_version"),
+        "enrolled_at": datetime.now(UTC).isoformat(),
+    }
+    _write_private(state / HQ_PUBLIC_KEY, public_key_pem(hq_public))
+    _write_private(state / TOKEN_KEY, token_key)
+    os.replace(pending_key, state / TERMINAL_KEY)
+    _write_private(state / ENROLLMENT, (json.dumps(enrollment_doc, indent=2, sort_keys=True) + "\n").encode())
+    pending_code.unlink(missing_ok=True)
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(cfg_path, new_text.encode("utf-8"))
+
+    if as_json:
+        click.echo(json.dumps({"terminal_id": terminal_id, "merchant": enrollment_doc["merchant"],
+                               "state_dir": str(state), "config": str(cfg_path), "hq_url": hq_url}))
+        return
+    from rich.console import Console
+
+    console = Console()
+    merchant = enrollment_doc["merchant"]
+    console.print(f"[green]enrolled[/green] terminal [bold]{terminal_id}[/bold] of "
+                  f"{merchant.get('name') or merchant.get('id') or 'merchant'} with {hq_url}")
+    console.print(f"keys and enrollment in {state} (0700/0600); config {cfg_path} updated")

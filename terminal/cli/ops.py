@@ -1,0 +1,266 @@
+"""Technician commands that talk to the running daemon's local API: status, pay, refund, void, reprint, batch close.
+
+Amounts on the command line are in major units ("12.50"); the API gets integer minor units.
+Exit status: 0 when the thing asked for happened (payment approved, batch closed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+import orjson
+
+from protocol.amounts import exponent, format_amount, validate_amount, validate_currency
+from protocol.errors import ValidationError
+
+CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
+URL_OPTION = click.option("--url", help="local API URL (default: from the config / the running daemon)")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+
+
+def _fail(message: str, *, as_json: bool = False, code: str = "error") -> None:
+    if as_json:
+        click.echo(orjson.dumps({"error": {"code": code, "message": message}}).decode())
+    else:
+        click.echo(f"smartpos: {message}", err=True)
+    sys.exit(1)
+
+
+def _client(config_file: str | None, url: str | None) -> Any:
+    from config.loading import ConfigError, load_settings
+    from terminal.apiclient import LocalApi, api_url
+
+    try:
+        settings, _ = load_settings(config_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    return LocalApi(api_url(settings, url), token=settings.api.token), settings
+
+
+def _call(fn: Any, *args: Any, as_json: bool = False) -> Any:
+    from terminal.apiclient import ApiCallError
+
+    try:
+        return fn(*args)
+    except ApiCallError as exc:
+        _fail(f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
+
+
+def parse_amount(text: str, currency: str) -> int:
+    """``"12.50", "EUR"`` -> 1250. More decimals than the currency has is an error, not a rounding."""
+    currency = validate_currency(currency)
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValidationError("invalid_amount", f"{text!r} is not an amount like 12.50") from None
+    if not value.is_finite():
+        raise ValidationError("invalid_amount", f"{text!r} is not an amount like 12.50")
+    minor = value.scaleb(exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValidationError("invalid_amount", f"{currency} has {exponent(currency)} decimals; {text} has more")
+    return validate_amount(int(minor))
+
+
+# ----- status ---------------------------------------------------------------------------------------------------
+@click.command()
+@CONFIG_OPTION
+@URL_OPTION
+@JSON_OPTION
+def status(config_file: str | None, url: str | None, as_json: bool) -> None:
+    """Readers, printer, head office, queue and open batch of the running daemon."""
+    api, _ = _client(config_file, url)
+    with api:
+        st = _call(api.status, as_json=as_json)
+    if as_json:
+        click.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"smartpos terminal {st.get('terminal_id') or ''}".strip(), show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("state")
+    for reader in st.get("readers") or []:
+        table.add_row(f"reader {reader.get('name')}", f"{reader.get('state')}  {reader.get('detail') or ''}")
+        for device in reader.get("readers") or []:
+            table.add_row(f"  {device.get('name')}", str(device.get("state")))
+    if st.get("reader_error"):
+        table.add_row("last read error", f"{st['reader_error'].get('code')}: {st['reader_error'].get('message')}")
+    printer = st.get("printer") or {}
+    table.add_row("printer", f"{printer.get('state')}  {printer.get('detail') or ''}")
+    hq = st.get("headoffice") or {}
+    table.add_row("head office", ("online" if hq.get("online") else "offline") + f"  {hq.get('detail') or ''}")
+    q = st.get("queue") or {}
+    amounts = ", ".join(format_amount(v, c) for c, v in (q.get("unsynced_amount") or {}).items()) or "-"
+    oldest = q.get("oldest_unsynced_age_s")
+    queued = f"{q.get('unsynced_count', 0)} unsynced ({amounts})"
+    table.add_row("queue", queued + (f", oldest {oldest} s" if oldest else ""))
+    batch = st.get("batch") or {}
+    table.add_row("open batch", f"#{batch.get('number')}: {batch.get('count', 0)} transactions")
+    payment = st.get("payment")
+    table.add_row("payment", f"{payment['id']} {payment['state']}" if payment else "idle")
+    table.add_row("version", str((st.get("versions") or {}).get("smartpos", "")))
+    Console().print(table)
+
+
+# ----- pay / refund ---------------------------------------------------------------------------------------------
+def _pay(kind: str, amount: str, currency: str | None, mode: str | None, reference: str | None,
+         config_file: str | None, url: str | None, as_json: bool, wait: bool) -> None:
+    api, settings = _client(config_file, url)
+    currency = (currency or settings.payments.currency).upper()
+    try:
+        amount_minor = parse_amount(amount, currency)
+    except ValidationError as exc:
+        _fail(exc.message, as_json=as_json, code=exc.code)
+    body: dict[str, Any] = {"type": kind, "amount_minor": amount_minor, "currency": currency}
+    if mode:
+        body["mode"] = mode
+    if reference:
+        body["reference"] = reference
+    with api:
+        payment = _call(api.create_payment, body, as_json=as_json)
+        if not as_json:
+            click.echo(f"{kind} {format_amount(amount_minor, currency)}: payment {payment['id']} — tap a card")
+        if wait:
+            from terminal.apiclient import ApiCallError
+
+            last = payment["state"]
+            try:
+                for update in api.events(payment["id"]):
+                    payment = update
+                    if update["state"] != last and not as_json:
+                        click.echo(f"  {update['state']}")
+                    last = update["state"]
+            except ApiCallError as exc:
+                _fail(f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
+    if as_json:
+        click.echo(orjson.dumps(payment).decode())
+    else:
+        _print_outcome(payment)
+    sys.exit(0 if payment["state"] == "approved" or not wait else 1)
+
+
+def _print_outcome(payment: dict[str, Any]) -> None:
+    state = payment["state"]
+    card = payment.get("card") or {}
+    auth = payment.get("authorization") or {}
+    line = f"{state.upper()}"
+    if card:
+        line += f"  {card.get('scheme')} {card.get('masked_pan')}"
+    if auth:
+        line += f"  {auth.get('method')} {auth.get('code') or ''}".rstrip()
+        if auth.get("reason"):
+            line += f"  reason: {auth['reason']}"
+    if payment.get("error"):
+        line += f"  ({payment['error'].get('code')}: {payment['error'].get('message')})"
+    if payment.get("sequence") is not None:
+        line += f"  seq {payment['sequence']} batch {payment.get('batch')}"
+    click.echo(line)
+
+
+_PAY_OPTIONS = [
+    click.argument("amount"),
+    click.option("--currency", help="ISO 4217 code (default: [payments] currency)"),
+    click.option("--mode", type=click.Choice(["prefer-online", "require-online", "force-offline"])),
+    click.option("--reference", help="your reference, printed on the receipt"),
+    CONFIG_OPTION,
+    URL_OPTION,
+    JSON_OPTION,
+    click.option("--wait/--no-wait", default=True, help="follow the payment until it ends (default)"),
+]
+
+
+def _with_pay_options(fn: Any) -> Any:
+    for option in reversed(_PAY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@_with_pay_options
+def pay(amount: str, currency: str | None, mode: str | None, reference: str | None, config_file: str | None,
+        url: str | None, as_json: bool, wait: bool) -> None:
+    """Start a sale of AMOUNT (major units, e.g. 12.50) and follow it until approved/declined."""
+    _pay("sale", amount, currency, mode, reference, config_file, url, as_json, wait)
+
+
+@click.command()
+@_with_pay_options
+def refund(amount: str, currency: str | None, mode: str | None, reference: str | None, config_file: str | None,
+           url: str | None, as_json: bool, wait: bool) -> None:
+    """Refund AMOUNT (major units) to the card that is tapped."""
+    _pay("refund", amount, currency, mode, reference, config_file, url, as_json, wait)
+
+
+# ----- void / reprint / batch -----------------------------------------------------------------------------------
+@click.command()
+@click.argument("payment_id")
+@CONFIG_OPTION
+@URL_OPTION
+@JSON_OPTION
+def void(payment_id: str, config_file: str | None, url: str | None, as_json: bool) -> None:
+    """Void an approved payment of the open batch."""
+    api, _ = _client(config_file, url)
+    with api:
+        result = _call(api.void, payment_id, as_json=as_json)
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        click.echo(f"voided {payment_id}: void {result['id']} {result['state']}")
+
+
+@click.command()
+@click.argument("payment_id", required=False)
+@CONFIG_OPTION
+@URL_OPTION
+@JSON_OPTION
+def reprint(payment_id: str | None, config_file: str | None, url: str | None, as_json: bool) -> None:
+    """Print the receipt of PAYMENT_ID again (default: the latest approved payment)."""
+    api, _ = _client(config_file, url)
+    with api:
+        if payment_id is None:
+            recent = _call(api.payments, 50, as_json=as_json)
+            approved = [p for p in recent if p.get("state") == "approved"]
+            if not approved:
+                _fail("no approved payment to reprint", as_json=as_json, code="not_found")
+            payment_id = approved[0]["id"]
+        result = _call(api.reprint, payment_id, as_json=as_json)
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        click.echo(f"receipt of {payment_id} queued for printing")
+
+
+@click.group()
+def batch() -> None:
+    """Settlement batches."""
+
+
+@batch.command("close")
+@CONFIG_OPTION
+@URL_OPTION
+@JSON_OPTION
+def batch_close(config_file: str | None, url: str | None, as_json: bool) -> None:
+    """Close the open batch: totals, settlement report printed, head office told."""
+    api, _ = _client(config_file, url)
+    with api:
+        result = _call(api.close_batch, as_json=as_json)
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch {result.get('batch')} closed")
+    for col in ("type", "scheme", "currency", "count", "amount"):
+        table.add_column(col)
+    for row in result.get("totals") or []:
+        table.add_row(str(row.get("type")), str(row.get("scheme")), str(row.get("currency")), str(row.get("count")),
+                      format_amount(int(row.get("amount_minor") or 0), str(row.get("currency"))))
+    Console().print(table)
+    hq = result.get("headoffice")
+    if hq:
+        click.echo(f"head office: {hq.get('status') or hq}")

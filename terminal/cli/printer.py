@@ -1,0 +1,125 @@
+"""`smartpos printer status|test`: technician commands for the receipt printer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+
+def _printer_settings(uri: str | None, config: str | None, profile: str | None) -> tuple[str, Any, float]:
+    """URI, profile and timeout from the options, else from the config file's [printer] section."""
+    from drivers.printer import DEFAULT_TIMEOUT_S, PrinterUriError, load_profile, parse_uri
+    from protocol.errors import ValidationError
+
+    timeout = DEFAULT_TIMEOUT_S
+    if uri is None or profile is None:
+        try:
+            from config.loading import ConfigError, load_settings
+        except ImportError:  # config package not part of this build
+            settings = None
+        else:
+            try:
+                settings, _path = load_settings(config)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        if settings is not None:
+            uri = uri or settings.printer.uri
+            profile = profile or settings.printer.profile
+            timeout = settings.printer.timeout_s
+    if not uri:
+        raise click.ClickException("no printer: pass --printer URI or set [printer] uri in the config")
+    try:
+        parse_uri(uri)
+        return uri, load_profile(profile), timeout
+    except PrinterUriError as exc:
+        raise click.ClickException(exc.message) from None
+    except ValidationError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _status_line(status: Any) -> str:
+    online = {True: "online", False: "offline", None: "online state unknown"}[status.online]
+    paper = {"ok": "paper ok", "near_end": "paper near end", "out": "paper OUT", "unknown": "paper unknown"}
+    text = f"{online}, {paper[status.paper]}"
+    return f"{text} ({status.detail})" if status.detail else text
+
+
+def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(human, highlight=False, markup=False)
+
+
+_printer_option = click.option("--printer", "uri", metavar="URI",
+                               help="tcp://HOST:PORT, usb://VID:PID, serial:DEVICE[?baudrate=N], file:PATH")
+_config_option = click.option("--config", "config", metavar="FILE", help="config file (default: $SMARTPOS_CONFIG)")
+_profile_option = click.option("--profile", metavar="NAME", help="python-escpos printer profile, e.g. TM-T88V")
+_timeout_option = click.option("--status-timeout", type=float, default=0.5, show_default=True,
+                               help="seconds to wait for each status reply")
+
+
+@click.group()
+def printer() -> None:
+    """Check and test the receipt printer."""
+
+
+@printer.command()
+@_printer_option
+@_config_option
+@_profile_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(uri: str | None, config: str | None, profile: str | None, status_timeout: float, as_json: bool) -> None:
+    """Online/offline and paper ok / near end / out / unknown (exit 1 unless ready to print)."""
+    from drivers.printer import query_status
+
+    uri, prof, _timeout = _printer_settings(uri, config, profile)
+    st = query_status(uri, profile=prof, timeout=status_timeout)
+    _emit({"printer": uri, "profile": prof.name, **st.to_dict()}, as_json, f"{uri}: {_status_line(st)}")
+    sys.exit(0 if st.ready else 1)
+
+
+@printer.command()
+@_printer_option
+@_config_option
+@_profile_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def test(uri: str | None, config: str | None, profile: str | None, status_timeout: float, as_json: bool) -> None:
+    """Print the test page (profile, codepages, QR, cut) and report the status after it."""
+    from drivers.printer import PrinterError, open_printer
+    from terminal.receipt import make_test_page, render_escpos
+
+    uri, prof, timeout = _printer_settings(uri, config, profile)
+    result: dict[str, Any] = {"printer": uri, "profile": prof.name, "printed": False}
+    try:
+        with open_printer(uri, profile=prof, timeout=timeout, status_timeout=status_timeout) as conn:
+            before = conn.status()
+            result["before"] = before.to_dict()
+            if conn.supports_status and not before.ready:
+                raise PrinterError(f"not printing: {_status_line(before)}", code="not_ready")
+            data = render_escpos(make_test_page(prof, status_before=before.summary), prof)
+            conn.write(data)
+            result["bytes"] = len(data)
+            after = conn.status()
+    except PrinterError as exc:
+        result["error"] = {"code": exc.code, "message": str(exc)}
+        if as_json:
+            click.echo(json.dumps(result, sort_keys=True))
+            sys.exit(1)
+        raise click.ClickException(f"{uri}: {exc}") from None
+    result["after"] = after.to_dict()
+    ok = not conn.supports_status or (after.online is True and after.paper != "out")
+    result["printed"] = ok
+    human = f"{uri}: test page sent ({result['bytes']} bytes); after: {_status_line(after)}"
+    if not conn.supports_status:
+        human += " (this connection cannot report status: check the paper)"
+    _emit(result, as_json, human)
+    if not ok:
+        sys.exit(1)

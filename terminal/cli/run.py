@@ -1,0 +1,42 @@
+"""`smartpos run [--config FILE]`: the daemon in the foreground (systemd Type=notify, or a shell)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="config file (default $SMARTPOS_CONFIG, then /etc/smartpos/smartpos.toml)")
+@click.option("--check", is_flag=True, help="validate the config and exit")
+def run(config_file: str | None, check: bool) -> None:
+    """Run the terminal daemon: payments, receipts, offline queue, sync, local API."""
+    from config.loading import ConfigError, load_settings
+
+    try:
+        settings, path = load_settings(config_file)
+    except ConfigError as exc:
+        click.echo(f"smartpos: {exc}", err=True)
+        sys.exit(2)
+    if check:
+        click.echo(f"config {path}: ok")
+        return
+
+    from terminal.logs import setup_logging
+
+    setup_logging(settings.logging.level)
+
+    from terminal.daemon import Daemon, StartupError
+
+    daemon = Daemon(settings)
+    try:
+        code = daemon.run()
+    except StartupError as exc:
+        import logging
+
+        logging.getLogger("smartpos.daemon").error("daemon.start_failed", extra={"reason": str(exc)})
+        click.echo(f"smartpos: cannot start: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)

@@ -1,0 +1,196 @@
+"""`smartpos selftest [--print]`: is this terminal ready to take payments? A table of checks, exit 0/1.
+
+Checks: config, enrollment, queue database (opens, migrations, hash chain), card readers, printer (status, optional
+test page), head office (reachable, accepts this terminal's signature), clock skew against head office. When the
+daemon is running, readers and printer are taken from its status (it owns the devices).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import orjson
+
+MAX_CLOCK_SKEW_S = 30.0
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    warn: bool = False  # shown, but does not fail the selftest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "warning": self.warn, "detail": self.detail}
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
+@click.option("--print", "test_print", is_flag=True, help="also print the printer's test page")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def selftest(config_file: str | None, test_print: bool, as_json: bool) -> None:
+    """Check config, database, readers, printer, head office and clock; exit 0 when all pass."""
+    checks = run_checks(config_file, test_print=test_print)
+    ok = all(c.ok or c.warn for c in checks)
+    if as_json:
+        click.echo(orjson.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}).decode())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="smartpos selftest")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("detail")
+        for c in checks:
+            mark = "[green]ok[/green]" if c.ok else ("[yellow]warn[/yellow]" if c.warn else "[red]FAIL[/red]")
+            table.add_row(c.name, mark, c.detail)
+        Console().print(table)
+    sys.exit(0 if ok else 1)
+
+
+def run_checks(config_file: str | None, *, test_print: bool = False) -> list[Check]:
+    from config.loading import ConfigError, load_settings
+
+    checks: list[Check] = []
+    try:
+        settings, path = load_settings(config_file)
+    except ConfigError as exc:
+        return [Check("config", False, str(exc))]
+    checks.append(Check("config", True, f"{path}" + ("" if path.exists() else " (not found: defaults)")))
+
+    from config.provisioning import ProvisioningError, load_enrollment
+
+    try:
+        enrollment = load_enrollment(settings.state_dir)
+        checks.append(Check("enrollment", True, f"terminal {enrollment.terminal_id}, merchant "
+                                                f"{(enrollment.merchant or {}).get('name', '?')}"))
+    except ProvisioningError as exc:
+        checks.append(Check("enrollment", False, str(exc)))
+        enrollment = None
+
+    if enrollment is not None:
+        checks.append(_check_database(settings, enrollment))
+
+    daemon_status = _daemon_status(settings)
+    checks.append(Check("daemon", daemon_status is not None,
+                        "running" if daemon_status is not None else "not running (`smartpos run`)",
+                        warn=daemon_status is None))
+    checks.extend(_check_readers(settings, daemon_status))
+    checks.append(_check_printer(settings, daemon_status, enrollment, test_print))
+    if enrollment is not None:
+        checks.extend(_check_headoffice(settings, enrollment))
+    return checks
+
+
+def _check_database(settings: Any, enrollment: Any) -> Check:
+    from offline_queue.errors import StoreError
+    from offline_queue.store import QueueStore
+
+    try:
+        with QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id) as store:
+            last = store.verify()
+            stats = store.stats()
+        return Check("queue database", True, f"{settings.db_path}: chain verified to #{last}, "
+                                            f"{stats.unsynced_count} unsynced")
+    except StoreError as exc:
+        return Check("queue database", False, exc.message)
+    except Exception as exc:  # a broken chain (ChainError) or anything else is a failed check, not a crash
+        return Check("queue database", False, f"{type(exc).__name__}: {exc}")
+
+
+def _daemon_status(settings: Any) -> dict[str, Any] | None:
+    from terminal.apiclient import ApiCallError, LocalApi, api_url
+
+    try:
+        with LocalApi(api_url(settings), token=settings.api.token, timeout=2.0) as api:
+            return api.status()
+    except ApiCallError:
+        return None
+
+
+def _check_readers(settings: Any, daemon_status: dict[str, Any] | None) -> list[Check]:
+    if daemon_status is not None:
+        readers = daemon_status.get("readers") or []
+    else:
+        readers = []
+        if settings.readers.pcsc:
+            from drivers.pcsc import PcscReaders
+
+            pcsc = PcscReaders(settings.readers.pcsc_filter).start()
+            try:
+                pcsc.wait_ready(3.0)
+                status = pcsc.status()
+            finally:
+                pcsc.close()
+            readers.append(status)
+        for path in settings.readers.nfcpy:
+            readers.append({"name": path, "stack": "nfcpy", "state": "configured",
+                            "detail": "opened by the daemon only (one owner per reader)"})
+    if not readers:
+        return [Check("readers", False, "no card reader found")]
+    checks = []
+    for reader in readers:
+        state = reader.get("state")
+        ok = state in ("ready", "card_present", "configured")
+        names = ", ".join(str(r.get("name")) for r in reader.get("readers") or [])
+        detail = f"{state} {reader.get('detail') or ''}".strip() + (f" [{names}]" if names else "")
+        checks.append(Check(f"reader {reader.get('name')}", ok, detail))
+    return checks
+
+
+def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollment: Any, test_print: bool) -> Check:
+    if not settings.printer.uri:
+        return Check("printer", True, "none configured", warn=True)
+    if test_print:
+        from drivers.printer import load_profile, print_bytes, query_status
+        from terminal.receipt import render_escpos, test_page_model
+
+        profile = load_profile(settings.printer.profile) if settings.printer.profile else load_profile()
+        try:
+            model = test_page_model(profile=profile, merchant=(enrollment.merchant if enrollment else {}),
+                                    terminal_id=enrollment.terminal_id if enrollment else "")
+            print_bytes(settings.printer.uri, render_escpos(model, profile), profile=profile,
+                        timeout=settings.printer.timeout_s)
+        except Exception as exc:
+            return Check("printer", False, f"test page failed: {exc}")
+        status = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
+        return Check("printer", status.ready, f"test page sent; {status.summary} {status.detail}".strip())
+    if daemon_status is not None:
+        printer = daemon_status.get("printer") or {}
+        state = printer.get("state", "unknown")
+        detail = f"{state} (from the daemon) {printer.get('detail') or ''}".strip()
+        return Check("printer", state in ("ok", "paper_low"), detail, warn=state == "paper_low")
+    from drivers.printer import query_status
+
+    status = query_status(settings.printer.uri, timeout=settings.printer.status_timeout_s)
+    return Check("printer", status.ready, f"{settings.printer.uri}: {status.summary} {status.detail}".strip(),
+                 warn=status.summary == "paper_low")
+
+
+def _check_headoffice(settings: Any, enrollment: Any) -> list[Check]:
+    from offline_queue.hqclient import HeadOfficeClient, HeadOfficeError
+
+    url = settings.headoffice.url or enrollment.hq_url
+    if not url:
+        return [Check("head office", False, "no URL configured")]
+    checks = []
+    with HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
+                          timeout=settings.headoffice.timeout_s) as client:
+        try:
+            offset = client.clock_offset()
+            checks.append(Check("head office", True, f"{url} reachable"))
+        except HeadOfficeError as exc:
+            return [Check("head office", False, f"{url}: {exc.message}")]
+        try:
+            client.ping()
+            checks.append(Check("head office auth", True, f"signed request as {enrollment.terminal_id} accepted"))
+        except HeadOfficeError as exc:
+            checks.append(Check("head office auth", False, f"{exc.code}: {exc.message}"))
+    checks.append(Check("clock", abs(offset) <= MAX_CLOCK_SKEW_S,
+                        f"{offset:+.2f} s vs head office (limit ±{MAX_CLOCK_SKEW_S:.0f} s)"))
+    return checks

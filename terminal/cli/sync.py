@@ -1,0 +1,95 @@
+"""`smartpos sync [--wait]`: upload the queued transactions to head office now, with a progress bar.
+
+For a technician draining a backlog. Without ``--wait`` one pass is made and an unreachable head office is an
+error (exit 1); with ``--wait`` network errors are retried with backoff until the queue is drained (Ctrl-C stops,
+nothing is lost: what was not acknowledged is sent again next time).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file (default $SMARTPOS_CONFIG or /etc/smartpos/smartpos.toml).")
+@click.option("--wait", is_flag=True, help="Retry until everything is uploaded (backoff on network errors).")
+@click.option("--page-size", type=click.IntRange(1, 5000), help="Transactions per upload (default [sync] page_size).")
+@click.option("--compress", is_flag=True, help="gzip the uploads (slow uplinks).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, no progress bar.")
+def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: bool, as_json: bool) -> None:
+    """Upload queued transactions to head office and report closed batches."""
+    from config.loading import ConfigError, load_settings
+    from config.provisioning import ProvisioningError, load_enrollment
+    from offline_queue.errors import StoreError
+    from offline_queue.hqclient import HeadOfficeClient
+    from offline_queue.store import QueueStore
+    from offline_queue.sync import SyncEngine, SyncProgress
+
+    try:
+        settings, _path = load_settings(config_file)
+        enrollment = load_enrollment(settings.state_dir)
+    except (ConfigError, ProvisioningError) as exc:
+        raise click.ClickException(str(exc)) from None
+    url = settings.headoffice.url or enrollment.hq_url
+    if not url:
+        raise click.ClickException("no head-office URL: set [headoffice] url or enroll the terminal")
+    try:
+        store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
+    except StoreError as exc:
+        raise click.ClickException(f"queue {settings.db_path}: {exc.message}") from None
+    client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
+                              timeout=settings.headoffice.timeout_s, compress=compress)
+    stop = threading.Event()
+    try:
+        if as_json:
+            engine = SyncEngine(store, client, page_size=page_size or settings.sync.page_size)
+            result = engine.run_once(wait=wait, stop=stop)
+            click.echo(json.dumps(result.to_dict(), default=str))
+        else:
+            result = _with_progress(store, client, page_size or settings.sync.page_size, wait, stop,
+                                    SyncEngine, SyncProgress)
+    except KeyboardInterrupt:
+        stop.set()
+        raise click.ClickException("interrupted; what was not acknowledged is sent again next time") from None
+    finally:
+        client.close()
+        store.close()
+    if not result.ok:
+        raise click.ClickException(f"sync incomplete ({result.error_code}): {result.error}; "
+                                   f"{result.remaining} transactions still queued")
+
+
+def _with_progress(store: Any, client: Any, page_size: int, wait: bool, stop: threading.Event, engine_cls: Any,
+                   progress_cls: Any) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]sync[/bold]"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("accepted {task.fields[accepted]}  rejected {task.fields[rejected]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        total = int(store.stats().unsynced_count)
+        task = progress.add_task("sync", total=total or None, accepted=0, rejected=0)
+
+        def on_progress(p: Any) -> None:
+            progress.update(task, completed=p.done, total=p.total, accepted=p.accepted, rejected=p.rejected)
+
+        engine = engine_cls(store, client, page_size=page_size, on_progress=on_progress)
+        result = engine.run_once(wait=wait, stop=stop)
+        if not total:
+            progress.update(task, total=1, completed=1)
+    out = Console()
+    out.print(f"accepted {result.accepted} (of which {result.duplicates} already at head office), "
+              f"rejected {result.rejected}, pages {result.pages}, retries {result.retries}, "
+              f"batches reported {result.batches_reported}, still queued {result.remaining}")
+    for rej in result.rejections[:10]:
+        out.print(f"  [yellow]rejected[/yellow] sequence {rej['sequence']}: {rej['reason'] or rej['code']}")
+    if result.parameters_updated:
+        out.print(f"parameters updated to version {result.parameters_version}")
+    return result

@@ -1,0 +1,401 @@
+"""The payment flow: one worker thread drives one payment at a time through the stored state machine.
+
+Order of effects for an approval (the write-ahead rule): the transaction is committed to the queue, in the same
+commit as the payment's ``approved`` state; only then is the state published to the front end, and only then is
+the receipt handed to the spooler. A crash anywhere leaves a payment that ``recover()`` resolves
+deterministically (see ``terminal.payment.resolve_after_restart``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from drivers.cardread import EmvCardRead
+from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
+from protocol.amounts import validate_amount, validate_currency
+from protocol.errors import ValidationError
+from terminal.authorization import Authorization, OfflineDecision, OnlineRefused, OnlineUnavailable, decide
+from terminal.payment import CANCELLABLE, PAYMENT_TYPES, State, check_transition, is_final, resolve_after_restart
+
+log = logging.getLogger("smartpos.payments")
+
+Payment = dict[str, Any]
+
+
+class Ledger(Protocol):
+    """What the flow needs from the durable queue (``terminal.ledger.QueueLedger`` is the real one)."""
+
+    def create_payment(self, *, idempotency_key: str, request: dict[str, Any]) -> Payment: ...
+    def payment_by_key(self, idempotency_key: str) -> Payment | None: ...
+    def payment(self, payment_id: str) -> Payment | None: ...
+    def active_payments(self) -> list[Payment]: ...
+    def set_state(self, payment_id: str, state: State, **fields: Any) -> Payment: ...
+    def is_recorded(self, payment_id: str) -> bool: ...
+    def offline_decision(self, payment: Payment, card: EmvCardRead) -> OfflineDecision: ...
+    def online_request(self, payment: Payment, card: EmvCardRead) -> dict[str, Any]: ...
+    def record_approval(self, payment: Payment, card: EmvCardRead, auth: Authorization) -> Payment: ...
+    def record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]: ...
+
+
+class Reader(Protocol):
+    def wait_for_card(self, td: Any, *, timeout: float, cancel: threading.Event) -> Any: ...
+
+
+class Receipts(Protocol):
+    def submit(self, payment: Payment, *, request_id: str, reprint: bool = False) -> None: ...
+
+
+class FlowError(Exception):
+    """A request the flow refuses; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    default_mode: str = "prefer-online"
+    card_timeout_s: float = 60.0
+    terminal_data: Callable[[Payment], Any] | None = None
+    # pause before asking a reader again after it reported itself unavailable
+    reader_retry_s: float = 0.25
+
+
+class PaymentFlow:
+    def __init__(
+        self,
+        ledger: Ledger,
+        reader: Reader,
+        *,
+        online: Callable[[dict[str, Any]], dict[str, Any]] | None,
+        receipts: Receipts | None,
+        publish: Callable[[str, Payment], None],
+        settings: FlowSettings,
+        on_outcome: Callable[[Payment], None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._reader = reader
+        self._online = online
+        self._receipts = receipts
+        self._publish = publish
+        self._settings = settings
+        self._on_outcome = on_outcome
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queued: str | None = None
+        self._current: str | None = None
+        self._cancel = threading.Event()
+        self._cancel_reason = "cancelled_by_pos"
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._timings: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self.last_error: dict[str, str] | None = None
+        self.heartbeat = time.monotonic()
+
+    # ----- lifecycle -------------------------------------------------------------------------------------------
+    def recover(self) -> list[Payment]:
+        """Resolve payments a crash or restart left in flight. Run before the API accepts requests."""
+        resolved = []
+        for payment in self._ledger.active_payments():
+            recorded = self._ledger.is_recorded(payment["id"])
+            state, reason = resolve_after_restart(payment["state"], recorded=recorded)
+            if recorded:
+                # The approval committed with the transaction; only a stale stored state is left to fix.
+                fixed = self._ledger.payment(payment["id"]) or payment
+            else:
+                fixed = self._ledger.set_state(
+                    payment["id"], state, error={"code": reason or "interrupted",
+                                                 "message": "the terminal restarted before this payment completed"}
+                )
+            log.warning("payment.recovered", extra={"payment_id": payment["id"], "was": payment["state"],
+                                                    "now": fixed["state"]})
+            resolved.append(fixed)
+            if recorded and self._receipts is not None:
+                # The spooler is idempotent on request_id: a receipt already queued is not printed twice.
+                self._receipts.submit(fixed, request_id=f"{fixed['id']}:receipt")
+        return resolved
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="payment-worker", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop taking payments; a payment waiting for a tap ends ``cancelled``, one past that point finishes."""
+        with self._lock:
+            self._stopping = True
+            self._cancel_reason = "terminal_shutdown"
+            self._cancel.set()
+            self._work.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ----- requests from the API (any thread) ------------------------------------------------------------------
+    def create(self, idempotency_key: str, request: dict[str, Any]) -> tuple[Payment, bool]:
+        request = self.validate_request(request)
+        with self._lock:
+            existing = self._ledger.payment_by_key(idempotency_key)
+            if existing is not None:
+                if existing.get("type") == "void" or any(existing.get(k) != v for k, v in request.items()):
+                    raise FlowError(
+                        422, "idempotency_key_reused", "this Idempotency-Key was used for a different request"
+                    )
+                return existing, False
+            if self._stopping:
+                raise FlowError(503, "shutting_down", "the terminal is shutting down")
+            for busy_id in (self._queued, self._current):
+                busy = self._ledger.payment(busy_id) if busy_id else None
+                if busy is not None and not is_final(busy["state"]):
+                    raise FlowError(409, "terminal_busy", f"payment {busy_id} is still {busy['state']}")
+            payment = self._ledger.create_payment(idempotency_key=idempotency_key, request=request)
+            self._queued = payment["id"]
+            self._cancel.clear()
+            self._cancel_reason = "cancelled_by_pos"
+            self._work.notify_all()
+        log.info("payment.created", extra=_fields(payment))
+        self._publish(payment["id"], payment)
+        return payment, True
+
+    def validate_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = request.get("type", "sale")
+        if kind not in PAYMENT_TYPES:
+            raise ValidationError("invalid_type", f"type must be one of {', '.join(PAYMENT_TYPES)}, got {kind!r}")
+        mode = request.get("mode") or self._settings.default_mode
+        if mode not in ("prefer-online", "require-online", "force-offline"):
+            raise ValidationError(
+                "invalid_mode", f"mode must be prefer-online, require-online or force-offline, got {mode!r}"
+            )
+        reference = request.get("reference")
+        if reference is not None and (not isinstance(reference, str) or len(reference) > 64):
+            raise ValidationError("invalid_reference", "reference must be a string of at most 64 characters")
+        return {
+            "type": kind,
+            "amount_minor": validate_amount(request.get("amount_minor")),
+            "currency": validate_currency(request.get("currency")),
+            "reference": reference,
+            "mode": mode,
+        }
+
+    def cancel(self, payment_id: str, wait_s: float = 3.0) -> Payment:
+        payment = self._get(payment_id)
+        if payment["state"] == State.CANCELLED:
+            return payment
+        if payment["state"] not in CANCELLABLE:
+            raise FlowError(409, "not_cancellable", f"payment is {payment['state']}; it can no longer be cancelled")
+        with self._lock:
+            if self._queued == payment_id or self._current == payment_id:
+                self._cancel_reason = "cancelled_by_pos"
+                self._cancel.set()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            payment = self._get(payment_id)
+            if is_final(payment["state"]):
+                break
+            time.sleep(0.01)
+        if payment["state"] != State.CANCELLED:
+            raise FlowError(409, "not_cancellable", f"payment is {payment['state']}; it could not be cancelled")
+        return payment
+
+    def void(self, payment_id: str, idempotency_key: str | None = None) -> tuple[Payment, bool]:
+        payment = self._get(payment_id)
+        if payment["type"] == "void":
+            raise FlowError(409, "not_voidable", "a void cannot be voided")
+        if payment["state"] != State.APPROVED:
+            raise FlowError(409, "not_voidable", f"only approved payments can be voided, not {payment['state']}")
+        void, created = self._ledger.record_void(payment, idempotency_key=idempotency_key or f"void:{payment_id}")
+        if created:
+            log.info("payment.voided", extra={**_fields(void), "void_of": payment_id})
+            self._publish(payment_id, self._ledger.payment(payment_id) or payment)
+            if self._receipts is not None:
+                self._receipts.submit(void, request_id=f"{void['id']}:receipt")
+        return void, created
+
+    def reprint(self, payment_id: str, request_id: str) -> Payment:
+        payment = self._get(payment_id)
+        if payment["state"] != State.APPROVED:
+            raise FlowError(409, "no_receipt", f"payment is {payment['state']}; only approved payments have receipts")
+        if self._receipts is None or not getattr(self._receipts, "enabled", True):
+            raise FlowError(409, "no_printer", "no printer is configured")
+        self._receipts.submit(payment, request_id=request_id, reprint=True)
+        return payment
+
+    def timings(self, payment_id: str) -> dict[str, float] | None:
+        with self._lock:
+            return dict(self._timings[payment_id]) if payment_id in self._timings else None
+
+    def busy_payment(self) -> str | None:
+        with self._lock:
+            return self._current or self._queued
+
+    def _get(self, payment_id: str) -> Payment:
+        payment = self._ledger.payment(payment_id)
+        if payment is None:
+            raise FlowError(404, "not_found", "no payment with this id")
+        return payment
+
+    # ----- the worker ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._queued is None and not self._stopping:
+                    self.heartbeat = time.monotonic()
+                    self._work.wait(1.0)
+                if self._stopping and self._queued is None:
+                    return
+                payment_id, self._queued = self._queued, None
+                self._current = payment_id
+            try:
+                payment = self._ledger.payment(payment_id)
+                if payment is not None and payment["state"] == State.WAITING_FOR_CARD:
+                    self._process(payment)
+            except Exception:  # the worker must outlive any one payment; the payment itself ends failed
+                log.exception("payment.worker_error", extra={"payment_id": payment_id})
+                self._fail_quietly(payment_id)
+            finally:
+                with self._lock:
+                    self._current = None
+                self.heartbeat = time.monotonic()
+
+    def _process(self, payment: Payment) -> None:
+        deadline = time.monotonic() + self._settings.card_timeout_s
+        td = self._settings.terminal_data(payment) if self._settings.terminal_data else None
+        while True:
+            self.heartbeat = time.monotonic()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._finish(payment, State.TIMED_OUT, error={"code": "card_timeout", "message": "no card was tapped"})
+                return
+            if self._cancel.is_set():
+                self._cancelled(payment)
+                return
+            try:
+                read = self._reader.wait_for_card(td, timeout=min(remaining, 5.0), cancel=self._cancel)
+            except ReadTimeout as exc:
+                if exc.code == "cancelled" or self._cancel.is_set():
+                    self._cancelled(payment)
+                    return
+                continue  # slice of the wait elapsed; loop re-checks the overall deadline
+            except ReaderUnavailableError as exc:
+                self._read_problem(payment, exc)
+                self._cancel.wait(self._settings.reader_retry_s)
+                continue
+            except CardError as exc:
+                self._read_problem(payment, exc)
+                continue
+            if self._cancel.is_set():
+                self._cancelled(payment)
+                return
+            if not isinstance(read, EmvCardRead):
+                self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
+                continue
+            self._authorize(payment, read)
+            return
+
+    def _authorize(self, payment: Payment, card: EmvCardRead) -> None:
+        pid = payment["id"]
+        timings = {"card_detected": card.detected_at, "card_read": card.read_at}
+        public = {k: v for k, v in card.to_public_dict().items() if k in
+                  ("scheme", "masked_pan", "entry_mode", "aid", "label", "wallet", "reader")}
+        payment = self._transition(payment, State.READING, card=public, error=None)
+        payment = self._transition(payment, State.AUTHORIZING)
+        online = None
+        if self._online is not None:
+            online_call = self._online
+
+            def online() -> dict[str, Any]:
+                return online_call(self._ledger.online_request(payment, card))
+
+        try:
+            auth = decide(payment["mode"], online=online,
+                          offline=lambda: self._ledger.offline_decision(payment, card))
+        except (OnlineRefused, OnlineUnavailable) as exc:  # decide() handles these; belt and braces
+            auth = Authorization(False, "online", reason=f"online_unavailable:{exc.code}")
+        timings["decided"] = time.monotonic()
+        if not auth.approved:
+            self._finish(payment, State.DECLINED, authorization=auth.to_dict())
+            return
+        try:
+            approved = self._ledger.record_approval(payment, card, auth)
+        except Exception as exc:
+            # Never approve without a durable record: the sale is not approved, the cashier sees why.
+            log.error("payment.record_failed", extra={"payment_id": pid, "error": type(exc).__name__})
+            code = getattr(exc, "code", None) or "store_write_failed"
+            self._finish(payment, State.FAILED, authorization=auth.to_dict(),
+                         error={"code": str(code), "message": "the payment could not be stored; it is NOT approved"})
+            return
+        timings["approved"] = time.monotonic()
+        self._remember(pid, timings)
+        self._announce(approved)
+        if self._receipts is not None:
+            self._receipts.submit(approved, request_id=f"{pid}:receipt")
+
+    # ----- state changes ---------------------------------------------------------------------------------------
+    def _transition(self, payment: Payment, state: State, **fields: Any) -> Payment:
+        check_transition(payment["state"], state)
+        updated = self._ledger.set_state(payment["id"], state, **fields)
+        self._publish(updated["id"], updated)
+        return updated
+
+    def _finish(self, payment: Payment, state: State, **fields: Any) -> None:
+        updated = self._transition(payment, state, **fields)
+        self._announce(updated, published=True)
+
+    def _announce(self, payment: Payment, *, published: bool = False) -> None:
+        if not published:
+            self._publish(payment["id"], payment)
+        log.info(f"payment.{payment['state']}", extra=_fields(payment))
+        if self._on_outcome is not None:
+            self._on_outcome(payment)
+
+    def _cancelled(self, payment: Payment) -> None:
+        current = self._ledger.payment(payment["id"]) or payment
+        reason = self._cancel_reason
+        self._finish(current, State.CANCELLED, error={"code": reason, "message": reason.replace("_", " ")})
+
+    def _read_problem(self, payment: Payment, exc: CardError) -> None:
+        self.last_error = {"code": exc.code, "message": exc.message}
+        log.warning("payment.read_failed", extra={"payment_id": payment["id"], "code": exc.code})
+        current = self._ledger.payment(payment["id"]) or payment
+        if current["state"] == State.READING:
+            current = self._transition(current, State.WAITING_FOR_CARD)
+        updated = self._ledger.set_state(current["id"], State(current["state"]), error=self.last_error)
+        self._publish(updated["id"], updated)
+
+    def _remember(self, payment_id: str, timings: dict[str, float]) -> None:
+        with self._lock:
+            self._timings[payment_id] = timings
+            while len(self._timings) > 256:
+                self._timings.popitem(last=False)
+
+    def _fail_quietly(self, payment_id: str) -> None:
+        try:
+            payment = self._ledger.payment(payment_id)
+            if payment is None or is_final(payment["state"]):
+                return
+            if self._ledger.is_recorded(payment_id):
+                return
+            self._finish(payment, State.FAILED, error={"code": "internal_error", "message": "the payment failed"})
+        except Exception:
+            log.exception("payment.fail_quietly_error", extra={"payment_id": payment_id})
+
+
+def _fields(payment: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": payment.get("id"),
+        "state": payment.get("state"),
+        "type": payment.get("type"),
+        "amount_minor": payment.get("amount_minor"),
+        "currency": payment.get("currency"),
+        "mode": payment.get("mode"),
+    }

@@ -1,0 +1,297 @@
+"""The payment flow's view of the durable queue: payments, card protection, offline rules, recording.
+
+Adapts ``offline_queue.store.QueueStore`` to what ``terminal.flow.PaymentFlow`` needs. The card read is turned
+into a ``ProtectedCard`` (masked PAN, keyed token, envelope sealed to head office) once per tap; the clear PAN
+never goes further than that call.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from config.provisioning import Enrollment
+from config.settings import Settings
+from drivers.cardread import EmvCardRead
+from protocol.errors import ValidationError
+from terminal.authorization import Authorization, OfflineDecision
+from terminal.flow import FlowError
+from terminal.payment import ACTIVE, State
+
+Payment = dict[str, Any]
+
+
+class LedgerError(Exception):
+    """The queue cannot be opened; one line with what to do."""
+
+
+class QueueLedger:
+    def __init__(self, store: Any, protection: Any, settings: Settings, enrollment: Enrollment) -> None:
+        self.store = store
+        self.protection = protection
+        self.settings = settings
+        self.enrollment = enrollment
+        self._protected: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings, enrollment: Enrollment) -> QueueLedger:
+        from offline_queue.cardprotect import CardProtection
+        from offline_queue.errors import StoreError
+        from offline_queue.store import QueueStore
+
+        try:
+            store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
+        except StoreError as exc:
+            raise LedgerError(f"queue {settings.db_path}: {exc.message}") from None
+        protection = CardProtection(
+            enrollment.token_key, enrollment.hq_public_key, pan_mask=settings.card_data.pan_mask
+        )
+        if store.last_contact() is None:
+            # Enrollment itself was a successful head-office contact: the offline-age rule counts from there.
+            enrolled = _parse_time(enrollment.enrolled_at)
+            if enrolled is not None:
+                store.record_contact(enrolled)
+        return cls(store, protection, settings, enrollment)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ----- payments ----------------------------------------------------------------------------------------------
+    def create_payment(self, *, idempotency_key: str, request: dict[str, Any]) -> Payment:
+        payment = self.store.create_payment(
+            idempotency_key,
+            type=request["type"],
+            amount_minor=request["amount_minor"],
+            currency=request["currency"],
+            reference=request.get("reference"),
+            mode=request["mode"],
+        )
+        return payment.to_dict()
+
+    def payment(self, payment_id: str) -> Payment | None:
+        payment = self.store.get_payment(payment_id)
+        return payment.to_dict() if payment is not None else None
+
+    def payment_by_key(self, idempotency_key: str) -> Payment | None:
+        payment = self.store.get_payment_by_key(idempotency_key)
+        return payment.to_dict() if payment is not None else None
+
+    def active_payments(self) -> list[Payment]:
+        return [p.to_dict() for p in self.store.payments_in_states([s.value for s in ACTIVE])]
+
+    def recent_payments(self, limit: int) -> list[Payment]:
+        recent = getattr(self.store, "recent_payments", None)
+        if recent is not None:
+            rows = recent(limit)
+        else:
+            rows = sorted(self.store.payments_in_states([s.value for s in State]),
+                          key=lambda p: p.created_at, reverse=True)[:limit]
+        return [self._view(p.to_dict()) for p in rows]
+
+    def set_state(self, payment_id: str, state: State, **fields: Any) -> Payment:
+        kwargs = {k: v for k, v in fields.items() if k in ("card", "authorization", "error") and v is not None}
+        return self.store.set_payment_state(payment_id, State(state).value, **kwargs).to_dict()
+
+    def is_recorded(self, payment_id: str) -> bool:
+        return self.store.transaction_for_payment(payment_id) is not None
+
+    # ----- deciding ----------------------------------------------------------------------------------------------
+    def _protect(self, card: EmvCardRead) -> Any:
+        # One sealing per tap: the offline rules, the online request and the record all use the same envelope.
+        key = id(card)
+        with self._lock:
+            cached = self._protected.get(key)
+            if cached is not None and cached[0] is card:
+                return cached[1]
+        protected = self.protection.protect(card)
+        with self._lock:
+            self._protected = {key: (card, protected)}
+        return protected
+
+    def risk_parameters(self) -> Any:
+        from offline_queue.risk import merge_parameters
+
+        stored = self.store.parameters()
+        hq = stored.parameters if stored is not None else self.enrollment.parameters
+        risk = hq.get("risk", hq) if isinstance(hq, dict) else None
+        # merge_parameters ignores what head office sends beyond the risk fields (receipt header, ...)
+        return merge_parameters(risk if isinstance(risk, dict) else None, self.settings.risk or None)
+
+    def offline_decision(self, payment: Payment, card: EmvCardRead) -> OfflineDecision:
+        from offline_queue.risk import RiskPayment, evaluate
+
+        protected = self._protect(card)
+        stats = self.store.risk_stats(protected.token, payment["currency"])
+        decision = evaluate(
+            self.risk_parameters(),
+            stats,
+            protected.token,
+            RiskPayment(payment["type"], payment["amount_minor"], payment["currency"]),
+            denied=self.store.is_denied(protected.token),
+        )
+        return OfflineDecision(decision.approved, decision.reason)
+
+    def online_request(self, payment: Payment, card: EmvCardRead) -> dict[str, Any]:
+        protected = self._protect(card)
+        return {
+            "idempotency_key": payment["id"],
+            "type": payment["type"],
+            "amount_minor": payment["amount_minor"],
+            "currency": payment["currency"],
+            "token": protected.token,
+            "masked_pan": protected.masked_pan,
+            "scheme": protected.scheme,
+            "entry_mode": protected.entry_mode,
+            "reference": payment.get("reference"),
+            "envelope": protected.envelope,
+        }
+
+    # ----- recording ---------------------------------------------------------------------------------------------
+    def record_approval(self, payment: Payment, card: EmvCardRead, auth: Authorization) -> Payment:
+        from offline_queue.models import Authorization as StoredAuth
+
+        protected = self._protect(card)
+        self.store.record(
+            type=payment["type"],
+            amount_minor=payment["amount_minor"],
+            currency=payment["currency"],
+            card=protected,
+            auth=StoredAuth(mode=auth.method, code=auth.code, reason=auth.reason, auth_id=auth.auth_id),
+            reference=payment.get("reference"),
+            idempotency_key=payment["id"],
+            payment_id=payment["id"],
+        )
+        with self._lock:
+            self._protected = {}
+        stored = self.payment(payment["id"])
+        assert stored is not None
+        return stored
+
+    def record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]:
+        from offline_queue.models import Authorization as StoredAuth
+
+        existing = self.payment_by_key(idempotency_key)
+        if existing is not None:
+            if existing.get("void_of") != payment["id"]:
+                raise FlowError(422, "idempotency_key_reused", "this Idempotency-Key was used for another request")
+            if existing["state"] == State.APPROVED:
+                return existing, False
+        original = self.store.transaction_for_payment(payment["id"])
+        if original is None:
+            raise FlowError(409, "not_voidable", "this payment has no recorded transaction")
+        if original.voided_by:
+            done = self.store.transaction(original.voided_by)
+            if done is not None and done.payment_id:
+                view = self.payment(done.payment_id)
+                if view is not None:
+                    return view, False
+            raise FlowError(409, "already_voided", "this payment is already voided")
+        void = existing or self.store.create_payment(
+            idempotency_key,
+            type="void",
+            amount_minor=payment["amount_minor"],
+            currency=payment["currency"],
+            reference=payment.get("reference"),
+            mode="force-offline",
+            void_of=payment["id"],
+        ).to_dict()
+        try:
+            self.store.void(
+                original.uuid,
+                auth=StoredAuth(mode="offline"),
+                reference=payment.get("reference"),
+                idempotency_key=idempotency_key,
+                payment_id=void["id"],
+            )
+        except ValidationError as exc:
+            self.store.set_payment_state(void["id"], State.FAILED.value,
+                                         error={"code": exc.code, "message": exc.message})
+            raise FlowError(409, exc.code, exc.message) from None
+        stored = self.payment(void["id"])
+        assert stored is not None
+        return stored, True
+
+    # ----- views ---------------------------------------------------------------------------------------------------
+    def transaction_for(self, payment_id: str) -> Any:
+        return self.store.transaction_for_payment(payment_id)
+
+    def payment_view(self, payment_id: str) -> Payment | None:
+        payment = self.payment(payment_id)
+        return self._view(payment) if payment is not None else None
+
+    def _view(self, payment: Payment) -> Payment:
+        txn = self.store.transaction_for_payment(payment["id"]) if payment["state"] == State.APPROVED else None
+        card = payment.get("card") or None
+        if txn is not None:
+            card = {"scheme": txn.scheme, "masked_pan": txn.masked_pan, "entry_mode": txn.entry_mode,
+                    "aid": txn.aid, "label": txn.label}
+        elif card:
+            card = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
+        view = {
+            "id": payment["id"],
+            "state": payment["state"],
+            "type": payment["type"],
+            "amount_minor": payment["amount_minor"],
+            "currency": payment["currency"],
+            "reference": payment.get("reference"),
+            "mode": payment.get("mode"),
+            "void_of": payment.get("void_of"),
+            "created_at": payment.get("created_at"),
+            "updated_at": payment.get("updated_at"),
+            "transaction_id": txn.uuid if txn else None,
+            "sequence": txn.sequence if txn else None,
+            "batch": txn.batch if txn else None,
+            "card": card,
+            "authorization": _public_auth(payment.get("authorization")),
+            "error": payment.get("error") if payment["state"] != State.APPROVED else None,
+            "voided_by": txn.voided_by if txn else None,
+            "sync_state": txn.sync_state if txn else None,
+            "receipt": None,
+        }
+        if txn is not None and txn.sync_state == "rejected":
+            view["sync_rejection"] = {"code": txn.sync_code, "reason": txn.sync_reason}
+        return view
+
+    def queue_status(self) -> dict[str, Any]:
+        stats = self.store.stats().to_dict()
+        return {
+            "unsynced_count": stats.get("unsynced_count", 0),
+            "unsynced_amount": stats.get("unsynced_amount_minor", {}),
+            "oldest_unsynced_age_s": stats.get("oldest_unsynced_age_s"),
+            "rejected_count": stats.get("rejected_count", 0),
+            "last_sequence": stats.get("last_sequence"),
+            "last_contact_at": stats.get("last_contact_at"),
+        }
+
+    def open_batch(self) -> dict[str, Any]:
+        batch = self.store.open_batch()
+        return {"number": batch.number, "opened_at": batch.opened_at, "count": (batch.totals or {}).get("count", 0),
+                "totals": batch.totals}
+
+    def close_batch(self) -> dict[str, Any]:
+        batch = self.store.close_batch()
+        totals = batch.totals or {}
+        return {"batch": batch.number, "opened_at": batch.opened_at, "closed_at": batch.closed_at,
+                "count": totals.get("count", 0), "totals": totals}
+
+    def versions(self) -> dict[str, Any]:
+        stored = self.store.parameters()
+        return {"parameters": stored.version if stored is not None else self.enrollment.parameters_version}
+
+
+def _public_auth(auth: Any) -> dict[str, Any] | None:
+    if not isinstance(auth, dict):
+        return None
+    method = auth.get("method") or auth.get("mode")
+    return {"method": method, "code": auth.get("code"), "reason": auth.get("reason"),
+            "auth_id": auth.get("auth_id"), "fallback": auth.get("fallback")}
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -1,0 +1,385 @@
+"""Durable print jobs: recorded before they are sent, sent by one background thread, retried when the printer
+recovers, marked printed / failed / unknown. ``submit`` never talks to the printer, so a silent or broken
+printer never holds up a sale.
+
+Job states (stored in the offline queue's SQLite database, one commit per change)::
+
+    pending --claim--> sending --> printed
+                          |------> failed   (error code: paper_out, offline, no_reply, unavailable,
+                          |                  disconnected, timeout -> retried when the printer is ready again,
+                          |                  within ``retry_window_s``; bad_receipt -> never retried)
+                          '------> unknown  (all bytes sent but the printer stopped answering, or the terminal
+                                             restarted mid-job: not re-sent automatically)
+
+At most once per request: jobs are keyed by ``request_id`` (one job per copy), so submitting the same request
+again returns the existing job. A job found in ``sending`` at start-up (the process died while printing) becomes
+``unknown`` and is never re-sent on its own. What a crash mid-job can leave on paper: nothing, a partial receipt
+without a cut (the printer printed what it had received), or the complete receipt if the crash came after the
+last byte but before ``printed`` was stored. A reprint (new request id) is marked DUPLICATE on paper.
+
+A retried job prints the whole receipt again: after paper ran out mid-receipt, the paper shows the partial
+first attempt followed by the complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from drivers.printer import (
+    UNKNOWN_STATUS,
+    PrinterConnection,
+    PrinterDisconnected,
+    PrinterError,
+    PrinterProfile,
+    PrinterStatus,
+    PrinterTimeout,
+)
+from protocol.carddata import redact
+from protocol.errors import ValidationError
+from terminal.receipt import (
+    COPIES,
+    ReceiptModel,
+    make_test_page,
+    receipt_for_transaction,
+    render_escpos,
+    settlement_model,
+)
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {"paper_out", "offline", "no_reply", "unavailable", "disconnected", "timeout", "not_ready"}
+JOB_STATES = ("pending", "sending", "printed", "failed", "unknown")
+
+
+class PrintJob(Protocol):
+    id: Any
+    kind: str
+    txn_uuid: str | None
+    request_id: str
+    payload: dict[str, Any]
+    state: str
+    error: str | None
+
+
+class PrintJobStore(Protocol):
+    """What the spooler needs from the offline queue's store (``offline_queue.store.QueueStore``)."""
+
+    def add_print_job(self, kind: str, txn_uuid: str | None, request_id: str, payload: dict[str, Any]) -> PrintJob: ...
+    def claim_print_job(self, job_id: int | None = None) -> PrintJob | None: ...
+    def mark_print_job(self, job_id: int, state: str, error: str | None = None) -> Any: ...
+    def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100) -> list[PrintJob]: ...
+    def print_jobs_for_txn(self, txn_uuid: str) -> list[PrintJob]: ...
+
+
+PrinterFactory = Callable[[], PrinterConnection]
+
+
+@dataclass
+class _Attempt:
+    state: str
+    code: str = ""
+    message: str = ""
+
+
+def error_code(error: str | None) -> str:
+    """Jobs store errors as ``"code: message"``."""
+    return (error or "").split(":", 1)[0].strip()
+
+
+class PrintSpooler:
+    """One background thread that prints stored jobs in order. Thread-safe ``submit``/``status``."""
+
+    def __init__(
+        self,
+        store: PrintJobStore,
+        printer_factory: PrinterFactory,
+        *,
+        profile: PrinterProfile,
+        merchant: Mapping[str, Any],
+        terminal_id: str,
+        retry_interval_s: float = 2.0,
+        retry_window_s: float = 900.0,
+        max_attempts: int = 20,
+        idle_probe_s: float = 30.0,
+        copies: tuple[str, ...] = ("merchant", "customer"),
+    ) -> None:
+        self.store = store
+        self.printer_factory = printer_factory
+        self.profile = profile
+        self.merchant = dict(merchant)
+        self.terminal_id = terminal_id
+        self.retry_interval_s = retry_interval_s
+        self.retry_window_s = retry_window_s
+        self.max_attempts = max_attempts
+        self.idle_probe_s = idle_probe_s
+        self.copies = copies
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._status: PrinterStatus = UNKNOWN_STATUS
+        self._status_at: float | None = None
+        self._last_error = ""
+        self._attempts: dict[Any, int] = {}
+        self._first_failed: dict[Any, float] = {}
+        self._next_probe = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> PrintSpooler:
+        """Recover from a crash (jobs left in ``sending`` become ``unknown``), then start the worker."""
+        for job in self.store.print_jobs(["sending"]):
+            self.store.mark_print_job(
+                job.id, "unknown",
+                "interrupted: terminal restarted while this receipt was being sent; not re-sent (reprint if needed)",
+            )
+        # failed jobs from before the restart get retried too, if still in their window
+        now = time.monotonic()
+        for job in self.store.print_jobs(["failed"]):
+            self._first_failed.setdefault(job.id, now)
+        self._thread = threading.Thread(target=self._run, name="print-spooler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    # -- API used by the daemon -------------------------------------------------------------------------
+    def submit(self, kind: str, txn: object, request_id: str, *, copies: Iterable[str] | None = None,
+               reprint: bool = False) -> list[Any]:
+        """Record the job(s) for this request and return their ids at once; printing happens in the background.
+
+        ``kind``: sale | refund | void (``txn`` = the recorded transaction; one job per copy), settlement
+        (``txn`` = the closed ``Batch`` or a mapping like it), test (``txn`` ignored). Never raises for printer
+        problems; a store error is logged and reported by ``status()`` (the sale stays approved: a missing
+        receipt can be reprinted)."""
+        try:
+            models = self._models(kind, txn, copies, reprint)
+        except ValidationError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError("invalid_receipt", f"cannot build a {kind} receipt: {exc}") from None
+        ids = []
+        for suffix, model in models:
+            txn_uuid = model.txn.uuid if model.txn else None
+            try:
+                job = self.store.add_print_job(kind, txn_uuid, f"{request_id}{suffix}", model.to_dict())
+            except Exception as exc:  # the store's typed errors; a receipt must never fail the sale
+                self._last_error = redact(f"store: {exc}")
+                log.error("could not record print job for request %s: %s", request_id, self._last_error)
+                continue
+            ids.append(job.id)
+        self._wake.set()
+        return ids
+
+    def reprint(self, txn: object, request_id: str, *, copy: str = "customer") -> list[Any]:
+        kind = str(txn.get("type") if isinstance(txn, Mapping) else txn.type)  # type: ignore[attr-defined]
+        return self.submit(kind, txn, request_id, copies=[copy], reprint=True)
+
+    def status(self) -> dict[str, Any]:
+        """Cached state, no I/O: {printer: ok|paper_low|paper_out|offline|unknown, online, paper, detail,
+        checked_age_s, pending, failed, last_error}."""
+        with self._lock:
+            status, at = self._status, self._status_at
+        try:
+            pending = len(self.store.print_jobs(["pending", "sending"]))
+            failed = len(self.store.print_jobs(["failed"]))
+        except Exception as exc:
+            pending = failed = -1
+            self._last_error = redact(f"store: {exc}")
+        return {
+            "printer": status.summary,
+            "online": status.online,
+            "paper": status.paper,
+            "detail": status.detail,
+            "checked_age_s": None if at is None else round(time.monotonic() - at, 1),
+            "pending": pending,
+            "failed": failed,
+            "last_error": self._last_error,
+        }
+
+    def receipt_state(self, txn_uuid: str) -> str | None:
+        """printed | pending | failed for a transaction's receipts (None: none submitted)."""
+        jobs = [j for j in self.store.print_jobs_for_txn(txn_uuid) if not (j.payload or {}).get("reprint")]
+        if not jobs:
+            return None
+        states = {j.state for j in jobs}
+        if states & {"failed", "unknown"}:
+            return "failed"
+        if states & {"pending", "sending"}:
+            return "pending"
+        return "printed"
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no job is pending or sending (tests and the CLI)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.store.print_jobs(["pending", "sending"]):
+                return True
+            self._wake.set()
+            time.sleep(0.02)
+        return False
+
+    # -- worker -----------------------------------------------------------------------------------------
+    def _models(self, kind: str, txn: object, copies: Iterable[str] | None,
+                reprint: bool) -> list[tuple[str, ReceiptModel]]:
+        if kind in ("sale", "refund", "void"):
+            txn = self._with_original(txn)
+            chosen = tuple(copies or self.copies)
+            bad = [c for c in chosen if c not in COPIES]
+            if bad:
+                raise ValidationError("invalid_receipt", f"unknown receipt copy {bad[0]!r}")
+            return [
+                (f":{copy}", receipt_for_transaction(txn, merchant=self.merchant, terminal_id=self.terminal_id,
+                                                     copy=copy, reprint=reprint))
+                for copy in chosen
+            ]
+        if kind == "settlement":
+            if txn is None:
+                raise ValidationError("invalid_receipt", "a settlement report needs the closed batch")
+            return [("", settlement_model(txn, merchant=self.merchant, terminal_id=self.terminal_id))]
+        if kind == "test":
+            return [("", make_test_page(self.profile, merchant=self.merchant, terminal_id=self.terminal_id,
+                                         status_before=self._status.summary))]
+        raise ValidationError("invalid_receipt", f"unknown receipt kind {kind!r}")
+
+    def _with_original(self, txn: object) -> object:
+        """A void's receipt names the voided sale by its sequence number; the record only holds its uuid."""
+        void_of = txn.get("void_of") if isinstance(txn, Mapping) else getattr(txn, "void_of", None)
+        lookup = getattr(self.store, "transaction", None)
+        if not void_of or lookup is None:
+            return txn
+        try:
+            original = lookup(void_of)
+        except Exception:
+            return txn
+        if original is None:
+            return txn
+        base = dict(txn) if isinstance(txn, Mapping) else {
+            f: getattr(txn, f) for f in getattr(txn, "__dataclass_fields__", {})
+        }
+        return {**base, "original_sequence": original.sequence}
+
+    def _set_status(self, status: PrinterStatus) -> None:
+        with self._lock:
+            self._status, self._status_at = status, time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.store.claim_print_job()
+            except Exception as exc:
+                self._last_error = redact(f"store: {exc}")
+                log.error("print spooler cannot read jobs: %s", self._last_error)
+                self._wake.wait(self.retry_interval_s)
+                self._wake.clear()
+                continue
+            if job is not None:
+                self._idle.clear()
+                self._run_job(job)
+                continue
+            self._idle.set()
+            self._maybe_probe()
+            self._wake.wait(min(self.retry_interval_s, self.idle_probe_s))
+            self._wake.clear()
+
+    def _run_job(self, job: PrintJob) -> None:
+        attempt = self._attempt(job)
+        self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
+        error = f"{attempt.code}: {redact(attempt.message)}" if attempt.code else None
+        if attempt.state == "failed":
+            self._first_failed.setdefault(job.id, time.monotonic())
+            self._last_error = error or ""
+            self._next_probe = time.monotonic() + self.retry_interval_s
+        else:
+            self._first_failed.pop(job.id, None)
+        try:
+            self.store.mark_print_job(job.id, attempt.state, error)
+        except Exception as exc:
+            self._last_error = redact(f"store: {exc}")
+            log.error("could not store print job %s state %s: %s", job.id, attempt.state, self._last_error)
+        log.info("print job %s (%s): %s%s", job.id, job.kind, attempt.state, f" ({error})" if error else "")
+
+    def _attempt(self, job: PrintJob) -> _Attempt:
+        try:
+            data = render_escpos(ReceiptModel.from_dict(job.payload), self.profile)
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            return _Attempt("failed", "bad_receipt", str(exc))
+        try:
+            conn = self.printer_factory()
+        except PrinterError as exc:
+            self._set_status(PrinterStatus(False, "unknown", str(exc)))
+            return _Attempt("failed", "unavailable", str(exc))
+        with conn:
+            try:
+                if conn.supports_status:
+                    before = conn.status()
+                    self._set_status(before)
+                    if not before.ready:
+                        return _Attempt("failed", _not_ready_code(before), before.detail or before.summary)
+                conn.write(data)
+                if not conn.supports_status:
+                    return _Attempt("printed")
+                after = conn.status()
+                self._set_status(after)
+            except PrinterTimeout as exc:
+                self._set_status(PrinterStatus(None, "unknown", str(exc)))
+                return _Attempt("failed", "timeout", str(exc))
+            except PrinterDisconnected as exc:
+                self._set_status(PrinterStatus(False, "unknown", str(exc)))
+                return _Attempt("failed", "disconnected", str(exc))
+            except PrinterError as exc:
+                return _Attempt("failed", exc.code, str(exc))
+        if after.paper == "out" or after.online is False:
+            return _Attempt("failed", _not_ready_code(after), "printer stopped while printing: " + after.summary)
+        if after.online is None:
+            return _Attempt("unknown", "no_reply", "all data sent but the printer did not answer afterwards")
+        return _Attempt("printed")
+
+    def _maybe_probe(self) -> None:
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        try:
+            retry = [j for j in self.store.print_jobs(["failed"]) if self._retry_allowed(j, now)]
+        except Exception as exc:
+            self._last_error = redact(f"store: {exc}")
+            return
+        self._next_probe = now + (self.retry_interval_s if retry else self.idle_probe_s)
+        status = self._probe()
+        if retry and (status.ready or (status.online is None and status.detail.startswith("this connection"))):
+            for job in retry:
+                self.store.mark_print_job(job.id, "pending", job.error)
+            self._wake.set()
+
+    def _retry_allowed(self, job: PrintJob, now: float) -> bool:
+        if error_code(job.error) not in RETRYABLE:
+            return False
+        if self._attempts.get(job.id, 0) >= self.max_attempts:
+            return False
+        return now - self._first_failed.setdefault(job.id, now) <= self.retry_window_s
+
+    def _probe(self) -> PrinterStatus:
+        try:
+            with self.printer_factory() as conn:
+                status = conn.status()
+        except PrinterError as exc:
+            status = PrinterStatus(False, "unknown", str(exc))
+        self._set_status(status)
+        return status
+
+
+def _not_ready_code(status: PrinterStatus) -> str:
+    if status.paper == "out":
+        return "paper_out"
+    if status.online is False:
+        return "offline"
+    return "no_reply"

@@ -1,0 +1,79 @@
+"""The daemon's receipt desk: hands recorded transactions and settlements to the durable print spooler.
+
+Without a configured printer the desk still answers (state ``none``) so the flow and the API need no special
+cases; receipts then exist only as what ``smartpos reprint`` would print once a printer is configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from config.provisioning import Enrollment
+from config.settings import Settings
+
+log = logging.getLogger("smartpos.receipts")
+
+
+class ReceiptDesk:
+    def __init__(self, spooler: Any, ledger: Any) -> None:
+        self.spooler = spooler
+        self.ledger = ledger
+
+    @classmethod
+    def build(cls, settings: Settings, enrollment: Enrollment, ledger: Any) -> ReceiptDesk:
+        if not settings.printer.uri:
+            return cls(None, ledger)
+        from drivers.printer import load_profile, open_printer, parse_uri
+        from terminal.printjobs import PrintSpooler
+
+        p = settings.printer
+        parse_uri(p.uri)  # a bad URI stops the start with a clear error, not the first receipt
+        profile = load_profile(p.profile, columns=p.columns, width_px=p.width_px, native_qr=p.native_qr,
+                               codepages=p.codepages) if p.profile else load_profile(
+            columns=p.columns, width_px=p.width_px, native_qr=p.native_qr, codepages=p.codepages)
+        factory = functools.partial(open_printer, p.uri, profile=profile, timeout=p.timeout_s,
+                                    status_timeout=p.status_timeout_s)
+        merchant = dict(enrollment.merchant or {})
+        spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
+                               terminal_id=enrollment.terminal_id)
+        spooler.start()
+        return cls(spooler, ledger)
+
+    @property
+    def enabled(self) -> bool:
+        return self.spooler is not None
+
+    def submit(self, payment: dict[str, Any], *, request_id: str, reprint: bool = False) -> None:
+        if self.spooler is None:
+            return
+        txn = self.ledger.transaction_for(payment["id"])
+        if txn is None:
+            log.error("receipt.no_transaction", extra={"payment_id": payment["id"]})
+            return
+        if reprint:
+            self.spooler.reprint(txn, request_id)
+        else:
+            self.spooler.submit(txn.type, txn, request_id)
+
+    def submit_settlement(self, batch: dict[str, Any]) -> None:
+        if self.spooler is None:
+            return
+        self.spooler.submit("settlement", batch, f"settlement:{batch['batch']}")
+
+    def receipt_state(self, txn_uuid: str | None) -> str | None:
+        if self.spooler is None or txn_uuid is None:
+            return None
+        return self.spooler.receipt_state(txn_uuid)
+
+    def status(self) -> dict[str, Any]:
+        if self.spooler is None:
+            return {"state": "none", "detail": "no printer configured"}
+        st = dict(self.spooler.status())
+        st["state"] = st.pop("printer", "unknown")
+        return st
+
+    def close(self) -> None:
+        if self.spooler is not None:
+            self.spooler.stop()

@@ -1,0 +1,125 @@
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from config.loading import ConfigError, config_path, load_settings, parse_settings
+from config.settings import DEFAULT_STATE_DIR, Settings
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "smartpos.toml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "smartpos.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_file():
+    settings, path = load_settings(None, environ={})
+    assert path == Path("/etc/smartpos/smartpos.toml") or path.exists()
+    assert settings.api.host == "127.0.0.1"
+    assert settings.api.port == 8470
+    assert settings.terminal.state_dir == DEFAULT_STATE_DIR
+    assert settings.payments.mode == "prefer-online"
+
+
+def test_shipped_default_file_is_valid_and_equals_the_defaults():
+    settings = parse_settings(tomllib.loads(SHIPPED.read_text()), path=Path("/etc/smartpos/smartpos.toml"))
+    assert settings == Settings()
+
+
+def test_accepts_exactly_what_enrollment_writes(tmp_path):
+    path = write(
+        tmp_path,
+        '[terminal]\nid = "T-0042"\nstate_dir = "/srv/pos"\n\n[headoffice]\nurl = "http://127.0.0.1:8480/"\n',
+    )
+    settings, _ = load_settings(path, environ={})
+    assert settings.terminal.id == "T-0042"
+    assert settings.state_dir == Path("/srv/pos")
+    assert settings.headoffice.url == "http://127.0.0.1:8480"
+
+
+def test_relative_state_dir_is_next_to_the_config_file(tmp_path):
+    path = write(tmp_path, '[terminal]\nstate_dir = "state"\n')
+    settings, _ = load_settings(path, environ={})
+    assert settings.state_dir == tmp_path / "state"
+
+
+def test_lookup_order_flag_then_environment_then_default(tmp_path):
+    assert config_path("a.toml", {"SMARTPOS_CONFIG": "b.toml"}) == Path("a.toml")
+    assert config_path(None, {"SMARTPOS_CONFIG": "b.toml"}) == Path("b.toml")
+    assert config_path(None, {}) == Path("/etc/smartpos/smartpos.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[payments]\nmode = \"fast\"\n", "payments.mode", "prefer-online"),
+        ("[payments]\nonline_timeout = 3\n", "payments.online_timeout", "unknown key"),
+        ("[paymnets]\nmode = \"force-offline\"\n", "paymnets", "unknown key"),
+        ("[api]\nport = 70000\n", "api.port", "65535"),
+        ("[api]\nport = \"8470\"\n", "api.port", "integer"),
+        ("[api]\nhost = \"0.0.0.0\"\n", "api", "token"),
+        ("[headoffice]\nurl = \"ftp://x\"\n", "headoffice.url", "http"),
+        ("[printer]\nuri = \"lpt1\"\n", "printer.uri", "tcp://"),
+        ("[card_data]\npan_mask = \"all\"\n", "card_data.pan_mask", "bin6"),
+        ("[payments]\ncurrency = \"EURO\"\n", "payments.currency", "ISO 4217"),
+        ("[readers]\nnfcpy = [\"udp:1\", \"udp:1\"]\n", "readers.nfcpy", "twice"),
+        ("[sync]\npage_size = 0\n", "sync.page_size", "greater than or equal to 1"),
+    ],
+)
+def test_bad_key_or_value_is_one_line_naming_the_key(tmp_path, text, key, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = str(info.value)
+    assert "\n" not in message
+    assert f": {key}:" in message
+    assert problem in message
+    assert info.value.key == key
+
+
+def test_token_value_is_never_echoed(tmp_path):
+    path = write(tmp_path, '[api]\ntoken = "short-secret"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert "api.token" in str(info.value)
+    assert "short-secret" not in str(info.value)
+
+
+def test_non_loopback_api_with_token_is_accepted(tmp_path):
+    path = write(tmp_path, '[api]\nhost = "0.0.0.0"\ntoken = "0123456789abcdef0123"\n')
+    settings, _ = load_settings(path, environ={})
+    assert settings.api.token == "0123456789abcdef0123"
+
+
+def test_invalid_toml_names_the_line(tmp_path):
+    path = write(tmp_path, "[payments\nmode = 1\n")
+    with pytest.raises(ConfigError, match=r"invalid TOML.*line 1"):
+        load_settings(path, environ={})
+
+
+def test_missing_file_that_was_asked_for_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(None, environ={"SMARTPOS_CONFIG": os.fspath(tmp_path / "nope.toml")})
+
+
+def test_whole_numbers_are_fine_for_seconds(tmp_path):
+    path = write(tmp_path, "[payments]\nonline_timeout_s = 2\ncard_timeout_s = 30\n")
+    settings, _ = load_settings(path, environ={})
+    assert settings.payments.online_timeout_s == 2.0
+    assert settings.payments.card_timeout_s == 30.0
+
+
+def test_risk_overrides_use_the_risk_rules_names_and_types(tmp_path):
+    path = write(tmp_path, "[risk]\ntxn_limit_minor = 2000\n")
+    settings, _ = load_settings(path, environ={})
+    assert settings.risk == {"txn_limit_minor": 2000}
+    with pytest.raises(ConfigError, match=r": risk: unknown risk parameter 'txn_limit'"):
+        load_settings(write(tmp_path, "[risk]\ntxn_limit = 2000\n"), environ={})
+    with pytest.raises(ConfigError, match=r": risk: txn_limit_minor: .*greater than or equal to 0"):
+        load_settings(write(tmp_path, "[risk]\ntxn_limit_minor = -1\n"), environ={})

@@ -1,0 +1,118 @@
+"""A shop's day through the real stacks: POS front end (HTTP) -> daemon -> pcscd+vpcd simulated card -> queue ->
+virtual printer -> sync -> head office -> batch pulled as CSV."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from tests.harness.procs import wait_until
+
+pytestmark = pytest.mark.pcscd
+
+VISA_TEST_PAN = "4761739001010010"
+
+
+def pay(client, stack, body, key, profile="visa"):
+    r = client.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
+    assert r.status_code == 201, r.text
+    payment = r.json()
+    assert payment["state"] == "waiting_for_card"
+    stack.tap(profile)
+    states = []
+    with client.stream("GET", f"/v1/payments/{payment['id']}/events") as events:
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line[6:])["state"])
+    return client.get(f"/v1/payments/{payment['id']}").json(), states
+
+
+def test_sales_refund_void_reach_head_office_and_reconcile(pos_stack):
+    stack = pos_stack
+    stack.add_config("[sync]\ninterval_s = 1.0")
+    stack.start_daemon()
+    with stack.api() as client:
+        online, states = pay(client, stack, {"type": "sale", "amount_minor": 1250, "currency": "EUR",
+                                             "reference": "R-1"}, "k-online")
+        assert online["state"] == "approved", online
+        assert states[-1] == "approved" and "authorizing" in states
+        assert online["authorization"]["method"] == "online" and online["authorization"]["code"]
+        assert online["card"]["masked_pan"] == "476173******0010"
+        assert online["sequence"] == 1
+
+        offline, _ = pay(client, stack, {"type": "sale", "amount_minor": 840, "currency": "EUR",
+                                         "mode": "force-offline"}, "k-offline")
+        assert offline["state"] == "approved"
+        assert offline["authorization"]["method"] == "offline"
+
+        refund, _ = pay(client, stack, {"type": "refund", "amount_minor": 500, "currency": "EUR"}, "k-refund")
+        assert refund["state"] == "approved" and refund["type"] == "refund"
+
+        extra, _ = pay(client, stack, {"type": "sale", "amount_minor": 300, "currency": "EUR"}, "k-extra")
+        void = client.post(f"/v1/payments/{extra['id']}/void")
+        assert void.status_code == 201 and void.json()["type"] == "void" and void.json()["state"] == "approved"
+        assert client.get(f"/v1/payments/{extra['id']}").json()["voided_by"]
+
+        # Same Idempotency-Key again: the same payment, nothing new recorded.
+        again = client.post("/v1/payments", json={"type": "sale", "amount_minor": 1250, "currency": "EUR",
+                                                   "reference": "R-1"}, headers={"Idempotency-Key": "k-online"})
+        assert again.status_code == 201 and again.json()["id"] == online["id"]
+
+        # Receipts: merchant + customer copy per approval, decoded from what reached the printer.
+        assert stack.printer.wait_for_receipts(10, 15), f"{len(stack.printer.receipts)} receipts"
+        texts = [r.text for r in stack.printer.receipts]
+        printed = "\n".join(texts)
+        assert VISA_TEST_PAN not in printed
+        assert "0010" in printed and "12.50" in printed and "8.40" in printed and "5.00" in printed
+        assert "476173" not in printed  # receipts carry the last 4 only
+        assert all(r.complete for r in stack.printer.receipts)
+        assert client.get(f"/v1/payments/{online['id']}").json()["receipt"] == "printed"
+
+        # The queue drains to head office by itself.
+        wait_until(lambda: client.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=20,
+                   what="sync to head office")
+        assert client.get(f"/v1/payments/{online['id']}").json()["sync_state"] == "accepted"
+
+        closed = client.post("/v1/batches/close")
+        assert closed.status_code == 200, closed.text
+        result = closed.json()
+        assert result["count"] == 5
+        eur = next(t for t in result["totals"]["by_currency"] if t["currency"] == "EUR")
+        assert eur["sale_amount_minor"] == 1250 + 840 + 300 and eur["refund_amount_minor"] == 500
+        assert eur["net_amount_minor"] == 1250 + 840 - 500
+        assert result["headoffice"]["status"] == "balanced", result["headoffice"]
+
+    # Settlement report printed after the receipts.
+    assert stack.printer.wait_for_receipts(11, 10)
+    assert "2090" in stack.printer.receipts[-1].text.replace(".", "").replace(",", "") or \
+        "15.90" in stack.printer.receipts[-1].text
+
+    # Head office staff pull the batch as CSV: one line per transaction, totals match the terminal's.
+    listing = json.loads(stack.hq.cli("batches", "list", "--json").stdout)
+    batch = next(b for b in listing if b["batch"] == result["batch"])
+    assert batch["status"] == "balanced"
+    text = stack.hq.cli("batches", "pull", str(batch["id"]), "--format", "csv").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    header = rows[0]
+    lines = [dict(zip(header, row, strict=False)) for row in rows[1:] if len(row) == len(header)
+             and row[header.index("sequence")].isdigit()]
+    assert sorted(int(r["sequence"]) for r in lines) == [1, 2, 3, 4, 5]
+    assert VISA_TEST_PAN not in text
+    by_seq = {int(r["sequence"]): r for r in lines}
+    assert by_seq[1]["type"] == "sale" and int(by_seq[1]["amount_minor"]) == 1250
+    assert by_seq[3]["type"] == "refund"
+    assert by_seq[5]["type"] == "void"
+
+
+def test_status_shows_reader_printer_and_head_office(pos_stack):
+    stack = pos_stack
+    stack.start_daemon()
+    with stack.api() as client:
+        wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
+                   timeout=10, what="the reader to show up")
+        status = client.get("/v1/status").json()
+        assert status["terminal_id"] == "T-1"
+        assert status["queue"]["unsynced_count"] == 0
+        assert status["printer"]["state"] in ("ok", "unknown")
+        assert status["batch"]["number"] == 1

@@ -1,0 +1,54 @@
+"""Internet down in prefer-online: offline approvals within the limits, declines outside them with the reason,
+and the queue syncs by itself when head office is back."""
+
+import time
+
+import pytest
+
+from tests.harness.daemon import wait_payment
+from tests.harness.procs import wait_until
+
+pytestmark = pytest.mark.pcscd
+
+
+def test_head_office_down_then_back(pos_stack):
+    stack = pos_stack
+    stack.add_config("[payments]\nmode = \"prefer-online\"\nonline_timeout_s = 1.0\n\n[sync]\ninterval_s = 0.5\n\n"
+                     "[risk]\ntxn_limit_minor = 2000")
+    stack.start_daemon()
+    hq = stack.hq
+    stack.procs.stop(hq.proc)  # head office gone: connection refused from now on
+    assert hq.proc.poll() is not None
+
+    with stack.api() as client:
+        started = time.monotonic()
+        r = client.post("/v1/payments", json={"amount_minor": 1500, "currency": "EUR"},
+                        headers={"Idempotency-Key": "in-limits"})
+        inside = r.json()
+        stack.tap("visa")
+        inside = wait_payment(client, inside["id"], "approved", "declined", "failed", timeout=15)
+        assert inside["state"] == "approved", inside
+        assert inside["authorization"]["method"] == "offline"
+        # within the online timeout (1 s) + card detection (pcscd polls every ~0.4 s) + reading
+        assert time.monotonic() - started < 1.0 + 2.5
+
+        r = client.post("/v1/payments", json={"amount_minor": 4500, "currency": "EUR"},
+                        headers={"Idempotency-Key": "over-limit"})
+        outside = r.json()
+        stack.tap("mastercard")
+        outside = wait_payment(client, outside["id"], "approved", "declined", "failed", timeout=15)
+        assert outside["state"] == "declined"
+        assert outside["authorization"]["reason"] == "over_txn_limit"
+        assert outside["sequence"] is None  # nothing recorded for a decline
+
+        status = client.get("/v1/status").json()
+        assert status["headoffice"]["online"] is False
+        assert status["queue"]["unsynced_count"] == 1
+        assert status["queue"]["unsynced_amount"] == {"EUR": 1500}
+
+        # Head office returns on the same address: the daemon notices and drains without being asked.
+        hq.proc = stack.procs.spawn(hq.proc.args, name="hq2", env=hq.env)
+        wait_until(lambda: client.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=25,
+                   what="the queue to drain after head office came back")
+        assert client.get(f"/v1/payments/{inside['id']}").json()["sync_state"] == "accepted"
+        assert client.get("/v1/status").json()["headoffice"]["online"] is True

@@ -1,0 +1,125 @@
+"""nfcpy ``udp`` emulators for tests: free ports, phone/tag emulators in subprocesses, readers closed on teardown.
+
+Emulators run as ``python -m tests.harness.nfc phone|tag JSON`` under the ``procs`` fixture, so they are stopped
+by PID when the test ends (also when it fails). ``python -m`` keeps them to the simulator functions the CLI uses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.procs import ProcessGroup, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_udp_port() -> int:
+    """A UDP port nobody holds right now (the emulator binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def udp_port_bound(port: int) -> bool:
+    """True once some process has bound UDP ``port`` (read from /proc: probing by binding would race it)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local = line.split()[1]
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class NfcSims:
+    """Starts phone and tag emulators on udp ports, each in its own process."""
+
+    def __init__(self, procs: ProcessGroup) -> None:
+        self.procs = procs
+        self.count = 0
+
+    def _spawn(self, kind: str, spec: dict[str, Any], *, port: int) -> subprocess.Popen[bytes]:
+        self.count += 1
+        proc = self.procs.python(
+            "-m", "tests.harness.nfc", kind, json.dumps(spec), name=f"nfc-{kind}-{self.count}",
+            env={"PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"{kind} emulator exited early: {self.procs.log_text(f'nfc-{kind}-{self.count}')}")
+            return udp_port_bound(port)
+
+        wait_until(up, timeout=10, what=f"{kind} emulator on udp port {port}")
+        return proc
+
+    def phone(self, port: int, *, profile: str = "phone", taps: int | None = None, mode: str | None = None,
+              bad_taps: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        spec = {"profile": profile, "port": port, "taps": taps, "mode": mode, "bad_taps": bad_taps}
+        return self._spawn("phone", spec, port=port)
+
+    def tag(self, port: int, records: list[dict[str, Any]], *, tag_type: str = "type4",
+            taps: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        spec = {"records": records, "port": port, "tag_type": tag_type, "taps": taps}
+        return self._spawn("tag", spec, port=port)
+
+
+@pytest.fixture
+def nfc_sims(procs: ProcessGroup) -> NfcSims:
+    return NfcSims(procs)
+
+
+@pytest.fixture
+def nfc_port() -> int:
+    return free_udp_port()
+
+
+@pytest.fixture
+def nfc_reader() -> Iterator[Callable[..., Any]]:
+    """Factory ``nfc_reader(port, **options) -> NfcpyReader``; every reader made is closed at teardown."""
+    from drivers.nfc_reader import NfcpyReader
+
+    made: list[NfcpyReader] = []
+
+    def make(port: int, **options: Any) -> NfcpyReader:
+        reader = NfcpyReader(f"udp:127.0.0.1:{port}", **options)
+        made.append(reader)
+        return reader
+
+    yield make
+    for reader in made:
+        reader.close()
+
+
+def _main(argv: list[str]) -> int:
+    kind, spec = argv[0], json.loads(argv[1])
+    stop = threading.Event()
+    if kind == "phone":
+        from drivers.simulators.nfc_phone import run_phone
+
+        served = run_phone(spec["profile"], spec["port"], spec.get("taps"), stop, mode=spec.get("mode"),
+                           bad_taps=spec.get("bad_taps"))  # fmt: skip
+    else:
+        from drivers.cardread import NdefRecord
+        from drivers.simulators.nfc_tag import run_tag
+
+        records = [NdefRecord(r["type"], r["value"], r.get("lang")) for r in spec["records"]]
+        served = run_tag(records, spec["port"], spec.get("taps"), stop, tag_type=spec.get("tag_type", "type4"))
+    print(f"served {served} taps", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

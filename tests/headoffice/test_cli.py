@@ -1,0 +1,139 @@
+"""The command lines as a technician and head-office staff run them: `smartpos enroll`, `smartpos sync`,
+`smartpos-hq ...` (real processes, one-line errors, file modes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.harness.headoffice import HQ, TerminalEnv
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def hq(request, tmp_path_factory):  # one back end is enough for the command lines; the API runs on both
+    from tests.harness.headoffice import _start_hq
+
+    server, _db = _start_hq("sqlite", tmp_path_factory.mktemp("hq-cli"), None)
+    try:
+        yield server
+    finally:
+        server.group.stop_all()
+
+
+def test_enroll_writes_keys_enrollment_and_config_with_private_modes(hq: HQ, tmp_path: Path):
+    code, terminal_id = hq.new_code()
+    config, state = tmp_path / "etc" / "smartpos.toml", tmp_path / "state"
+    config.parent.mkdir()
+    config.write_text("# installer's file\n[printer]\nuri = \"tcp://127.0.0.1:9100\"\n\n[terminal]\nid = \"old\"\n")
+    done = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(config),
+                "--state-dir", str(state))
+    assert done.returncode == 0, done.stderr
+    assert terminal_id in done.stdout
+    assert _mode(state) == 0o700 and _mode(state / "keys") == 0o700
+    for name in ("keys/terminal_ed25519.pem", "keys/hq_x25519_public.pem", "keys/token.key", "enrollment.json"):
+        assert _mode(state / name) == 0o600, name
+    assert not list((state / "keys").glob("*pending*"))
+    doc = json.loads((state / "enrollment.json").read_text())
+    assert doc["terminal_id"] == terminal_id and doc["merchant"]["name"] == "Corner Shop"
+    assert doc["hq_url"] == hq.url
+    text = config.read_text()
+    assert "# installer's file" in text  # the rest of an existing config is kept
+    parsed = tomllib.loads(text)
+    assert parsed["terminal"] == {"id": terminal_id, "state_dir": str(state)}
+    assert parsed["headoffice"] == {"url": hq.url}
+    assert parsed["printer"]["uri"] == "tcp://127.0.0.1:9100"
+    from config.provisioning import load_enrollment
+
+    assert load_enrollment(state).terminal_id == terminal_id  # what the daemon reads
+    # Enrolling the same state dir again is refused unless forced.
+    again = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(config),
+                 "--state-dir", str(state))
+    assert again.returncode != 0 and "already enrolled" in again.stderr
+
+
+@pytest.mark.parametrize("code,expected", [("ZZZZ-ZZZZ-ZZZZ", "unknown_code")])
+def test_enroll_with_bad_code_is_one_clear_line(hq: HQ, tmp_path: Path, code, expected):
+    done = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config",
+                str(tmp_path / "c.toml"), "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 1
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.toml").exists() and not (tmp_path / "s" / "enrollment.json").exists()
+
+
+def test_enroll_with_head_office_down_changes_nothing(tmp_path: Path):
+    from tests.harness.headoffice import free_port
+
+    done = _run(str(BIN / "smartpos"), "enroll", "--hq", f"http://127.0.0.1:{free_port()}", "--code", "AAAA",
+                "--config", str(tmp_path / "c.toml"), "--state-dir", str(tmp_path / "s"))
+    assert done.returncode == 1 and "unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "c.toml").exists()
+
+
+def test_sync_command_drains_with_progress_and_json(hq: HQ, tmp_path: Path):
+    terminal = TerminalEnv.enroll(hq, tmp_path)
+    total = terminal.record(120)
+    done = _run(str(BIN / "smartpos"), "sync", "--config", str(terminal.config), "--page-size", "50")
+    assert done.returncode == 0, done.stderr
+    assert "120/120" in done.stderr  # the progress bar
+    assert "accepted 120" in done.stdout
+    assert terminal.hq_rows() == (120, 120, total)
+    terminal.record(5)
+    as_json = _run(str(BIN / "smartpos"), "sync", "--json", "--config", str(terminal.config))
+    assert json.loads(as_json.stdout)["accepted"] == 5
+
+
+def test_sync_command_with_head_office_down_fails_in_one_line(hq: HQ, tmp_path: Path):
+    from tests.harness.headoffice import free_port
+
+    terminal = TerminalEnv.enroll(hq, tmp_path)
+    terminal.record(3)
+    text = terminal.config.read_text().replace(hq.url, f"http://127.0.0.1:{free_port()}")
+    terminal.config.write_text(text)
+    done = _run(str(BIN / "smartpos"), "sync", "--config", str(terminal.config))
+    assert done.returncode == 1
+    assert "3 transactions still queued" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path):
+    env = hq.env
+    hq_bin = str(BIN / "smartpos-hq")
+    made = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "T-cli-1", "--expires", "30m",
+                "--json", env=env)
+    assert made.returncode == 0 and json.loads(made.stdout)["terminal_id"] == "T-cli-1"
+    bad = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "T-cli-2", "--expires", "soon", env=env)
+    assert bad.returncode == 2 and "duration" in bad.stderr
+    bad_id = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "bad id!", env=env)
+    assert bad_id.returncode == 1 and "terminal id" in bad_id.stderr and "Traceback" not in bad_id.stderr
+    token = _run(hq_bin, "tokens", "create", "--name", "accounting", env=env)
+    assert token.returncode == 0 and token.stdout.startswith("hq_")
+    dup = _run(hq_bin, "tokens", "create", "--name", "accounting", env=env)
+    assert dup.returncode == 1 and "exists" in dup.stderr
+    assert "accounting" in _run(hq_bin, "tokens", "list", env=env).stdout
+    bad_param = _run(hq_bin, "parameters", "set", "no_such_limit=5", env=env)
+    assert bad_param.returncode == 1 and "parameters rejected" in bad_param.stderr
+    ok_param = _run(hq_bin, "parameters", "set", "txn_limit_minor=2500", env=env)
+    assert ok_param.returncode == 0 and "version" in ok_param.stdout
+    shown = json.loads(_run(hq_bin, "parameters", "show", env=env).stdout)
+    assert shown["parameters"]["txn_limit_minor"] == 2500
+    missing = _run(hq_bin, "batches", "pull", "999999", env=env)
+    assert missing.returncode == 1 and "no batch 999999" in missing.stderr
+    pulled = _run(hq_bin, "batches", "pull", "999999", "--out", str(tmp_path / "x.csv"), env=env)
+    assert pulled.returncode == 1 and not (tmp_path / "x.csv").exists()

@@ -1,0 +1,68 @@
+"""Schema through Alembic on both back ends, and several stateless `serve` processes on one PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import orjson
+
+from tests.harness.headoffice import HQ, WireTerminal, free_port
+
+
+def test_migrated_schema_matches_the_models(hq: HQ):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from headoffice.db import current_revision
+    from headoffice.models import Base
+
+    engine = hq.engine()
+    try:
+        assert current_revision(engine) is not None
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_two_serve_processes_on_one_postgresql_are_correct_together(hq_pg: HQ):
+    second = HQ(f"http://127.0.0.1:{free_port()}", hq_pg.database_url, hq_pg.home, 0, hq_pg.group, "postgresql",
+                env=hq_pg.env)
+    second.port = int(second.url.rsplit(":", 1)[1])
+    second.start()
+    terminal = WireTerminal.enroll(hq_pg)
+    try:
+        rows = [terminal.txn(amount=10 + i) for i in range(40)]
+        path = f"/api/v1/terminals/{terminal.terminal_id}/transactions"
+        from protocol.signing import sign_request
+
+        # The same page sent to both processes at the same instant (a retry racing the original): stored once.
+        bodies = []
+        for _ in range(2):
+            body = orjson.dumps({"transactions": rows[:20]})
+            bodies.append((body, sign_request(terminal.key, terminal.terminal_id, "POST", path, body)))
+        answers = {}
+
+        def send(i, base):
+            answers[i] = httpx.post(base + path, content=bodies[i][0], headers=bodies[i][1], timeout=30).json()
+
+        threads = [threading.Thread(target=send, args=(0, hq_pg.url)), threading.Thread(target=send, args=(1, second.url))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert all(a["accepted"] == 20 for a in answers.values())
+        assert sorted(sum(r["duplicate"] for r in a["results"]) for a in answers.values()) == [0, 20]
+        # The continuation goes to the other process, which knows the chain head from the database.
+        body = orjson.dumps({"transactions": rows[20:]})
+        headers = sign_request(terminal.key, terminal.terminal_id, "POST", path, body)
+        assert httpx.post(second.url + path, content=body, headers=headers).json()["accepted"] == 20
+        # A request replayed to the other process is refused: nonces are shared through the database.
+        replay = httpx.post(hq_pg.url + path, content=body, headers=headers)
+        assert replay.status_code == 401 and replay.json()["error"]["code"] == "replayed"
+        stored = terminal.stored()
+        assert [s[0] for s in stored] == list(range(1, 41))
+        assert sum(s[2] for s in stored) == sum(10 + i for i in range(40))
+    finally:
+        terminal.http.close()
+        second.stop()

@@ -1,0 +1,218 @@
+"""Enrollment, signed uploads and settlement batches over real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import httpx
+import pytest
+
+from tests.harness.headoffice import HQ, TEST_PANS, WireTerminal
+
+
+def test_enrollment_answers_terminal_id_merchant_keys_and_parameters(hq: HQ):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocol.signing import public_key_to_text
+
+    code, terminal_id = hq.new_code()
+    public = public_key_to_text(Ed25519PrivateKey.generate().public_key())
+    r = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": public})
+    assert r.status_code == 201
+    doc = r.json()
+    assert doc["terminal_id"] == terminal_id
+    assert doc["merchant"] == {"id": "M-1", "name": "Corner Shop", "address": ["1 Main St", "Springfield"]}
+    assert doc["hq_public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert len(doc["token_key"]) == 44  # base64 of 32 bytes
+    assert isinstance(doc["parameters_version"], int)
+    # The same terminal retrying with the same key (answer lost) gets the same enrollment; another key does not.
+    again = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": public})
+    assert again.status_code == 201 and again.json()["terminal_id"] == terminal_id
+    other = public_key_to_text(Ed25519PrivateKey.generate().public_key())
+    reused = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": other})
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "code_used"
+
+
+def test_unknown_and_expired_codes_are_refused(hq: HQ):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocol.signing import public_key_to_text
+
+    public = public_key_to_text(Ed25519PrivateKey.generate().public_key())
+    r = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": "AAAA-BBBB-CCCC", "public_key": public})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_code"
+    code, terminal_id = hq.new_code()
+    hq.sql("SELECT 1")  # same database the server uses
+    from sqlalchemy import text
+
+    engine = hq.engine()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE enrollment_codes SET expires_at = created_at WHERE terminal_id = :t"),
+                     {"t": terminal_id})
+    engine.dispose()
+    r = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": public})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "code_expired"
+    bad = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": "not-a-key" * 6})
+    assert bad.status_code == 400
+
+
+def test_upload_is_idempotent_on_terminal_and_sequence(wire_terminal: WireTerminal):
+    rows = [wire_terminal.txn(amount=100 * (i + 1)) for i in range(6)]
+    first = wire_terminal.upload(rows[:4])
+    assert first.status_code == 200, first.text
+    assert [(r["sequence"], r["status"], r["duplicate"]) for r in first.json()["results"]] == [
+        (1, "accepted", False), (2, "accepted", False), (3, "accepted", False), (4, "accepted", False)]
+    # A replay of an accepted page plus new rows: the old ones are acknowledged again, not stored twice.
+    second = wire_terminal.upload(rows)
+    assert [(r["sequence"], r["status"], r["duplicate"]) for r in second.json()["results"]] == [
+        (1, "accepted", True), (2, "accepted", True), (3, "accepted", True), (4, "accepted", True),
+        (5, "accepted", False), (6, "accepted", False)]
+    stored = wire_terminal.stored()
+    assert [s[0] for s in stored] == [1, 2, 3, 4, 5, 6]
+    assert sum(s[2] for s in stored) == 100 + 200 + 300 + 400 + 500 + 600
+
+
+def test_gap_in_sequence_is_rejected_and_nothing_stored(wire_terminal: WireTerminal):
+    rows = [wire_terminal.txn() for _ in range(3)]
+    r = wire_terminal.upload(rows[1:])  # starts at 2: head office expects 1
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["rejected", "rejected"]
+    assert results[0]["reason"].startswith("gap")
+    assert wire_terminal.stored() == []
+
+
+def test_invalid_content_with_intact_chain_is_dead_lettered_alone(wire_terminal: WireTerminal):
+    good = wire_terminal.txn()
+    # Card data of another card in the envelope: the chain is intact, the content is not.
+    mismatched = wire_terminal.txn(envelope_pan=TEST_PANS[1])
+    after = wire_terminal.txn(amount=700)
+    r = wire_terminal.upload([good, mismatched, after]).json()
+    assert [(x["status"], x["reason"]) for x in r["results"]] == [
+        ("accepted", None), ("rejected", "envelope_mismatch"), ("accepted", None)]
+    stored = wire_terminal.stored()
+    assert [(s[0], s[1]) for s in stored] == [(1, "accepted"), (2, "rejected"), (3, "accepted")]
+    rejected_row = wire_terminal.hq.sql(
+        "SELECT masked_pan, token, card_data, amount_minor FROM transactions WHERE terminal_id = :t AND sequence = 2",
+        t=wire_terminal.terminal_id)[0]
+    assert tuple(rejected_row) == (None, None, None, 0)
+
+
+def test_batch_close_balanced_then_csv_and_json_exports(wire_terminal: WireTerminal):
+    hq = wire_terminal.hq
+    rows = [wire_terminal.txn(amount=1250), wire_terminal.txn(amount=990, pan=TEST_PANS[1], scheme="mastercard"),
+            wire_terminal.txn(amount=300, type="refund")]
+    assert wire_terminal.upload(rows).json()["accepted"] == 3
+    totals = [
+        {"type": "sale", "scheme": "visa", "currency": "EUR", "count": 1, "amount_minor": 1250},
+        {"type": "sale", "scheme": "mastercard", "currency": "EUR", "count": 1, "amount_minor": 990},
+        {"type": "refund", "scheme": "visa", "currency": "EUR", "count": 1, "amount_minor": 300},
+    ]
+    path = f"/api/v1/terminals/{wire_terminal.terminal_id}/batches/1/close"
+    answer = wire_terminal.request("POST", path, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()
+    assert answer["status"] == "balanced" and answer["differences"] == [] and answer["missing_sequences"] == []
+
+    token = hq.cli("tokens", "create", "--name", f"staff-{wire_terminal.terminal_id}").strip()
+    auth = {"authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"status": "balanced"}, headers=auth).json()["batches"]
+    batch = next(b for b in listed if b["terminal_id"] == wire_terminal.terminal_id)
+    detail = httpx.get(f"{hq.url}/api/v1/batches/{batch['id']}", headers=auth).json()
+    assert detail["count"] == 3
+    assert {(t["scheme"], t["currency"], t["sale_minor"], t["refund_minor"]) for t in
+            detail["totals_by_scheme_currency"]} == {("mastercard", "EUR", 990, 0), ("visa", "EUR", 1250, 300)}
+
+    text = httpx.get(f"{hq.url}/api/v1/batches/{batch['id']}.csv", headers=auth).text
+    lines = list(csv.reader(io.StringIO(text)))
+    assert lines[0][:8] == ["record", "batch", "merchant", "terminal", "sequence", "uuid", "type", "amount_minor"]
+    txns = [line for line in lines if line[0] == "txn"]
+    assert [(t[4], t[6], t[7], t[11]) for t in txns] == [
+        ("1", "sale", "1250", "411111******1111"), ("2", "sale", "990", "555555******4444"),
+        ("3", "refund", "300", "411111******1111")]
+    trailer = {(line[6], line[9]): (line[7], line[-1]) for line in lines if line[0] == "trailer"}
+    assert trailer[("sale", "EUR")] == ("2240", "2")
+    assert trailer[("refund", "EUR")] == ("300", "1")
+    assert trailer[("net", "EUR")] == ("1940", "3")
+    assert "4111111111111111" not in text
+
+    # The CLI export is the same file.
+    assert hq.cli("batches", "pull", str(batch["id"]), "--format", "csv").replace("\r\n", "\n") == \
+        text.replace("\r\n", "\n")
+    pulled = hq.cli("batches", "pull", str(batch["id"]), "--format", "json")
+    assert '"count": 3' in pulled
+    assert wire_terminal.terminal_id in hq.cli("batches", "list")
+
+
+def test_batch_close_out_of_balance_lists_differences_and_missing(wire_terminal: WireTerminal):
+    rows = [wire_terminal.txn(amount=500, batch=1) for _ in range(3)]
+    wire_terminal.upload(rows[:2])
+    path = f"/api/v1/terminals/{wire_terminal.terminal_id}/batches/1/close"
+    totals = [{"type": "sale", "scheme": "visa", "currency": "EUR", "count": 3, "amount_minor": 1500}]
+    answer = wire_terminal.request("POST", path, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()
+    assert answer["status"] == "out_of_balance"
+    assert answer["missing_sequences"] == [3]
+    (diff,) = answer["differences"]
+    assert (diff["terminal_count"], diff["hq_count"], diff["amount_difference_minor"]) == (3, 2, 500)
+    # Once the missing transaction arrives, closing again balances.
+    wire_terminal.upload(rows[2:])
+    again = wire_terminal.request("POST", path, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()
+    assert again["status"] == "balanced"
+
+
+def test_parameters_are_versioned_and_deny_list_reaches_terminal(wire_terminal: WireTerminal):
+    hq = wire_terminal.hq
+    path = f"/api/v1/terminals/{wire_terminal.terminal_id}/parameters"
+    first = wire_terminal.request("GET", path).json()
+    unchanged = wire_terminal.request("GET", f"{path}?if_version={first['version']}")
+    assert unchanged.status_code == 304
+    token = "ab" * 32
+    hq.cli("deny", "add", token)
+    changed = wire_terminal.request("GET", f"{path}?if_version={first['version']}")
+    assert changed.status_code == 200
+    assert changed.json()["version"] > first["version"] and token in changed.json()["deny_list"]
+    hq.cli("deny", "remove", token)
+    assert token not in wire_terminal.request("GET", path).json()["deny_list"]
+
+
+@pytest.mark.parametrize("amount,approved,reason", [(1000, True, None), (60000, False, "over_limit")])
+def test_online_authorization_by_simulated_acquirer(wire_terminal: WireTerminal, amount, approved, reason):
+    wire_terminal.hq.cli("acquirer", "set", "--approve", "--decline-over", "50000", "--delay-ms", "0")
+    doc = {"idempotency_key": f"k-{amount}", "type": "sale", "amount_minor": amount, "currency": "EUR",
+           "token": "cd" * 32, "masked_pan": "411111******1111", "scheme": "visa"}
+    r = wire_terminal.request("POST", "/api/v1/authorizations", doc).json()
+    assert (r["approved"], r["reason"]) == (approved, reason)
+    assert (r["code"] is not None) == approved
+    # Same idempotency key: the same answer, not a second authorization.
+    assert wire_terminal.request("POST", "/api/v1/authorizations", doc).json() == r
+
+
+def test_online_authorization_declines_deny_listed_token(wire_terminal: WireTerminal):
+    hq = wire_terminal.hq
+    from protocol.tokens import card_token
+
+    token = card_token(wire_terminal.token_key, TEST_PANS[2])
+    hq.cli("deny", "add", "--pan-stdin", input=TEST_PANS[2] + "\n")
+    try:
+        doc = {"idempotency_key": "deny-1", "type": "sale", "amount_minor": 100, "currency": "EUR", "token": token,
+               "masked_pan": "401288******1881"}
+        r = wire_terminal.request("POST", "/api/v1/authorizations", doc).json()
+        assert (r["approved"], r["reason"]) == (False, "deny_listed")
+    finally:
+        hq.cli("deny", "remove", token)
+
+
+def test_authorization_refuses_a_clear_pan_in_masked_field(wire_terminal: WireTerminal):
+    doc = {"idempotency_key": "clear-1", "type": "sale", "amount_minor": 100, "currency": "EUR",
+           "masked_pan": TEST_PANS[0]}
+    r = wire_terminal.request("POST", "/api/v1/authorizations", doc)
+    assert r.status_code == 422
+    assert TEST_PANS[0] not in r.text
+    assert wire_terminal.hq.sql("SELECT count(*) FROM authorizations WHERE terminal_id = :t",
+                                t=wire_terminal.terminal_id)[0][0] == 0
+
+
+def test_openapi_is_published(hq: HQ):
+    paths = httpx.get(f"{hq.url}/openapi.json").json()["paths"]
+    for path in ("/api/v1/enrollments", "/api/v1/authorizations", "/api/v1/terminals/{terminal_id}/transactions",
+                 "/api/v1/terminals/{terminal_id}/batches/{batch_no}/close",
+                 "/api/v1/terminals/{terminal_id}/parameters", "/api/v1/batches", "/api/v1/batches/{batch_id}"):
+        assert path in paths

@@ -1,0 +1,175 @@
+"""The sync engine against a real head office over HTTP (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
+from offline_queue.sync import SyncEngine
+from tests.harness.headoffice import HQ, TEST_PANS, TerminalEnv, free_port
+
+
+def test_drains_queue_in_pages_and_head_office_holds_the_same_totals(terminal_env: TerminalEnv):
+    total = terminal_env.record(1234)
+    progress = []
+    with terminal_env.store() as store, terminal_env.client() as client:
+        result = SyncEngine(store, client, page_size=100, on_progress=progress.append).run_once()
+        assert result.ok and result.accepted == 1234 and result.rejected == 0 and result.pages == 13
+        stats = store.stats()
+        assert stats.unsynced_count == 0 and stats.checkpoint == 1234
+        assert store.last_contact() is not None
+        # Accepted rows lose their sealed envelope; the chain still verifies locally.
+        assert all(not t.envelope_present for t in store.transactions(limit=2000))
+        assert store.verify() == 1234
+    assert terminal_env.hq_rows() == (1234, 1234, total)
+    assert progress[-1].done == 1234 and progress[-1].total == 1234
+
+
+def test_second_pass_after_lost_acknowledgement_stores_nothing_twice(terminal_env: TerminalEnv):
+    total = terminal_env.record(50)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        page = store.pending_page(50)
+        client.upload(page)  # head office stores it; the terminal "never hears back"
+        result = SyncEngine(store, client).run_once()
+        assert result.accepted == 50 and result.duplicates == 50
+    assert terminal_env.hq_rows() == (50, 50, total)
+
+
+def test_head_office_rejects_an_unreadable_envelope_alone(terminal_env: TerminalEnv):
+    from protocol.chain import chain_hash, envelope_digest
+    from protocol.envelope import generate_keypair, seal
+
+    terminal_env.record(3)
+    _private, other_public = generate_keypair()
+    bogus = seal(other_public, {"pan": TEST_PANS[0]})
+    with terminal_env.store() as store, terminal_env.client() as client:
+        page = store.pending_page(10)
+        # A consistent chain around an envelope sealed to the wrong key, as a terminal with a broken key would send.
+        page[1]["envelope"] = bogus
+        page[1]["envelope_sha256"] = envelope_digest(bogus)
+        page[1]["hash"] = chain_hash(page[1]["prev_hash"], page[1])
+        page[2]["prev_hash"] = page[1]["hash"]
+        page[2]["hash"] = chain_hash(page[2]["prev_hash"], page[2])
+        answer = client.upload(page)
+        assert [r.status for r in answer.results] == ["accepted", "rejected", "accepted"]
+        assert answer.results[1].reason == "envelope_unreadable"
+
+
+def test_engine_dead_letters_rejections_and_continues(hq: HQ, terminal_env: TerminalEnv):
+    terminal_env.record(5)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        # Make head office see a gap: upload 1-2 then pretend 3 was lost for good.
+        client.upload(store.pending_page(2))
+        store.mark_accepted([1, 2])
+        store.mark_rejected(3, "lost", "lost in a test")
+        result = SyncEngine(store, client).run_once()
+        assert result.ok and result.accepted == 0 and result.rejected == 2
+        assert [r["sequence"] for r in result.rejections] == [4, 5]
+        assert all(r["reason"].startswith("gap") for r in result.rejections)
+        assert store.stats().unsynced_count == 0
+        assert {t.sequence for t in store.rejected()} == {3, 4, 5}
+
+
+def test_parameters_change_reaches_the_terminal_on_next_sync(hq: HQ, terminal_env: TerminalEnv):
+    with terminal_env.store() as store, terminal_env.client() as client:
+        engine = SyncEngine(store, client)
+        first = engine.run_once()
+        assert first.ok and store.parameters() is not None
+        version = store.parameters().version
+        hq.cli("parameters", "set", "offline_max_count=7")
+        hq.cli("deny", "add", "ef" * 32)
+        second = engine.run_once()
+        assert second.parameters_updated
+        stored = store.parameters()
+        assert stored.version > version and stored.parameters["offline_max_count"] == 7
+        assert store.is_denied("ef" * 32)
+        third = engine.run_once()
+        assert not third.parameters_updated
+        hq.cli("deny", "remove", "ef" * 32)
+
+
+def test_closed_batch_is_reported_and_balanced(terminal_env: TerminalEnv):
+    terminal_env.record(20, amount=500)
+    terminal_env.record(3, amount=700, pan=TEST_PANS[1], scheme="mastercard")
+    with terminal_env.store() as store, terminal_env.client() as client:
+        closed = store.close_batch()
+        result = SyncEngine(store, client).run_once()
+        assert result.ok and result.batches_reported == 1
+        reported = store.batch(closed.number)
+        assert reported.hq_status == "balanced"
+    rows = terminal_env.hq.sql("SELECT status FROM batches WHERE terminal_id = :t AND batch_no = :b",
+                               t=terminal_env.terminal_id, b=closed.number)
+    assert rows[0][0] == "balanced"
+
+
+def test_unreachable_head_office_is_typed_and_nothing_is_lost(terminal_env: TerminalEnv):
+    terminal_env.record(10)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with terminal_env.store() as store, terminal_env.client(dead, timeout=1.0) as client:
+        with pytest.raises(HeadOfficeUnreachable):
+            client.ping()
+        contacts = []
+        engine = SyncEngine(store, client, on_contact=contacts.append)
+        result = engine.run_once()
+        assert not result.ok and result.error_code == "unreachable"
+        assert contacts == [False] and engine.status()["online"] is False
+        assert store.stats().unsynced_count == 10
+
+
+def test_wait_mode_retries_with_backoff_until_head_office_answers(hq: HQ, terminal_env: TerminalEnv):
+    from tests.harness.faultproxy import FaultProxy
+
+    terminal_env.record(30)
+    host, port = "127.0.0.1", int(hq.url.rsplit(":", 1)[1])
+    # Every connection reset for the first ones, then the proxy lets traffic through.
+    proxy = FaultProxy((host, port), reset_rate=1.0, delay_rate=0, cut_rate=0).start()
+    try:
+        with terminal_env.store() as store, terminal_env.client(proxy.url, timeout=2.0) as client:
+            engine = SyncEngine(store, client, backoff_base_s=0.05, backoff_max_s=0.2, rng=random.Random(3))
+            done = threading.Event()
+            box = {}
+
+            def run():
+                box["result"] = engine.run_once(wait=True)
+                done.set()
+
+            worker = threading.Thread(target=run)
+            worker.start()
+            assert not done.wait(0.5)  # still retrying
+            proxy.reset_rate = 0.0
+            assert done.wait(20)
+            worker.join()
+            result = box["result"]
+            assert result.ok and result.accepted == 30 and result.retries >= 2
+    finally:
+        proxy.stop()
+    assert terminal_env.hq_rows()[0] == 30
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped():
+    engine = SyncEngine(store=None, client=None, backoff_base_s=1.0, backoff_max_s=30.0,  # type: ignore[arg-type]
+                        rng=random.Random(7))
+    delays = [engine.backoff_delay(n) for n in range(8)]
+    for n, delay in enumerate(delays):
+        ceiling = min(30.0, 2.0**n)
+        assert ceiling / 2 <= delay <= ceiling
+    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, not a fixed schedule
+
+
+def test_refused_terminal_stops_without_touching_rows(hq: HQ, terminal_env: TerminalEnv, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from offline_queue.hqclient import HeadOfficeClient
+
+    terminal_env.record(4)
+    with terminal_env.store() as store, HeadOfficeClient(hq.url, terminal_env.terminal_id,
+                                                         Ed25519PrivateKey.generate()) as client:
+        with pytest.raises(HeadOfficeRejected) as err:
+            client.ping()
+        assert err.value.is_auth
+        result = SyncEngine(store, client).run_once()
+        assert not result.ok and result.error_code == "bad_signature"
+        assert store.stats().unsynced_count == 4 and store.rejected() == []

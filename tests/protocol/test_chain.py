@@ -1,0 +1,184 @@
+"""The hash chain: any change, removal, insertion or reordering of an uploaded transaction is detected."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, ChainError, chain_hash, envelope_digest, verify_chain
+
+
+def _row(seq: int, prev: str, **over) -> dict:
+    envelope = f"v1.envelope-{seq}"
+    row = {
+        "uuid": f"00000000-0000-4000-8000-{seq:012d}",
+        "terminal_id": "T-1",
+        "sequence": seq,
+        "batch": 1,
+        "type": "sale",
+        "created_at": "2026-11-23T12:00:00.000000Z",
+        "amount_minor": 100 * seq,
+        "currency": "EUR",
+        "scheme": "visa",
+        "masked_pan": "411111******1111",
+        "pan_last4": "1111",
+        "token": "ab" * 32,
+        "aid": "A0000000031010",
+        "label": "VISA",
+        "entry_mode": "contactless",
+        "wallet": False,
+        "auth_mode": "offline",
+        "auth_code": None,
+        "auth_reason": None,
+        "auth_id": None,
+        "reference": f"R-{seq}",
+        "void_of": None,
+        "envelope_sha256": envelope_digest(envelope),
+        "envelope": envelope,
+        **over,
+    }
+    row["prev_hash"] = prev
+    row["hash"] = chain_hash(prev, row)
+    return row
+
+
+def chain(n: int) -> list[dict]:
+    rows, prev = [], GENESIS
+    for seq in range(1, n + 1):
+        row = _row(seq, prev)
+        rows.append(row)
+        prev = row["hash"]
+    return rows
+
+
+def test_a_clean_chain_verifies_and_returns_the_last_hash():
+    rows = chain(5)
+    assert verify_chain(rows, start_sequence=1) == rows[-1]["hash"]
+    assert verify_chain([]) == GENESIS
+    assert set(WIRE_FIELDS) == set(rows[0])
+
+
+def test_a_chain_can_be_verified_in_pages():
+    rows = chain(6)
+    last = verify_chain(rows[:3], start_sequence=1)
+    assert verify_chain(rows[3:], last, start_sequence=4) == rows[-1]["hash"]
+
+
+def test_wiping_the_envelope_keeps_the_chain_valid():
+    rows = chain(3)
+    for row in rows:
+        row["envelope"] = None
+    verify_chain(rows, start_sequence=1)
+
+
+def test_hash_ignores_key_order_and_extra_keys_but_not_values():
+    row = chain(1)[0]
+    reordered = dict(reversed(list(row.items())))
+    reordered["received_at"] = "2026-11-23T12:00:01Z"
+    assert chain_hash(GENESIS, reordered) == row["hash"]
+    assert chain_hash(GENESIS, {**row, "amount_minor": 101}) != row["hash"]
+
+
+@pytest.mark.parametrize("name", [f for f in CHAINED_FIELDS if f not in ("sequence",)])
+def test_changing_any_chained_field_breaks_the_chain(name):
+    rows = chain(3)
+    tampered = copy.deepcopy(rows)
+    value = tampered[1][name]
+    if isinstance(value, bool):
+        tampered[1][name] = not value
+    elif isinstance(value, int):
+        tampered[1][name] = value + 1
+    elif value is None:
+        tampered[1][name] = "x"
+    else:
+        tampered[1][name] = value + "x"
+    with pytest.raises(ChainError) as err:
+        verify_chain(tampered, start_sequence=1)
+    assert err.value.sequence == 2
+    assert err.value.code in ("bad_hash", "bad_row")
+
+
+def test_removed_row_is_a_gap_and_reordered_rows_break_links():
+    rows = chain(4)
+    with pytest.raises(ChainError) as err:
+        verify_chain([rows[0], rows[2], rows[3]], start_sequence=1)
+    assert (err.value.code, err.value.sequence) == ("gap", 3)
+    with pytest.raises(ChainError) as err:
+        verify_chain([rows[0], rows[2], rows[3]])  # contiguity is checked after the first row even without a start
+    assert err.value.code == "gap"
+    renumbered = {**rows[2], "sequence": 2}  # a row moved into the hole still does not link
+    with pytest.raises(ChainError) as err:
+        verify_chain([rows[0], renumbered])
+    assert err.value.code == "bad_link"
+    with pytest.raises(ChainError):
+        verify_chain([rows[1], rows[0]])
+
+
+def test_a_recomputed_hash_does_not_hide_a_change_from_the_next_link():
+    rows = chain(3)
+    rows[1]["amount_minor"] = 1
+    rows[1]["hash"] = chain_hash(rows[1]["prev_hash"], rows[1])  # attacker rehashes the changed row...
+    with pytest.raises(ChainError) as err:
+        verify_chain(rows, start_sequence=1)
+    assert (err.value.code, err.value.sequence) == ("bad_link", 3)  # ...but the next row still points at the old one
+
+
+def test_swapped_envelope_is_detected():
+    rows = chain(2)
+    rows[0]["envelope"], rows[1]["envelope"] = rows[1]["envelope"], rows[0]["envelope"]
+    with pytest.raises(ChainError) as err:
+        verify_chain(rows)
+    assert err.value.code == "envelope_mismatch"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"amount_minor": "100"},
+        {"amount_minor": True},
+        {"sequence": 1.0},
+        {"wallet": 0},
+        {"currency": 978},
+        {"amount_minor": 2**64},
+        {"reference": "bad \ud800 surrogate"},
+    ],
+)
+def test_wrong_types_are_bad_rows(broken):
+    row = {**chain(1)[0], **broken}
+    with pytest.raises(ChainError) as err:
+        verify_chain([row])
+    assert err.value.code == "bad_row"
+
+
+def test_missing_field_and_non_mapping():
+    row = chain(1)[0]
+    del row["token"]
+    with pytest.raises(ChainError):
+        verify_chain([row])
+    with pytest.raises(ChainError):
+        verify_chain(["not a row"])  # type: ignore[list-item]
+    with pytest.raises(ChainError):
+        chain_hash("xyz", chain(1)[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=8),
+    data=st.data(),
+)
+def test_any_single_field_mutation_is_caught(n, data):
+    rows = chain(n)
+    index = data.draw(st.integers(min_value=0, max_value=n - 1))
+    name = data.draw(st.sampled_from([f for f in CHAINED_FIELDS if f not in ("sequence", "wallet")]))
+    original = rows[index][name]
+    if isinstance(original, int):
+        new = data.draw(st.integers().filter(lambda v: v != original))
+    else:
+        new = data.draw(st.one_of(st.none(), st.text(max_size=20)).filter(lambda v: v != original))
+    rows[index][name] = new
+    with pytest.raises(ChainError) as err:
+        verify_chain(rows, start_sequence=1)
+    assert err.value.sequence in (index + 1, None) or err.value.code == "bad_row"

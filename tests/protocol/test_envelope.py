@@ -1,0 +1,92 @@
+"""Sealed envelopes: only head office's private key opens them; tampering and wrong keys are typed errors."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.envelope import (
+    EnvelopeError,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    open_sealed,
+    private_key_pem,
+    public_key_pem,
+    seal,
+)
+
+PAYLOAD = {
+    "pan": "4111111111111111",
+    "expiry": "2812",
+    "track2": "4111111111111111D2812201",
+    "cryptogram": {"9F26": "AB"},
+}
+
+
+def test_head_office_opens_what_the_terminal_sealed_with_pem_keys():
+    private, public = generate_keypair()
+    # The terminal only has the PEM public key from enrollment; head office its PEM private key.
+    sealed = seal(load_public_key(public_key_pem(public)), PAYLOAD)
+    assert sealed.startswith("v1.")
+    assert "4111111111111111" not in sealed
+    assert open_sealed(load_private_key(private_key_pem(private)), sealed) == PAYLOAD
+
+
+def test_each_envelope_is_different_even_for_the_same_card():
+    _private, public = generate_keypair()
+    assert seal(public, PAYLOAD) != seal(public, PAYLOAD)
+
+
+def test_another_key_cannot_open_it():
+    _private, public = generate_keypair()
+    other, _ = generate_keypair()
+    with pytest.raises(EnvelopeError) as err:
+        open_sealed(other, seal(public, PAYLOAD))
+    assert err.value.code == "bad_envelope"
+
+
+def test_flipping_any_byte_is_detected():
+    private, public = generate_keypair()
+    sealed = seal(public, PAYLOAD)
+    raw = bytearray(base64.urlsafe_b64decode(sealed[3:] + "=" * (-len(sealed[3:]) % 4)))
+    for index in (0, 31, 32, 43, 44, len(raw) // 2, len(raw) - 1):
+        tampered = bytearray(raw)
+        tampered[index] ^= 0x01
+        text = "v1." + base64.urlsafe_b64encode(bytes(tampered)).rstrip(b"=").decode()
+        with pytest.raises(EnvelopeError):
+            open_sealed(private, text)
+
+
+@pytest.mark.parametrize(
+    "sealed", ["", "v2.AAAA", "v1.", "v1.!!!!", "v1." + "A" * 40, "plain text", "v1." + "A" * 20000]
+)
+def test_malformed_envelopes_give_a_typed_error(sealed):
+    private, _ = generate_keypair()
+    with pytest.raises(EnvelopeError) as err:
+        open_sealed(private, sealed)
+    assert err.value.code == "bad_envelope"
+
+
+@pytest.mark.parametrize("data", [b"", b"x" * 31, b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
+def test_bad_keys_are_refused(data):
+    with pytest.raises(EnvelopeError) as err:
+        load_public_key(data)
+    assert err.value.code == "bad_key"
+
+
+def test_non_dict_payload_is_refused():
+    _private, public = generate_keypair()
+    with pytest.raises(EnvelopeError):
+        seal(public, ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=300))
+def test_open_never_raises_anything_but_envelope_error(text):
+    private, _ = generate_keypair()
+    with pytest.raises(EnvelopeError):
+        open_sealed(private, "v1." + text)

@@ -1,0 +1,176 @@
+"""The local API's contract (status codes, error shapes, idempotency) over the flow with in-memory parts.
+The same API over the real daemon, readers, queue and printer is tested in tests/e2e."""
+
+import json
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from terminal.api import create_app
+from terminal.events import PaymentEvents
+from terminal.flow import FlowSettings, PaymentFlow
+from tests.terminal.flowfakes import MemoryLedger, ReceiptLog, ScriptedReader, emv_read
+
+SALE = {"type": "sale", "amount_minor": 1250, "currency": "EUR", "reference": "R-1", "mode": "force-offline"}
+TOKEN = "0123456789abcdef-token"
+
+
+class FakeService:
+    def __init__(self):
+        self.ledger = MemoryLedger()
+        self.reader = ScriptedReader()
+        self.events = PaymentEvents()
+        self.flow = PaymentFlow(self.ledger, self.reader, online=None, receipts=ReceiptLog(),
+                                publish=self.events.publish,
+                                settings=FlowSettings(default_mode="force-offline", card_timeout_s=5))
+        self.stopping = threading.Event()
+
+    def payment_view(self, payment_id):
+        return self.ledger.payment(payment_id)
+
+    def recent_payments(self, limit):
+        return list(self.ledger.payments.values())[-limit:]
+
+    def status(self):
+        return {"readers": [], "printer": {"state": "unknown"}}
+
+    def close_batch(self):
+        raise RuntimeError("boom: 4761739001010010")
+
+    def is_stopping(self):
+        return self.stopping.is_set()
+
+
+@pytest.fixture
+def service():
+    svc = FakeService()
+    svc.flow.start()
+    yield svc
+    svc.flow.shutdown(2)
+
+
+@pytest.fixture
+def client(service):
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        yield c
+
+
+def post_sale(client, key="k-1", body=SALE):
+    return client.post("/v1/payments", json=body, headers={"Idempotency-Key": key})
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_create_returns_201_waiting_for_card(client):
+    r = post_sale(client)
+    assert r.status_code == 201
+    assert r.json()["state"] == "waiting_for_card"
+    assert r.json()["amount_minor"] == 1250
+
+
+def test_same_idempotency_key_same_payment(client, service):
+    first = post_sale(client).json()
+    r = post_sale(client)
+    assert r.status_code == 201 and r.headers["Idempotent-Replayed"] == "true"
+    assert r.json()["id"] == first["id"]
+    assert len(service.ledger.payments) == 1
+
+
+def test_second_waiting_payment_is_409(client):
+    post_sale(client, "a")
+    assert_error(post_sale(client, "b"), 409, "terminal_busy")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"{not json", 400, "malformed_json"),
+        (b"[1,2]", 400, "invalid_request"),
+        (b'{"amount_minor": 100, "currency": "EUR", "tip": 5}', 400, "invalid_request"),
+        (b'{"amount_minor": "100", "currency": "EUR"}', 422, "invalid_amount"),
+        (b'{"amount_minor": 1e30, "currency": "EUR"}', 422, "invalid_amount"),
+        (b'{"amount_minor": 99999999999999999999999, "currency": "EUR"}', 422, "invalid_amount"),
+        (b'{"amount_minor": -1, "currency": "EUR"}', 422, "invalid_amount"),
+        (b'{"amount_minor": true, "currency": "EUR"}', 422, "invalid_amount"),
+        (b'{"amount_minor": 100, "currency": "eur"}', 422, "invalid_currency"),
+        (b'{"amount_minor": 100, "currency": null}', 422, "invalid_currency"),
+        (b'{"amount_minor": 100, "currency": "EUR", "type": "chargeback"}', 422, "invalid_type"),
+        (b'{"amount_minor": 100, "currency": "EUR", "reference": {"a": 1}}', 422, "invalid_reference"),
+    ],
+)
+def test_malformed_or_absurd_input_is_4xx_json(client, service, raw, status, code):
+    r = client.post("/v1/payments", content=raw, headers={"Idempotency-Key": "x", "Content-Type": "application/json"})
+    assert_error(r, status, code)
+    assert service.ledger.payments == {}
+
+
+def test_missing_idempotency_key_is_400(client):
+    assert_error(client.post("/v1/payments", json=SALE), 400, "idempotency_key_required")
+
+
+def test_huge_body_is_413(client):
+    r = client.post("/v1/payments", content=b"{" + b" " * 20000 + b"}", headers={"Idempotency-Key": "x"})
+    assert_error(r, 413, "body_too_large")
+
+
+@pytest.mark.parametrize("path", ["/v1/payments/nope", "/v1/payments/00000000-0000-0000-0000-000000000000"])
+def test_unknown_ids_are_404(client, path):
+    assert_error(client.get(path), 404, "not_found")
+    assert_error(client.post(path + "/cancel"), 404, "not_found")
+    assert_error(client.post(path + "/void"), 404, "not_found")
+    assert_error(client.post(path + "/receipt"), 404, "not_found")
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert_error(client.get("/v2/nothing"), 404, "not_found")
+    assert_error(client.delete("/v1/status"), 405, "method_not_allowed")
+
+
+def test_internal_error_is_json_500_without_card_data(client):
+    r = client.post("/v1/batches/close")
+    assert_error(r, 500, "internal_error")
+    assert "4761739001010010" not in r.text and "Traceback" not in r.text
+
+
+def test_events_stream_until_final_state(client, service):
+    payment = post_sale(client).json()
+    service.reader.taps.put(emv_read())
+    states = []
+    with client.stream("GET", f"/v1/payments/{payment['id']}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line[6:])["state"])
+    assert states[0] in ("waiting_for_card", "reading", "authorizing", "approved")
+    assert states[-1] == "approved"
+
+
+def test_cancel_then_get(client):
+    payment = post_sale(client).json()
+    r = client.post(f"/v1/payments/{payment['id']}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert client.get(f"/v1/payments/{payment['id']}").json()["state"] == "cancelled"
+    assert_error(client.post(f"/v1/payments/{payment['id']}/void"), 409, "not_voidable")
+    assert_error(client.post(f"/v1/payments/{payment['id']}/receipt"), 409, "no_receipt")
+
+
+def test_bearer_token_required_when_configured(service):
+    with TestClient(create_app(service, token=TOKEN)) as c:
+        assert_error(c.get("/v1/status"), 401, "unauthorized")
+        assert_error(c.get("/v1/status", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        assert c.get("/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert c.get("/openapi.json").status_code == 200
+
+
+def test_openapi_documents_the_contract(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/payments", "/v1/payments/{payment_id}", "/v1/payments/{payment_id}/events",
+                 "/v1/payments/{payment_id}/cancel", "/v1/payments/{payment_id}/void",
+                 "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close"):
+        assert path in spec["paths"]

@@ -1,0 +1,276 @@
+import threading
+import time
+
+import pytest
+
+from drivers.errors import CardRemovedError, ReaderUnavailableError
+from protocol.errors import ValidationError
+from terminal.authorization import OfflineDecision, OnlineUnavailable
+from terminal.flow import FlowError, FlowSettings, PaymentFlow
+from terminal.payment import State
+from tests.terminal.flowfakes import MemoryLedger, ReceiptLog, ScriptedReader, emv_read, uid_read
+
+SALE = {"type": "sale", "amount_minor": 1250, "currency": "EUR", "reference": "R-1"}
+
+
+class Published:
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, pid, payment):
+        self.events.append((pid, payment["state"]))
+
+
+def make_flow(ledger=None, online=None, card_timeout_s=5.0, mode="force-offline"):
+    ledger = ledger or MemoryLedger()
+    reader = ScriptedReader()
+    receipts = ReceiptLog()
+    published = Published()
+    flow = PaymentFlow(ledger, reader, online=online, receipts=receipts, publish=published,
+                       settings=FlowSettings(default_mode=mode, card_timeout_s=card_timeout_s, reader_retry_s=0.01))
+    return flow, ledger, reader, receipts, published
+
+
+@pytest.fixture
+def running():
+    flows = []
+
+    def start(**kwargs):
+        parts = make_flow(**kwargs)
+        parts[0].start()
+        flows.append(parts[0])
+        return parts
+
+    yield start
+    for flow in flows:
+        flow.shutdown(2)
+
+
+def wait_state(ledger, pid, *states, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = ledger.payment(pid)
+        if p["state"] in states:
+            return p
+        time.sleep(0.005)
+    raise AssertionError(f"payment stayed {ledger.payment(pid)['state']}, wanted {states}")
+
+
+def test_offline_sale_is_recorded_before_it_is_published_and_before_the_receipt(running):
+    flow, ledger, reader, receipts, published = running()
+    payment, created = flow.create("k1", SALE)
+    assert created and payment["state"] == "waiting_for_card"
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved")
+    assert done["authorization"]["method"] == "offline"
+    history = [s for pid, s in ledger.history if pid == payment["id"]]
+    assert history == ["waiting_for_card", "reading", "authorizing", "approved"]
+    assert payment["id"] in ledger.recorded
+    states_published = [s for pid, s in published.events if pid == payment["id"]]
+    assert states_published[-1] == "approved"
+    deadline = time.monotonic() + 2
+    while not receipts.jobs and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert receipts.jobs == [(payment["id"], "approved", f"{payment['id']}:receipt")]
+
+
+def test_nothing_is_published_as_approved_before_the_commit(running):
+    ledger = MemoryLedger()
+    ledger.record_gate = threading.Event()
+    flow, ledger, reader, receipts, published = running(ledger=ledger)
+    payment, _ = flow.create("k1", SALE)
+    reader.taps.put(emv_read())
+    wait_state(ledger, payment["id"], "authorizing")
+    time.sleep(0.05)
+    assert "approved" not in [s for _, s in published.events]
+    assert receipts.jobs == []
+    ledger.record_gate.set()
+    wait_state(ledger, payment["id"], "approved")
+
+
+def test_same_idempotency_key_returns_the_same_payment(running):
+    flow, ledger, *_ = running()
+    first, created1 = flow.create("same", SALE)
+    again, created2 = flow.create("same", SALE)
+    assert (created1, created2) == (True, False)
+    assert again["id"] == first["id"]
+    assert len(ledger.payments) == 1
+
+
+def test_same_key_with_a_different_body_is_refused(running):
+    flow, *_ = running()
+    flow.create("same", SALE)
+    with pytest.raises(FlowError) as info:
+        flow.create("same", {**SALE, "amount_minor": 999})
+    assert (info.value.status, info.value.code) == (422, "idempotency_key_reused")
+
+
+def test_second_payment_while_one_waits_is_409(running):
+    flow, *_ = running()
+    flow.create("a", SALE)
+    with pytest.raises(FlowError) as info:
+        flow.create("b", SALE)
+    assert info.value.status == 409
+
+
+def test_next_payment_is_accepted_once_the_first_is_final(running):
+    flow, ledger, reader, *_ = running()
+    first, _ = flow.create("a", SALE)
+    reader.taps.put(emv_read())
+    wait_state(ledger, first["id"], "approved")
+    second, created = flow.create("b", SALE)
+    assert created and second["id"] != first["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({**SALE, "amount_minor": 0}, "invalid_amount"),
+        ({**SALE, "amount_minor": -5}, "invalid_amount"),
+        ({**SALE, "amount_minor": 12.5}, "invalid_amount"),
+        ({**SALE, "amount_minor": 10**15}, "invalid_amount"),
+        ({**SALE, "currency": "XXX"}, "invalid_currency"),
+        ({**SALE, "type": "void"}, "invalid_type"),
+        ({**SALE, "mode": "online-please"}, "invalid_mode"),
+        ({**SALE, "reference": "x" * 65}, "invalid_reference"),
+    ],
+)
+def test_bad_requests_are_typed_errors_and_create_nothing(running, body, code):
+    flow, ledger, *_ = running()
+    with pytest.raises(ValidationError) as info:
+        flow.create("k", body)
+    assert info.value.code == code
+    assert ledger.payments == {}
+
+
+def test_cancel_while_waiting(running):
+    flow, ledger, *_ = running()
+    payment, _ = flow.create("k", SALE)
+    cancelled = flow.cancel(payment["id"])
+    assert cancelled["state"] == "cancelled"
+    assert ledger.recorded == {}
+
+
+def test_cancel_after_approval_is_409(running):
+    flow, ledger, reader, *_ = running()
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    wait_state(ledger, payment["id"], "approved")
+    with pytest.raises(FlowError) as info:
+        flow.cancel(payment["id"])
+    assert info.value.status == 409
+
+
+def test_no_tap_times_out(running):
+    flow, ledger, *_ = running(card_timeout_s=0.2)
+    payment, _ = flow.create("k", SALE)
+    done = wait_state(ledger, payment["id"], "timed_out")
+    assert done["error"]["code"] == "card_timeout"
+
+
+def test_failed_read_waits_for_another_tap(running):
+    flow, ledger, reader, *_ = running()
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(CardRemovedError("card removed during read"))
+    reader.taps.put(uid_read())
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved")
+    assert done["state"] == "approved"
+    assert flow.last_error["code"] == "not_a_payment_card"
+
+
+def test_reader_unavailable_keeps_waiting_with_the_reason(running):
+    flow, ledger, reader, *_ = running(card_timeout_s=0.3)
+    payment, _ = flow.create("k", SALE)
+    for _ in range(3):
+        reader.taps.put(ReaderUnavailableError("pcscd is not running"))
+    done = wait_state(ledger, payment["id"], "timed_out")
+    assert flow.last_error["code"] == "reader_unavailable"
+    assert done["state"] == "timed_out"
+
+
+def test_offline_decline_carries_the_rule(running):
+    flow, ledger, reader, receipts, _ = running(ledger=MemoryLedger(offline=OfflineDecision(False, "per_txn_limit")))
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "declined")
+    assert done["authorization"]["reason"] == "per_txn_limit"
+    assert ledger.recorded == {} and receipts.jobs == []
+
+
+def test_store_failure_is_never_an_approval(running):
+    flow, ledger, reader, receipts, _ = running(ledger=MemoryLedger(fail_record=OSError("disk full")))
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "failed")
+    assert done["error"]["code"] == "store_write_failed"
+    assert receipts.jobs == []
+
+
+def test_prefer_online_falls_back_when_head_office_is_down(running):
+    def down(request):
+        raise OnlineUnavailable("unreachable", "connection refused")
+
+    flow, ledger, reader, *_ = running(online=down, mode="prefer-online")
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved")
+    assert done["authorization"]["method"] == "offline"
+    assert done["authorization"]["fallback"] == "unreachable"
+
+
+def test_online_request_never_holds_the_pan(running):
+    seen = []
+
+    def hq(request):
+        seen.append(request)
+        return {"approved": True, "code": "000111", "auth_id": "x"}
+
+    flow, ledger, reader, *_ = running(online=hq, mode="prefer-online")
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved")
+    assert done["authorization"]["code"] == "000111"
+    assert "4761739001010010" not in repr(seen)
+
+
+def test_recovery_resolves_inflight_payments():
+    ledger = MemoryLedger()
+    waiting = ledger.create_payment(idempotency_key="a", request=SALE)
+    authorizing = ledger.create_payment(idempotency_key="b", request=SALE)
+    ledger.set_state(authorizing["id"], State.AUTHORIZING)
+    recorded = ledger.create_payment(idempotency_key="c", request=SALE)
+    ledger.set_state(recorded["id"], State.AUTHORIZING)
+    ledger.recorded[recorded["id"]] = {}
+    ledger.payments[recorded["id"]]["state"] = "approved"  # the atomic record already approved it
+    flow, _, _, _receipts, _ = make_flow(ledger=ledger)
+    flow.recover()
+    assert ledger.payment(waiting["id"])["state"] == "failed"
+    assert ledger.payment(waiting["id"])["error"]["code"] == "interrupted"
+    assert ledger.payment(authorizing["id"])["state"] == "failed"
+    assert ledger.payment(recorded["id"])["state"] == "approved"
+
+
+def test_void_records_once(running):
+    flow, ledger, reader, _receipts, _ = running()
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    wait_state(ledger, payment["id"], "approved")
+    void, created = flow.void(payment["id"])
+    again, created_again = flow.void(payment["id"])
+    assert (created, created_again) == (True, False)
+    assert void["id"] == again["id"] and void["type"] == "void"
+    with pytest.raises(FlowError):
+        flow.void(void["id"])
+
+
+def test_shutdown_cancels_a_waiting_payment(running):
+    flow, ledger, *_ = running()
+    payment, _ = flow.create("k", SALE)
+    flow.shutdown(2)
+    done = ledger.payment(payment["id"])
+    assert done["state"] == "cancelled"
+    assert done["error"]["code"] == "terminal_shutdown"
+    with pytest.raises(FlowError) as info:
+        flow.create("k2", SALE)
+    assert info.value.status == 503

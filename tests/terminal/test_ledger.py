@@ -1,0 +1,136 @@
+"""The payment flow over the real queue (SQLite store, card protection, risk rules), with the EMV read run
+in-process against the simulated card. Only the reader is scripted; the stacks are covered in tests/e2e."""
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from config.provisioning import Enrollment
+from config.settings import Settings
+from drivers.emv import TerminalData, read_card
+from drivers.simulators.emv_card import InProcessCard, VirtualEmvCard, load_profile
+from terminal.flow import FlowError, FlowSettings, PaymentFlow
+
+pytest.importorskip("offline_queue.store")
+
+from terminal.ledger import QueueLedger
+from tests.terminal.flowfakes import ReceiptLog, ScriptedReader
+
+VISA_TEST_PAN = "4761739001010010"
+
+
+def tap(profile="visa", amount=1250):
+    card = VirtualEmvCard(load_profile(profile))
+    return read_card(InProcessCard(card), TerminalData(amount_minor=amount, currency="EUR"), reader="test")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    settings = Settings.model_validate({"terminal": {"id": "T-1", "state_dir": str(tmp_path)},
+                                        "risk": {"txn_limit_minor": 5000}})
+    hq_private = X25519PrivateKey.generate()
+    enrollment = Enrollment(terminal_id="T-1", merchant={"name": "Shop"}, hq_url="", parameters={},
+                            parameters_version=1, enrolled_at=datetime.now(UTC).isoformat(), terminal_key=Ed25519PrivateKey.generate(),
+                            hq_public_key=hq_private.public_key(), token_key=b"k" * 32)
+    led = QueueLedger.open(settings, enrollment)
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def flow(ledger):
+    reader = ScriptedReader()
+    f = PaymentFlow(ledger, reader, online=None, receipts=ReceiptLog(), publish=lambda *_: None,
+                    settings=FlowSettings(default_mode="force-offline", card_timeout_s=5))
+    f.start()
+    f.reader = reader
+    yield f
+    f.shutdown(2)
+
+
+def wait_final(ledger, pid, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = ledger.payment_view(pid)
+        if view["state"] not in ("waiting_for_card", "reading", "authorizing"):
+            return view
+        time.sleep(0.005)
+    raise AssertionError(ledger.payment_view(pid))
+
+
+def test_offline_sale_is_recorded_with_sequence_batch_and_masked_card(flow, ledger, tmp_path):
+    payment, _ = flow.create("k1", {"amount_minor": 1250, "currency": "EUR"})
+    flow.reader.taps.put(tap())
+    view = wait_final(ledger, payment["id"])
+    assert view["state"] == "approved"
+    assert (view["sequence"], view["batch"], view["sync_state"]) == (1, 1, "queued")
+    assert view["card"]["masked_pan"] == "476173******0010"
+    assert view["authorization"]["method"] == "offline"
+    assert ledger.is_recorded(payment["id"])
+    ledger.store.compact()
+    for path in tmp_path.glob("queue.sqlite*"):
+        assert VISA_TEST_PAN.encode() not in path.read_bytes()
+
+
+def test_offline_rules_decline_with_the_reason_and_record_nothing(flow, ledger):
+    payment, _ = flow.create("k1", {"amount_minor": 9000, "currency": "EUR"})
+    flow.reader.taps.put(tap(amount=9000))
+    view = wait_final(ledger, payment["id"])
+    assert view["state"] == "declined"
+    assert view["authorization"]["reason"] == "over_txn_limit"
+    assert view["sequence"] is None
+    assert ledger.queue_status()["unsynced_count"] == 0
+
+
+def test_void_in_open_batch_once(flow, ledger):
+    payment, _ = flow.create("k1", {"amount_minor": 1000, "currency": "EUR"})
+    flow.reader.taps.put(tap(amount=1000))
+    wait_final(ledger, payment["id"])
+    kept, _ = flow.create("k2", {"amount_minor": 700, "currency": "EUR"})
+    flow.reader.taps.put(tap(amount=700))
+    wait_final(ledger, kept["id"])
+    void, created = flow.void(payment["id"])
+    void = ledger.payment_view(void["id"])
+    assert created and void["state"] == "approved" and void["type"] == "void" and void["sequence"] == 3
+    again, created_again = flow.void(payment["id"])
+    assert not created_again and again["id"] == void["id"]
+    assert ledger.payment_view(payment["id"])["voided_by"] == void["transaction_id"]
+    batch = ledger.close_batch()
+    eur = next(t for t in batch["totals"]["by_currency"] if t["currency"] == "EUR")
+    assert eur["net_amount_minor"] == 700
+    with pytest.raises(FlowError) as info:
+        flow.void(kept["id"])  # its batch is closed now
+    assert info.value.status == 409
+
+
+def test_restart_resolves_recorded_and_unrecorded(ledger):
+    waiting = ledger.create_payment(idempotency_key="a", request={"type": "sale", "amount_minor": 100,
+                                                                  "currency": "EUR", "reference": None,
+                                                                  "mode": "force-offline"})
+    flow = PaymentFlow(ledger, ScriptedReader(), online=None, receipts=None, publish=lambda *_: None,
+                       settings=FlowSettings())
+    flow.recover()
+    view = ledger.payment_view(waiting["id"])
+    assert view["state"] == "failed" and view["error"]["code"] == "interrupted"
+
+
+def test_concurrent_creates_let_one_payment_wait(flow, ledger):
+    results = []
+
+    def create(i):
+        try:
+            results.append(flow.create(f"c{i}", {"amount_minor": 100, "currency": "EUR"})[0]["id"])
+        except FlowError as exc:
+            results.append(exc.status)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(409) == 5
