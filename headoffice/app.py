@@ -7,6 +7,7 @@ Terminal endpoints read the raw body themselves because the signature covers its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -20,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +31,7 @@ from headoffice.clock import utcnow
 from headoffice.db import make_engine, session_factory
 from headoffice.errors import HQError
 from headoffice.keystore import FileKeystore, Keystore
+from headoffice.models import Terminal
 from headoffice.settings import HQSettings
 from headoffice.terminal_auth import authenticate
 
@@ -65,6 +67,9 @@ def _parse(body: bytes) -> Any:
 
 
 MAX_BODY = 64 * 1024 * 1024
+# A pipelined page that overtook its predecessor waits this long (in total) for it before it is answered "gap".
+AHEAD_WAITS = 40
+AHEAD_WAIT_S = 0.025
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes:
@@ -110,7 +115,7 @@ class HeadOffice:
 
     def terminal_call(
         self, request: Request, body: bytes, work: Callable[[Session, Any], T], *,
-        path_terminal: str | None = None, lock: bool = False,
+        path_terminal: str | None = None, lock: bool = False, touch: bool = True,
     ) -> Callable[[Session], T]:
         headers = dict(request.headers)
         method = request.method
@@ -119,7 +124,8 @@ class HeadOffice:
         def run(session: Session) -> T:
             terminal = authenticate(session, headers, method, path, body, window_s=self.settings.signature_window_s,
                                     path_terminal=path_terminal, lock=lock)
-            terminal.last_seen_at = utcnow()
+            if touch:
+                terminal.last_seen_at = utcnow()
             return work(session, terminal)
 
         return run
@@ -221,16 +227,30 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
               openapi_extra=_body_schema(ingest.UploadRequest))
     async def upload(terminal_id: str, request: Request) -> Response:
         body = await request.body()
-
         raw = _decoded(body, request.headers.get("content-encoding"))
+        # 1. who is it (signature, nonce) - short transaction, before any expensive work is done for the caller
+        # (no last_seen update here: that row write would queue behind a pipelined predecessor's lock)
+        await hq.call(hq.terminal_call(request, body, lambda _s, t: t.id, path_terminal=terminal_id, touch=False))
+        # 2. the CPU work per row, outside any lock or transaction
+        prepared = await run_in_threadpool(ingest.prepare_page, _parse(raw), terminal_id, hq.keystore)
 
-        def work(session: Session, terminal: Any) -> dict[str, Any]:
-            result = ingest.ingest_page(session, terminal, _parse(raw), hq.keystore)
+        # 3. continue the chain under the terminal's row lock
+        def apply(session: Session, wait_ahead: bool) -> dict[str, Any]:
+            terminal = session.execute(
+                select(Terminal).where(Terminal.id == terminal_id).with_for_update()
+            ).scalar_one()
+            terminal.last_seen_at = utcnow()
+            result = ingest.apply_page(session, terminal, prepared, wait_ahead=wait_ahead)
             # Lets the terminal notice changed parameters without asking on every sync.
             result["parameters_version"] = parameters.current_version(session)
             return result
 
-        return _json(await hq.call(hq.terminal_call(request, body, work, path_terminal=terminal_id, lock=True)))
+        for _attempt in range(AHEAD_WAITS):
+            try:
+                return _json(await hq.call(lambda s: apply(s, True)))
+            except ingest.Ahead:
+                await asyncio.sleep(AHEAD_WAIT_S)
+        return _json(await hq.call(lambda s: apply(s, False)))
 
     @app.post("/api/v1/terminals/{terminal_id}/batches/{batch_no}/close", tags=["terminals"],
               openapi_extra=_body_schema(batches.CloseRequest))

@@ -16,7 +16,9 @@ Per transaction, in sequence order:
 
 from __future__ import annotations
 
+import re
 import uuid as uuid_mod
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,13 +57,28 @@ def _result(sequence: Any, status: str, reason: str | None = None, duplicate: bo
     return {"sequence": sequence, "status": status, "reason": reason, "duplicate": duplicate}
 
 
-def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Keystore) -> dict[str, Any]:
+class Ahead(Exception):
+    """The page starts beyond the chain head: an earlier page of the same terminal is probably still being
+    applied by another request (pipelined uploads). The caller may wait briefly and apply again."""
+
+
+@dataclass
+class PreparedRow:
+    sequence: int
+    hash: Any
+    prev_hash: Any
+    chain_error: str | None  # None: the row hashes correctly from its own prev_hash and names this terminal
+    row: dict[str, Any] | None
+    status: str
+    reason: str | None
+
+
+def _sequences(payload: Any) -> tuple[list[dict[str, Any]], list[int]]:
     if not isinstance(payload, dict) or not isinstance(payload.get("transactions"), list):
         raise HQError(400, "invalid_page", 'body must be {"transactions": [...]}')
     wires = payload["transactions"]
     if len(wires) > MAX_PAGE:
         raise HQError(413, "page_too_large", f"at most {MAX_PAGE} transactions per page")
-    results: list[dict[str, Any]] = []
     sequences = []
     for wire in wires:
         seq = wire.get("sequence") if isinstance(wire, dict) else None
@@ -70,11 +87,50 @@ def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Ke
         sequences.append(seq)
     if sequences != sorted(sequences) or len(set(sequences)) != len(sequences):
         raise HQError(400, "invalid_page", "transactions must be in strictly increasing sequence order")
+    return wires, sequences
 
+
+def prepare_page(payload: Any, terminal_id: str, keystore: Keystore) -> list[PreparedRow]:
+    """Everything per row that needs no database: structure, each row's own hash, content checks, envelope
+    opening and re-encryption. Runs before the terminal's lock is taken, so pipelined pages of one terminal
+    (and pages of different terminals in other workers) do this CPU work in parallel."""
+    wires, sequences = _sequences(payload)
+    prepared = []
+    for wire, seq in zip(wires, sequences, strict=True):
+        claimed_prev = wire.get("prev_hash")
+        error = None
+        try:
+            verify_chain([wire], claimed_prev if isinstance(claimed_prev, str) else "", start_sequence=seq)
+        except ChainError as exc:
+            error = exc.code
+        if error is None and wire.get("terminal_id") != terminal_id:
+            error = "terminal_id"
+        row, status, reason = None, "rejected", None
+        if error is None:
+            try:
+                row, status = _accepted_row(terminal_id, wire, keystore), "accepted"
+            except _Rejected as exc:
+                row, status, reason = _rejected_row(wire, exc.reason), "rejected", exc.reason
+        prepared.append(PreparedRow(seq, wire.get("hash"), claimed_prev, error, row, status, reason))
+    return prepared
+
+
+def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Keystore) -> dict[str, Any]:
+    """Prepare and apply in one go (the terminal row must already be locked by the caller)."""
+    return apply_page(session, terminal, prepare_page(payload, terminal.id, keystore))
+
+
+def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow], *,
+               wait_ahead: bool = False) -> dict[str, Any]:
+    """Continue the terminal's chain with ``prepared`` (its row is locked by the caller). With ``wait_ahead``,
+    raises ``Ahead`` instead of answering "gap" when the page starts beyond the head."""
     head_seq = terminal.head_sequence
     head_hash = terminal.head_hash
+    if wait_ahead and prepared and all(p.sequence > head_seq + 1 for p in prepared):
+        raise Ahead()
+    results: list[dict[str, Any]] = []
     stored: dict[int, tuple[str, str, str | None, str]] = {}
-    replayed = [s for s in sequences if s <= head_seq]
+    replayed = [p.sequence for p in prepared if p.sequence <= head_seq]
     if replayed:
         stored = {
             seq: (h, st, why, prev)
@@ -90,17 +146,18 @@ def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Ke
     batch_ids: dict[int, int] = {}
     now = utcnow()
     stop_reason: str | None = None
-    for wire, seq in zip(wires, sequences, strict=True):
+    for p in prepared:
+        seq = p.sequence
         if stop_reason:
             results.append(_result(seq, "rejected", stop_reason))
             continue
-        claimed = wire.get("hash")
         if seq <= head_seq:
             previous = stored.get(seq)
             if previous is None:
                 # Below the head but never stored cannot happen unless rows were deleted by hand.
                 results.append(_result(seq, "rejected", "unknown_history"))
-            elif previous[0] != claimed or not _intact(wire, previous[3], seq):
+            elif previous[0] != p.hash or p.chain_error is not None or p.prev_hash != previous[3]:
+                # Same sequence, different content (or same hash over changed fields): a forgery or a bug.
                 results.append(_result(seq, "rejected", "conflict"))
             else:
                 results.append(_result(seq, previous[1], previous[2], duplicate=True))
@@ -109,31 +166,25 @@ def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Ke
             stop_reason = f"gap: head office expects sequence {head_seq + 1}"
             results.append(_result(seq, "rejected", stop_reason))
             continue
-        try:
-            verify_chain([wire], head_hash or GENESIS, start_sequence=seq)
-        except ChainError as exc:
-            stop_reason = f"chain_broken: {exc.code}"
+        if p.chain_error is not None:
+            stop_reason = f"chain_broken: {p.chain_error}"
             results.append(_result(seq, "rejected", stop_reason))
             continue
-        if wire.get("terminal_id") != terminal.id:
-            stop_reason = "chain_broken: terminal_id"
+        if p.prev_hash != (head_hash or GENESIS):
+            stop_reason = "chain_broken: bad_link"
             results.append(_result(seq, "rejected", stop_reason))
             continue
-        try:
-            row = _accepted_row(terminal, wire, keystore)
-            status, reason = "accepted", None
-        except _Rejected as exc:
-            row = _rejected_row(wire, exc.reason)
-            status, reason = "rejected", exc.reason
+        assert p.row is not None
+        row = dict(p.row)
         batch_no = row["batch_no"]
         if batch_no not in batch_ids:
             batch_ids[batch_no] = batch_service.batch_id_for(session, terminal, batch_no)
         row.update(terminal_id=terminal.id, sequence=seq, merchant_id=terminal.merchant_id,
-                   batch_id=batch_ids[batch_no], received_at=now, prev_hash=head_hash or GENESIS,
-                   chain_hash=claimed, status=status, reject_reason=reason)
+                   batch_id=batch_ids[batch_no], received_at=now, prev_hash=p.prev_hash,
+                   chain_hash=p.hash, status=p.status, reject_reason=p.reason)
         rows.append(row)
-        results.append(_result(seq, status, reason))
-        head_seq, head_hash = seq, claimed
+        results.append(_result(seq, p.status, p.reason))
+        head_seq, head_hash = seq, p.hash
 
     if rows:
         _insert(session, rows)
@@ -147,15 +198,6 @@ def ingest_page(session: Session, terminal: Terminal, payload: Any, keystore: Ke
         "rejected": sum(1 for r in results if r["status"] == "rejected"),
         "results": results,
     }
-
-
-def _intact(wire: dict[str, Any], prev_hash: str, sequence: int) -> bool:
-    """A replayed row must still hash to what was stored: same hash with changed fields is a forgery."""
-    try:
-        verify_chain([wire], prev_hash, start_sequence=sequence)
-    except ChainError:
-        return False
-    return True
 
 
 _COLUMNS = tuple(c.name for c in Transaction.__table__.columns if c.name != "id")
@@ -179,6 +221,8 @@ _TYPES = ("sale", "refund", "void")
 _AUTH_MODES = ("online", "offline")
 
 
+_TOKEN = re.compile(r"^[0-9a-f]{64}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _FREE_TEXT = frozenset({"reference", "label", "auth_reason"})
 
 
@@ -195,7 +239,7 @@ def _text(wire: dict[str, Any], key: str, limit: int, *, required: bool = False)
     return value
 
 
-def _accepted_row(terminal: Terminal, wire: dict[str, Any], keystore: Keystore) -> dict[str, Any]:
+def _accepted_row(terminal_id: str, wire: dict[str, Any], keystore: Keystore) -> dict[str, Any]:
     fields = wire
     type_ = fields.get("type")
     if type_ not in _TYPES:
@@ -209,15 +253,13 @@ def _accepted_row(terminal: Terminal, wire: dict[str, Any], keystore: Keystore) 
     if isinstance(batch_no, bool) or not isinstance(batch_no, int) or batch_no < 1:
         raise _Rejected("invalid: batch")
     txn_uuid = _text(fields, "uuid", 36, required=True)
-    try:
-        uuid_mod.UUID(txn_uuid)
-    except ValueError:
-        raise _Rejected("invalid: uuid") from None
+    if not _UUID.match(txn_uuid or ""):
+        raise _Rejected("invalid: uuid")
     masked = _text(fields, "masked_pan", 19)
     if masked is not None and not is_masked(masked):
         raise _Rejected("invalid: masked_pan is not masked")
     token = _text(fields, "token", 64)
-    if token is not None and (len(token) != 64 or any(c not in "0123456789abcdef" for c in token)):
+    if token is not None and not _TOKEN.match(token):
         raise _Rejected("invalid: token")
     auth_mode = _text(fields, "auth_mode", 10)
     if auth_mode is not None and auth_mode not in _AUTH_MODES:
@@ -231,7 +273,7 @@ def _accepted_row(terminal: Terminal, wire: dict[str, Any], keystore: Keystore) 
             raise _Rejected("envelope_unreadable")
         if not card_matches(keystore, card, token=token, masked_pan=masked, pan_last4=pan_last4):
             raise _Rejected("envelope_mismatch")
-        aad = f"{terminal.id}:{fields.get('sequence')}".encode()
+        aad = f"{terminal_id}:{fields.get('sequence')}".encode()
         card_data = keystore.encrypt_card_data(orjson.dumps(card), aad)
     return {
         "uuid": txn_uuid,

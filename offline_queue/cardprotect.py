@@ -56,7 +56,7 @@ class CardProtection:
             raise ValidationError("invalid_config", f"pan_mask must be one of {', '.join(PAN_MASKS)}")
         card_token(token_key, "4111111111111111")  # fail now, not at the first sale, on a bad key
         self._token_key = bytes(token_key)
-        self._public_key = envelope_mod.load_public_key(hq_public_key)
+        self._sealer = envelope_mod.Sealer(hq_public_key)
         self._bin8 = pan_mask == "bin8"
 
     def __repr__(self) -> str:
@@ -70,6 +70,10 @@ class CardProtection:
             (keys / "hq_x25519_public.pem").read_bytes(),
             pan_mask=pan_mask,
         )
+
+    def close(self) -> None:
+        """Stop the background key preparation (optional: it is a daemon thread)."""
+        self._sealer.close()
 
     def token_for_pan(self, pan: str) -> str:
         return card_token(self._token_key, pan)
@@ -111,7 +115,7 @@ class CardProtection:
             "atc": getattr(card, "atc", None),
             "scheme": getattr(card, "scheme", None),
         }
-        sealed = envelope_mod.seal(self._public_key, payload)
+        sealed = self._sealer.seal(payload)
         return ProtectedCard(
             scheme=getattr(card, "scheme", None) or "other",
             masked_pan=mask_pan(pan, bin8=self._bin8),

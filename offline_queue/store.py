@@ -184,8 +184,11 @@ def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
     if isinstance(auth, dict):
         unknown = set(auth) - {"mode", "code", "reason", "auth_id"}
         if unknown:
-            raise ValidationError("invalid_auth", f"unknown authorization fields: {', '.join(sorted(unknown))}")
-        auth = Authorization(**auth)
+            names = ", ".join(sorted(map(repr, unknown)))
+            raise ValidationError("invalid_auth", f"unknown authorization fields: {names}")
+        auth = Authorization(
+            mode=auth.get("mode"), code=auth.get("code"), reason=auth.get("reason"), auth_id=auth.get("auth_id")
+        )
     if not isinstance(auth, Authorization):
         raise ValidationError("invalid_auth", "auth must be an Authorization or a dict with mode/code/reason/auth_id")
     if auth.mode not in AUTH_MODES:
@@ -226,7 +229,12 @@ def _runs(sequences: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def _dumps(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:  # orjson.JSONEncodeError: non-str keys, unknown types, huge ints
+        raise ValidationError("invalid_json", f"value cannot be stored as JSON: {exc}") from None
 
 
 def _loads(value: str | None) -> Any:

@@ -18,12 +18,14 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from offline_queue.hqclient import HeadOfficeClient, HeadOfficeRejected, HeadOfficeUnreachable
+from offline_queue.hqclient import HeadOfficeClient, HeadOfficeRejected, HeadOfficeUnreachable, UploadResult
 
 log = logging.getLogger("smartpos.sync")
 
@@ -80,6 +82,19 @@ class _Stopped(Exception):
     pass
 
 
+@dataclass
+class _Counter:
+    total: int
+    done: int = 0
+
+
+@dataclass
+class _InFlight:
+    page: list[dict[str, Any]]
+    future: Future[UploadResult]
+    behind_another: bool  # sent while an earlier page was still unanswered
+
+
 class SyncEngine:
     def __init__(
         self,
@@ -93,10 +108,13 @@ class SyncEngine:
         on_contact: Callable[[bool], None] | None = None,
         rng: random.Random | None = None,
         max_rejections_listed: int = 100,
+        inflight: int = 2,
     ) -> None:
         self.store = store
         self.client = client
         self.page_size = max(1, int(page_size))
+        # Two pages on the wire keep both the terminal and head office busy; answers are still applied in order.
+        self.inflight = max(1, int(inflight))
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.on_progress = on_progress
@@ -226,63 +244,135 @@ class SyncEngine:
 
     def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         self._refresh_parameters(result, wait=wait, stop=stop)
-        total = int(self.store.stats().unsynced_count)
-        done = 0
+        with ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="sync-upload") as pool:
+            self._upload_all(result, pool, wait=wait, stop=stop)
+        self._report_batches(result, wait=wait, stop=stop)
+        result.online = True
+
+    def _upload_all(self, result: SyncResult, pool: ThreadPoolExecutor, *, wait: bool,
+                    stop: threading.Event | None) -> None:
+        """Up to ``inflight`` pages on the wire at once, answers applied strictly in sequence order. A later page
+        can only be judged once the earlier ones are: when an earlier page fails, what was sent after it is
+        settled (its acceptances kept, its rejections not trusted) and sent again."""
+        progress = _Counter(total=int(self.store.stats().unsynced_count))
         page_size = self.page_size
+        attempt = 0
         known_version = result.parameters_version
+        window: deque[_InFlight] = deque()
+        after = 0
         while True:
-            page = self.store.pending_page(page_size)
-            if not page:
-                break
-            sequences = [row["sequence"] for row in page]
-            self.store.mark_uploaded(sequences)
+            if stop is not None and stop.is_set():
+                self._settle(window, result, progress)
+                raise _Stopped()
+            while len(window) < self.inflight:
+                page = self.store.pending_page(page_size, after_sequence=after)
+                if not page:
+                    break
+                self.store.mark_uploaded([row["sequence"] for row in page])
+                window.append(_InFlight(page, pool.submit(self.client.upload, page), behind_another=bool(window)))
+                after = page[-1]["sequence"]
+            if not window:
+                return
+            current = window.popleft()
             try:
-                upload = self._call(lambda p=page: self.client.upload(p), result, wait=wait, stop=stop)
+                upload = current.future.result()
+            except HeadOfficeUnreachable as exc:
+                self.note_contact(False)
+                self._settle(window, result, progress)
+                after = 0
+                if not wait:
+                    raise
+                delay = self.backoff_delay(attempt)
+                attempt += 1
+                result.retries += 1
+                log.info("head office unreachable (%s); retry in %.1f s", exc.code, delay)
+                if stop is not None:
+                    if stop.wait(delay):
+                        raise _Stopped() from None
+                else:
+                    time.sleep(delay)
+                continue
             except HeadOfficeRejected as exc:
+                self.note_contact(True)
+                self._settle(window, result, progress)
+                after = 0
                 if exc.is_auth:
                     raise
-                if len(page) > 1:
+                if len(current.page) > 1:
                     # Something in this page makes head office refuse the whole request: narrow it down.
-                    page_size = max(1, len(page) // 2)
+                    page_size = max(1, len(current.page) // 2)
                     continue
-                self.store.mark_rejected(sequences[0], exc.code, exc.message)
+                seq = current.page[0]["sequence"]
+                self.store.mark_rejected(seq, exc.code, exc.message)
                 result.rejected += 1
-                self._note_rejection(result, sequences[0], exc.code, exc.message)
-                done += 1
-                self._progress(done, total, result)
+                self._note_rejection(result, seq, exc.code, exc.message)
+                progress.done += 1
+                self._progress(progress, result)
                 continue
+            self.note_contact(True)
+            attempt = 0
             page_size = self.page_size
             result.pages += 1
-            accepted = upload.accepted
-            if accepted:
-                self.store.mark_accepted(accepted)
-            for rej in upload.rejected:
-                code = (rej.reason or "rejected").split(":", 1)[0]
-                self.store.mark_rejected(rej.sequence, code, rej.reason or "rejected by head office")
-                self._note_rejection(result, rej.sequence, code, rej.reason)
             answered = {r.sequence for r in upload.results}
-            if not answered.intersection(sequences):
+            if not answered.intersection(row["sequence"] for row in current.page):
                 # An answer that covers none of what was sent would loop forever: stop and report.
                 raise HeadOfficeUnreachable("bad_response", "head office answered for none of the uploaded rows")
-            result.accepted += len(accepted)
-            result.rejected += len(upload.rejected)
-            result.duplicates += sum(1 for r in upload.results if r.duplicate)
-            done += len(answered)
-            self._progress(done, total, result)
+            # A "gap" for a page sent while an earlier one was still unanswered only means it overtook it.
+            untrusted_gap = current.behind_another and any(
+                r.status == "rejected" and (r.reason or "").startswith("gap") for r in upload.results)
+            self._apply(upload, result, progress, trust_gaps=not untrusted_gap)
+            if untrusted_gap:
+                self._settle(window, result, progress)
+                after = 0
             if upload.parameters_version is not None and upload.parameters_version != known_version:
                 known_version = upload.parameters_version
                 self._refresh_parameters(result, wait=wait, stop=stop)
-        self._report_batches(result, wait=wait, stop=stop)
-        result.online = True
+
+    def _apply(self, upload: UploadResult, result: SyncResult, progress: _Counter, *, trust_gaps: bool = True,
+               trust_rejections: bool = True) -> None:
+        accepted = upload.accepted
+        if accepted:
+            self.store.mark_accepted(accepted)
+        result.accepted += len(accepted)
+        result.duplicates += sum(1 for r in upload.results if r.duplicate and r.status == "accepted")
+        judged = len(accepted)
+        for rej in upload.rejected:
+            is_gap = (rej.reason or "").startswith("gap")
+            if not trust_rejections or (is_gap and not trust_gaps):
+                continue
+            code = (rej.reason or "rejected").split(":", 1)[0]
+            self.store.mark_rejected(rej.sequence, code, rej.reason or "rejected by head office")
+            self._note_rejection(result, rej.sequence, code, rej.reason)
+            result.rejected += 1
+            judged += 1
+        progress.done += judged
+        self._progress(progress, result)
+
+    def _settle(self, window: deque[_InFlight], result: SyncResult, progress: _Counter) -> None:
+        """Wait for what is still on the wire; keep its acceptances (head office stored those), not its
+        rejections (they may follow from the failure before them: the rows are sent again and judged then)."""
+        while window:
+            pending = window.popleft()
+            try:
+                upload = pending.future.result()
+            except HeadOfficeUnreachable:
+                self.note_contact(False)
+                continue
+            except HeadOfficeRejected:
+                self.note_contact(True)
+                continue
+            self.note_contact(True)
+            self._apply(upload, result, progress, trust_rejections=False)
 
     def _note_rejection(self, result: SyncResult, sequence: int, code: str, reason: str | None) -> None:
         log.warning("head office rejected transaction %d: %s", sequence, reason or code)
         if len(result.rejections) < self._max_rejections_listed:
             result.rejections.append({"sequence": sequence, "code": code, "reason": reason})
 
-    def _progress(self, done: int, total: int, result: SyncResult) -> None:
+    def _progress(self, progress: _Counter, result: SyncResult) -> None:
         if self.on_progress is not None:
-            self.on_progress(SyncProgress(done, max(total, done), result.accepted, result.rejected))
+            total = max(progress.total, progress.done)
+            self.on_progress(SyncProgress(progress.done, total, result.accepted, result.rejected))
 
     def _refresh_parameters(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         stored = self.store.parameters()

@@ -181,6 +181,11 @@ class Daemon:
     # ----- what the API asks ---------------------------------------------------------------------------------------
     def payment_view(self, payment_id: str) -> dict[str, Any] | None:
         view = self.ledger.payment_view(payment_id)
+        live = self.flow.live(payment_id) if self.flow is not None and view is not None else None
+        if live is not None and view is not None and not is_final(view["state"]):
+            view["state"] = live["state"]
+            card = live.get("card") or {}
+            view["card"] = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
         if view is not None and self.spooler is not None:
             view["receipt"] = self.spooler.receipt_state(view.get("transaction_id"))
         if view is not None and self.flow is not None:

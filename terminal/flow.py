@@ -98,6 +98,7 @@ class PaymentFlow:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._timings: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._live: dict[str, Payment] = {}
         self.last_error: dict[str, str] | None = None
         self.heartbeat = time.monotonic()
 
@@ -265,6 +266,7 @@ class PaymentFlow:
             finally:
                 with self._lock:
                     self._current = None
+                    self._live.pop(payment_id, None)
                 self.heartbeat = time.monotonic()
 
     def _process(self, payment: Payment) -> None:
@@ -307,8 +309,16 @@ class PaymentFlow:
         timings = {"card_detected": card.detected_at, "card_read": card.read_at}
         public = {k: v for k, v in card.to_public_dict().items() if k in
                   ("scheme", "masked_pan", "entry_mode", "aid", "label", "wallet", "reader")}
-        payment = self._transition(payment, State.READING, card=public, error=None)
-        payment = self._transition(payment, State.AUTHORIZING)
+        # "reading" and "authorizing" are announced at once. Only a state that guards a side effect outside this
+        # process is stored on its own: "authorizing" before head office is asked. Before an offline decision
+        # the next commit is the recorded approval itself (or the decline), so a crash in between resolves
+        # exactly as a crash in a stored "authorizing" would: not recorded -> failed.
+        asks_online = self._online is not None and payment["mode"] != "force-offline"
+        payment = self._announce_state(payment, State.READING, card=public)
+        if asks_online:
+            payment = self._transition(payment, State.AUTHORIZING, card=public)
+        else:
+            payment = self._announce_state(payment, State.AUTHORIZING)
         online = None
         if self._online is not None:
             online_call = self._online
@@ -323,7 +333,7 @@ class PaymentFlow:
             auth = Authorization(False, "online", reason=f"online_unavailable:{exc.code}")
         timings["decided"] = time.monotonic()
         if not auth.approved:
-            self._finish(payment, State.DECLINED, authorization=auth.to_dict())
+            self._finish(payment, State.DECLINED, card=public, authorization=auth.to_dict())
             return
         try:
             approved = self._ledger.record_approval(payment, card, auth)
@@ -331,21 +341,44 @@ class PaymentFlow:
             # Never approve without a durable record: the sale is not approved, the cashier sees why.
             log.error("payment.record_failed", extra={"payment_id": pid, "error": type(exc).__name__})
             code = getattr(exc, "code", None) or "store_write_failed"
-            self._finish(payment, State.FAILED, authorization=auth.to_dict(),
+            self._finish(payment, State.FAILED, card=public, authorization=auth.to_dict(),
                          error={"code": str(code), "message": "the payment could not be stored; it is NOT approved"})
             return
         timings["approved"] = time.monotonic()
         self._remember(pid, timings)
+        self._forget_live(pid)
         self._announce(approved)
         if self._receipts is not None:
             self._receipts.submit(approved, request_id=f"{pid}:receipt")
 
     # ----- state changes ---------------------------------------------------------------------------------------
     def _transition(self, payment: Payment, state: State, **fields: Any) -> Payment:
+        """Store the new state, then tell listeners."""
         check_transition(payment["state"], state)
         updated = self._ledger.set_state(payment["id"], state, **fields)
+        self._forget_live(updated["id"])
         self._publish(updated["id"], updated)
         return updated
+
+    def _announce_state(self, payment: Payment, state: State, **fields: Any) -> Payment:
+        """A state that lasts milliseconds and changes nothing a restart would resolve differently: shown to
+        listeners (events, GET) without a commit of its own."""
+        check_transition(payment["state"], state)
+        updated = {**payment, **fields, "state": state.value}
+        with self._lock:
+            self._live[updated["id"]] = updated
+        self._publish(updated["id"], updated)
+        return updated
+
+    def live(self, payment_id: str) -> Payment | None:
+        """The announced-but-not-stored state of the payment in progress, if any."""
+        with self._lock:
+            live = self._live.get(payment_id)
+            return dict(live) if live is not None else None
+
+    def _forget_live(self, payment_id: str) -> None:
+        with self._lock:
+            self._live.pop(payment_id, None)
 
     def _finish(self, payment: Payment, state: State, **fields: Any) -> None:
         updated = self._transition(payment, state, **fields)
@@ -359,7 +392,7 @@ class PaymentFlow:
             self._on_outcome(payment)
 
     def _cancelled(self, payment: Payment) -> None:
-        current = self._ledger.payment(payment["id"]) or payment
+        current = self.live(payment["id"]) or self._ledger.payment(payment["id"]) or payment
         reason = self._cancel_reason
         self._finish(current, State.CANCELLED, error={"code": reason, "message": reason.replace("_", " ")})
 
@@ -367,8 +400,6 @@ class PaymentFlow:
         self.last_error = {"code": exc.code, "message": exc.message}
         log.warning("payment.read_failed", extra={"payment_id": payment["id"], "code": exc.code})
         current = self._ledger.payment(payment["id"]) or payment
-        if current["state"] == State.READING:
-            current = self._transition(current, State.WAITING_FOR_CARD)
         updated = self._ledger.set_state(current["id"], State(current["state"]), error=self.last_error)
         self._publish(updated["id"], updated)
 

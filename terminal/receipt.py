@@ -649,6 +649,10 @@ def make_test_page(profile: Any, *, merchant: Mapping[str, Any] | Merchant | Non
     return ReceiptModel("test", m, clean_text(terminal_id or "-"), when or _iso(None), test=info)
 
 
+# Older name, still used by `smartpos selftest --print` ([daemon]); tests import ``make_test_page`` (pytest would
+# collect a ``test_*`` name imported into a test module).
+test_page_model = make_test_page
+
 __all__ = [
     "Merchant",
     "ReceiptModel",

@@ -55,7 +55,8 @@ class ReceiptDesk:
         if reprint:
             self.spooler.reprint(txn, request_id)
         else:
-            self.spooler.submit(txn.type, txn, request_id)
+            # The customer's copy first: the customer is the one waiting at the counter.
+            self.spooler.submit(txn.type, txn, request_id, copies=("customer", "merchant"))
 
     def submit_settlement(self, batch: dict[str, Any]) -> None:
         if self.spooler is None:

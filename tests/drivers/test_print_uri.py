@@ -76,3 +76,13 @@ def test_profiles_from_python_escpos_database_with_overrides():
         load_profile("NoSuchPrinter")
     with pytest.raises(ValidationError):
         load_profile("TM-T20II", codepages=["CP999"])
+
+
+def test_importing_python_escpos_leaves_logging_alone():
+    import subprocess
+    import sys
+
+    code = ("import logging; from drivers.printer import import_escpos; import_escpos(); "
+            "print(len(logging.getLogger().handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "0"  # python-escpos would have added a stderr handler (logging.basicConfig)

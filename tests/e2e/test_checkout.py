@@ -5,7 +5,10 @@ import csv
 import io
 import json
 
+import httpx
 import pytest
+
+from tests.harness.daemon import SMARTPOS, run_cli
 
 from tests.harness.procs import wait_until
 
@@ -105,14 +108,75 @@ def test_sales_refund_void_reach_head_office_and_reconcile(pos_stack):
     assert by_seq[5]["type"] == "void"
 
 
-def test_status_shows_reader_printer_and_head_office(pos_stack):
+def test_technician_commands_against_the_running_daemon(pos_stack):
+    """`smartpos status/pay/refund/reprint/void/batch close/selftest` as a technician runs them."""
     stack = pos_stack
+    stack.add_config("[metrics]\nport = 0")
     stack.start_daemon()
+    env = {"SMARTPOS_CONFIG": str(stack.config_path)}
     with stack.api() as client:
         wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
                    timeout=10, what="the reader to show up")
-        status = client.get("/v1/status").json()
-        assert status["terminal_id"] == "T-1"
-        assert status["queue"]["unsynced_count"] == 0
-        assert status["printer"]["state"] in ("ok", "unknown")
-        assert status["batch"]["number"] == 1
+
+    status = run_cli([*SMARTPOS, "status", "--json"], env=env)
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["terminal_id"] == "T-1" and doc["queue"]["unsynced_count"] == 0 and doc["batch"]["number"] == 1
+    table = run_cli([*SMARTPOS, "status"], env=env)
+    assert table.returncode == 0 and "T-1" in table.stdout and "printer" in table.stdout
+
+    stack.tap("visa")
+    sale = run_cli([*SMARTPOS, "pay", "3.20", "--mode", "force-offline", "--json"], env=env)
+    assert sale.returncode == 0, sale.stdout + sale.stderr
+    paid = json.loads(sale.stdout.strip().splitlines()[-1])
+    assert paid["state"] == "approved" and paid["amount_minor"] == 320 and paid["currency"] == "EUR"
+
+    stack.tap("mastercard")
+    refund = run_cli([*SMARTPOS, "refund", "1.00", "--mode", "force-offline"], env=env)
+    assert refund.returncode == 0, refund.stdout + refund.stderr
+    assert "APPROVED" in refund.stdout and "mastercard" in refund.stdout
+
+    bad = run_cli([*SMARTPOS, "pay", "3.205"], env=env)
+    assert bad.returncode == 1 and "decimals" in bad.stderr and "Traceback" not in bad.stderr
+
+    printed = len(stack.printer.receipts)
+    reprint = run_cli([*SMARTPOS, "reprint"], env=env)  # the latest approved payment: the refund
+    assert reprint.returncode == 0, reprint.stderr
+    assert stack.printer.wait_for_receipts(printed + 1, 10)
+    assert "1.00" in stack.printer.receipts[-1].text and "DUPLICATE" in stack.printer.receipts[-1].text.upper()
+
+    voided = run_cli([*SMARTPOS, "void", paid["id"], "--json"], env=env)
+    assert voided.returncode == 0, voided.stderr
+    assert json.loads(voided.stdout)["type"] == "void"
+    again = run_cli([*SMARTPOS, "void", "00000000-0000-0000-0000-000000000000"], env=env)
+    assert again.returncode == 1 and "not_found" in again.stderr
+
+    selftest = run_cli([*SMARTPOS, "selftest", "--json"], env=env)
+    report = json.loads(selftest.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert selftest.returncode == 0, report
+    assert checks["queue database"]["ok"] and "chain verified" in checks["queue database"]["detail"]
+    assert checks["head office auth"]["ok"] and checks["clock"]["ok"]
+
+    closed = run_cli([*SMARTPOS, "batch", "close", "--json"], env=env)
+    assert closed.returncode == 0, closed.stderr
+    assert json.loads(closed.stdout)["count"] == 3
+
+    # Prometheus metrics on the port the daemon logged
+    events = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
+    port = next(e["port"] for e in events if e.get("event") == "metrics.listening")
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'smartpos_payments_total{method="offline",state="approved",type="sale"} 1.0' in metrics
+    assert "smartpos_queue_unsynced" in metrics and 'smartpos_printer_state{state="ok"}' in metrics
+
+
+def test_daemon_refuses_bad_config_and_missing_enrollment(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[payments]\nmode = "fast"\n')
+    result = run_cli([*SMARTPOS, "run", "--config", str(bad)])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "payments.mode" in result.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'[terminal]\nstate_dir = "{tmp_path / "state"}"\n')
+    result = run_cli([*SMARTPOS, "run", "--config", str(empty)])
+    assert result.returncode == 1 and "not enrolled" in result.stderr and "Traceback" not in result.stderr

@@ -90,3 +90,48 @@ def test_open_never_raises_anything_but_envelope_error(text):
     private, _ = generate_keypair()
     with pytest.raises(EnvelopeError):
         open_sealed(private, "v1." + text)
+
+
+def test_sealer_with_prepared_keys_gives_envelopes_head_office_opens():
+    from protocol.envelope import Sealer
+
+    private, public = generate_keypair()
+    sealer = Sealer(public_key_pem(public), reserve=4)
+    try:
+        sealed = [sealer.seal({**PAYLOAD, "n": i}) for i in range(20)]  # more than the reserve: inline fallback too
+    finally:
+        sealer.close()
+    assert [open_sealed(private, s)["n"] for s in sealed] == list(range(20))
+    ephemeral_keys = {base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32] for s in sealed}
+    assert len(ephemeral_keys) == 20  # one fresh ephemeral key per envelope, never reused
+
+
+def test_a_forked_child_never_reuses_the_parents_prepared_keys():
+    import os
+    import time
+
+    from protocol.envelope import Sealer
+
+    private, public = generate_keypair()
+    sealer = Sealer(public, reserve=8)
+    sealer.seal(PAYLOAD)
+    time.sleep(0.2)  # let the reserve fill
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.write(write_fd, (sealer.seal(PAYLOAD) + "\n").encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    child = os.read(read_fd, 65536).decode().strip()
+    os.close(read_fd)
+    parent = [sealer.seal(PAYLOAD) for _ in range(8)]
+    sealer.close()
+
+    def eph(s):
+        return base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32]
+
+    assert open_sealed(private, child) == PAYLOAD
+    assert eph(child) not in {eph(s) for s in parent}

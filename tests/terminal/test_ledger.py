@@ -35,7 +35,8 @@ def ledger(tmp_path: Path):
                                         "risk": {"txn_limit_minor": 5000}})
     hq_private = X25519PrivateKey.generate()
     enrollment = Enrollment(terminal_id="T-1", merchant={"name": "Shop"}, hq_url="", parameters={},
-                            parameters_version=1, enrolled_at=datetime.now(UTC).isoformat(), terminal_key=Ed25519PrivateKey.generate(),
+                            parameters_version=1,
+                            enrolled_at=datetime.now(UTC).isoformat(), terminal_key=Ed25519PrivateKey.generate(),
                             hq_public_key=hq_private.public_key(), token_key=b"k" * 32)
     led = QueueLedger.open(settings, enrollment)
     yield led

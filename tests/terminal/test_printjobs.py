@@ -4,15 +4,17 @@ retried when the printer recovers, and never hold up the caller."""
 from __future__ import annotations
 
 import functools
+import re
 import time
 
 import pytest
 
 from drivers.printer import open_printer
 from terminal.printjobs import PrintSpooler, error_code
+from terminal.receipt import receipt_for_transaction
 from tests.harness.procs import wait_until
 from tests.terminal import receipt_samples as s
-from tests.terminal.printjob_store import open_store, require_real_store
+from tests.terminal.printjob_store import open_store
 
 STATUS_TIMEOUT = 0.3
 WRITE_TIMEOUT = 1.0
@@ -124,6 +126,10 @@ def test_never_answering_printer_fails_fast_and_blocks_nothing(spool, store, tcp
     spool.submit("sale", s.sale(), "pay-1")
     spool.submit("sale", s.sale(uuid="11111111-2222-4333-8444-555555555555", sequence=43), "pay-2")
     assert time.monotonic() - started < 0.2
+    time.sleep(0.05)  # the worker is now waiting on the printer's (missing) status reply
+    started = time.monotonic()
+    assert spool.status()["pending"] >= 1 and spool.receipt_state(s.TXN_UUID) in ("pending", "failed")
+    assert time.monotonic() - started < 0.1  # status and lookups never wait on the printer
     wait_until(lambda: _states(store) == ["failed"] * 4, timeout=4 * (2 * STATUS_TIMEOUT + WRITE_TIMEOUT) + 1,
                what="all jobs failed: no reply")
     assert {error_code(j.error) for j in store.print_jobs()} == {"no_reply"}
@@ -167,12 +173,9 @@ def test_file_printer_without_status_prints(store, tmp_path, printer_profile):
 
 
 def test_crash_mid_job_is_not_reprinted_on_restart(tmp_path, tcp_printer, printer_profile):
-    require_real_store()
     st = open_store(tmp_path)
-    st.add_print_job("sale", s.TXN_UUID, "pay-1:customer",
-                     receipt_payload := __import__("terminal.receipt", fromlist=["x"]).receipt_for_transaction(
-                         s.sale(), merchant=s.MERCHANT, terminal_id="T-0001", copy="customer").to_dict())
-    assert receipt_payload["txn"]["pan_last4"] == "0119"
+    payload = receipt_for_transaction(s.sale(), merchant=s.MERCHANT, terminal_id="T-0001", copy="customer").to_dict()
+    st.add_print_job("sale", s.TXN_UUID, "pay-1:customer", payload)
     claimed = st.claim_print_job()  # the process "dies" here, after claiming, mid-send
     assert claimed.state == "sending"
     st.close()
@@ -186,6 +189,40 @@ def test_crash_mid_job_is_not_reprinted_on_restart(tmp_path, tcp_printer, printe
         time.sleep(0.4)
         assert tcp_printer.receipts == [] and _states(st) == ["unknown"]
         assert spooler.receipt_state(s.TXN_UUID) == "failed"
+    finally:
+        spooler.stop()
+        st.close()
+
+
+def test_receipts_from_real_recorded_transactions(tmp_path, tcp_printer, printer_profile, card_protection):
+    """Sale, void and settlement built from what the offline queue actually recorded."""
+    from tests.harness.queue import TEST_PANS, FakeEmvRead
+
+    st = open_store(tmp_path)
+    spooler = _spooler(st, tcp_printer.uri, printer_profile).start()
+    try:
+        card = card_protection.protect(FakeEmvRead())
+        sale_txn = st.record(type="sale", amount_minor=1250, currency="EUR", card=card,
+                             auth={"mode": "online", "code": "A1B2C3"}, reference="R-1")
+        other = st.record(type="sale", amount_minor=700, currency="EUR", card=card, auth={"mode": "offline"})
+        void_txn = st.void(sale_txn.uuid, auth={"mode": "online", "code": "V00001"})
+        batch = st.close_batch()
+        spooler.submit("sale", sale_txn, "pay-1", copies=["customer"])
+        spooler.submit("sale", other, "pay-2", copies=["customer"])
+        spooler.submit("void", void_txn, "void-1", copies=["merchant"])
+        spooler.submit("settlement", batch, f"batch-{batch.number}")
+        assert spooler.wait_idle(5)
+        sale_r, offline_r, void_r, settle_r = (r.text for r in tcp_printer.wait_receipts(4))
+        pan = TEST_PANS["visa"]
+        for text in (sale_r, offline_r, void_r):
+            assert "**** 1111" in text and pan not in text and pan[:6] not in text and "2812" not in text
+        assert "12.50 EUR" in sale_r and "A1B2C3" in sale_r and f"{sale_txn.sequence:06d}" in sale_r
+        assert "OFFLINE" in offline_r and "7.00 EUR" in offline_r
+        assert f"#{sale_txn.sequence:06d}" in void_r and "-12.50 EUR" in void_r
+        assert "SETTLEMENT" in settle_r and f"{batch.number:03d}" in settle_r
+        assert re.search(r"TOTAL EUR \(\d+ txns\)\s+7\.00 EUR", settle_r)  # the voided sale does not count
+        assert tcp_printer.receipts[0].qr_contents == [sale_txn.uuid]
+        assert spooler.receipt_state(sale_txn.uuid) == "printed"
     finally:
         spooler.stop()
         st.close()
