@@ -51,7 +51,9 @@ bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 fuzz: venv
-	$(PY) fuzz/tlv_fuzz.py -max_total_time=300
+	mkdir -p fuzz/corpus
+	$(PY) fuzz/make_seeds.py fuzz/corpus
+	$(PY) fuzz/tlv_fuzz.py -max_total_time=300 fuzz/corpus
 
 clean:
 	rm -rf $(STAMPS) build *.egg-info .pytest_cache

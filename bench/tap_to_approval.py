@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--payments", type=int, default=80)
     parser.add_argument("--profile", default="visa")
-    parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument("--idle-s", type=float, default=10.0)
     args = parser.parse_args()
 
     from drivers.simulators.pcscd import PrivatePcscd

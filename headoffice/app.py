@@ -53,6 +53,17 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
+async def _body(request: Request) -> bytes:
+    """The raw body (the signature covers its exact bytes), refused early when announced too large."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        raise HQError(413, "body_too_large", f"body above {MAX_BODY} bytes")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HQError(413, "body_too_large", f"body above {MAX_BODY} bytes")
+    return body
+
+
 def _signed_path(request: Request) -> str:
     path = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string") or b""
@@ -215,18 +226,23 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
 
     @app.post("/api/v1/authorizations", tags=["terminals"], openapi_extra=_body_schema(AuthRequest))
     async def authorize(request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request)
 
-        def work(session: Session, terminal: Any) -> dict[str, Any]:
+        def check(session: Session, terminal: Any) -> tuple[str, AuthRequest, dict[str, Any] | None, bool, Any]:
             auth = AuthRequest.model_validate(_parse(body))
-            return authorization.authorize(session, terminal, auth, hq.connector_for)
+            existing, denied = authorization.lookup(session, terminal, auth)
+            return terminal.id, auth, existing, denied, hq.connector_for(session)
 
-        return _json(await hq.call(hq.terminal_call(request, body, work)))
+        terminal_id, auth, existing, denied, connector = await hq.call(hq.terminal_call(request, body, check))
+        if existing is not None:
+            return _json(existing)
+        result = await run_in_threadpool(connector.authorize, auth, denied=denied)
+        return _json(await hq.call(lambda s: authorization.record(s, terminal_id, auth, result)))
 
     @app.post("/api/v1/terminals/{terminal_id}/transactions", tags=["terminals"],
               openapi_extra=_body_schema(ingest.UploadRequest))
     async def upload(terminal_id: str, request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request)
         raw = _decoded(body, request.headers.get("content-encoding"))
         # 1. who is it (signature, nonce) - short transaction, before any expensive work is done for the caller
         # (no last_seen update here: that row write would queue behind a pipelined predecessor's lock)
@@ -255,7 +271,7 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     @app.post("/api/v1/terminals/{terminal_id}/batches/{batch_no}/close", tags=["terminals"],
               openapi_extra=_body_schema(batches.CloseRequest))
     async def close_batch(terminal_id: str, batch_no: int, request: Request) -> Response:
-        body = await request.body()
+        body = await _body(request)
 
         def work(session: Session, terminal: Any) -> dict[str, Any]:
             return batches.close(session, terminal, batch_no, batches.CloseRequest.model_validate(_parse(body)))

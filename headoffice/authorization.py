@@ -1,9 +1,11 @@
-"""Online authorization: idempotent per (terminal, idempotency key), deny list checked at head office."""
+"""Online authorization: idempotent per (terminal, idempotency key), deny list checked at head office.
+
+The acquirer is asked outside any database transaction (``lookup`` -> connector -> ``record``): a slow acquirer
+must not hold a connection, nor SQLite's write lock that uploads need."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -11,7 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from headoffice import parameters
-from headoffice.acquirer import SETTING_KEY, AcquirerConnector, AuthRequest, SimulatedAcquirer, rules_from_setting
+from headoffice.acquirer import (
+    SETTING_KEY,
+    AcquirerConnector,
+    AcquirerResult,
+    AuthRequest,
+    SimulatedAcquirer,
+    rules_from_setting,
+)
 from headoffice.clock import utcnow
 from headoffice.models import Authorization, Setting, Terminal
 
@@ -31,20 +40,20 @@ def find_existing(session: Session, terminal_id: str, key: str) -> Authorization
     ).scalar_one_or_none()
 
 
-def authorize(
-    session: Session,
-    terminal: Terminal,
-    request: AuthRequest,
-    connector_for: Callable[[Session], AcquirerConnector] = simulated_connector,
-) -> dict[str, Any]:
+def lookup(session: Session, terminal: Terminal, request: AuthRequest) -> tuple[dict[str, Any] | None, bool]:
+    """(the earlier answer for this idempotency key or None, whether the card's token is deny-listed)."""
     existing = find_existing(session, terminal.id, request.idempotency_key)
     if existing is not None:
-        return result_doc(existing)
+        return result_doc(existing), False
     denied = bool(request.token) and request.token in set(parameters.current(session).deny_list)
-    result = connector_for(session).authorize(request, denied=denied)
+    return None, denied
+
+
+def record(session: Session, terminal_id: str, request: AuthRequest, result: AcquirerResult) -> dict[str, Any]:
+    """Store the acquirer's answer; if the same request raced in through another process, its answer wins."""
     row = Authorization(
         auth_id=str(uuid.uuid4()),
-        terminal_id=terminal.id,
+        terminal_id=terminal_id,
         idempotency_key=request.idempotency_key,
         type=request.type,
         amount_minor=request.amount_minor,
@@ -61,10 +70,8 @@ def authorize(
             session.add(row)
             session.flush()
     except IntegrityError:
-        # The same request raced in through another process: its answer is the answer.
-        again = find_existing(session, terminal.id, request.idempotency_key)
+        again = find_existing(session, terminal_id, request.idempotency_key)
         if again is None:
             raise
         return result_doc(again)
     return result_doc(row)
-

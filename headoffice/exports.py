@@ -1,7 +1,7 @@
 """Settlement files: the CSV export of a batch (header row, one line per transaction, trailer lines).
 
 Trailer lines have ``record`` = ``trailer``: one per (currency, type) with the count and total, then one per
-currency with type ``net`` (sales minus refunds minus voids) and the overall transaction count.
+currency with type ``net`` (sales minus refunds, a void reversing what it voided) and the transaction count.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import csv
 import io
 from typing import Any
 
+from offline_queue.totals import compute_totals
 from protocol.amounts import format_amount
 
 COLUMNS = (
@@ -41,17 +42,17 @@ def batch_csv(doc: dict[str, Any]) -> str:
         entry = per.setdefault((txn["currency"], txn["type"]), [0, 0])
         entry[0] += 1
         entry[1] += txn["amount_minor"]
+    # The net is the terminal's own rule (offline_queue.totals): a void reverses what it voided.
+    net = {entry["currency"]: entry["net_amount_minor"] for entry in compute_totals(doc["transactions"])["by_currency"]}
     currencies = sorted({c for c, _t in per})
     for currency in currencies:
-        net = 0
         count = 0
         for type_ in ("sale", "refund", "void"):
             n, a = per.get((currency, type_), [0, 0])
             if n:
                 out.writerow(_trailer(doc, type_, a, currency, n))
-            net += a if type_ == "sale" else -a
             count += n
-        out.writerow(_trailer(doc, "net", net, currency, count))
+        out.writerow(_trailer(doc, "net", net[currency], currency, count))
     if not currencies:
         out.writerow(_trailer(doc, "net", 0, "", 0))
     return buf.getvalue()

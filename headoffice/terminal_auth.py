@@ -6,6 +6,7 @@ too. They are kept for twice the timestamp window; anything older is refused as 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Mapping
 
@@ -62,6 +63,6 @@ def authenticate(
     ).first()
     if inserted is None:
         raise HQError(401, "replayed", "this signed request was already used (replay)")
-    if signed.nonce.__hash__() % _PURGE_EVERY == 0:
+    if secrets.randbelow(_PURGE_EVERY) == 0:
         session.execute(delete(Nonce).where(Nonce.seen_at < now - 2 * window_s))
     return terminal

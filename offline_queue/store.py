@@ -499,6 +499,8 @@ class QueueStore:
             raise ValidationError("invalid_config", "max_db_bytes must be an integer of at least 16384")
         if not path.exists():
             _create(path, busy_timeout_s=busy_timeout_s)
+        else:
+            _remove_stale_temps(path)  # a creation killed between link and unlink
         _check_file(path)
         _preflight(path, integrity_check=integrity_check, busy_timeout_s=busy_timeout_s)
         engine = _make_engine(path, max_db_bytes=max_db_bytes, busy_timeout_s=busy_timeout_s)
@@ -527,8 +529,10 @@ class QueueStore:
                 cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('terminal_id', ?)", (terminal_id,))
             if cur.execute("SELECT 1 FROM batches WHERE status='open'").fetchone() is None:
                 last = cur.execute("SELECT COALESCE(MAX(number), 0) FROM batches").fetchone()[0]
+                last_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) FROM transactions").fetchone()[0]
                 cur.execute(
-                    "INSERT INTO batches (number, status, opened_at) VALUES (?, 'open', ?)", (last + 1, utcnow_iso())
+                    "INSERT INTO batches (number, status, opened_at, first_sequence) VALUES (?, 'open', ?, ?)",
+                    (last + 1, utcnow_iso(), last_seq + 1),
                 )
 
     def close(self) -> None:
@@ -796,7 +800,7 @@ class QueueStore:
         return self._one_txn("idempotency_key = ?", (key,))
 
     def transaction_for_payment(self, payment_id: str) -> Transaction | None:
-        return self._one_txn("payment_id = ? ORDER BY sequence DESC LIMIT 1", (payment_id,))
+        return self._one_txn("uuid = (SELECT txn_uuid FROM payments WHERE id = ?)", (payment_id,))
 
     def last_transaction(self) -> Transaction | None:
         return self._one_txn("1 ORDER BY sequence DESC LIMIT 1", ())
@@ -808,7 +812,10 @@ class QueueStore:
             t.transactions.c.sequence > after_sequence
         )
         if batch is not None:
-            stmt = stmt.where(t.transactions.c.batch == batch)
+            with self._raw_read() as cur:
+                first, end = self._batch_range(cur, batch)
+            seq = t.transactions.c.sequence
+            stmt = stmt.where(seq >= first, seq < end, t.transactions.c.batch == batch)
         stmt = stmt.order_by(t.transactions.c.sequence).limit(limit)
         with self._read() as conn:
             return [self._txn(row) for row in conn.execute(stmt)]
@@ -847,12 +854,27 @@ class QueueStore:
         )
 
     _BATCH_SELECT = "SELECT number, status, opened_at, closed_at, totals, hq_status, hq_detail FROM batches"
-    _TOTALS_SELECT = "SELECT uuid, type, scheme, currency, amount_minor, void_of FROM transactions WHERE batch = ?"
+    _TOTALS_SELECT = (
+        "SELECT uuid, type, scheme, currency, amount_minor, void_of FROM transactions "
+        "WHERE sequence >= ? AND sequence < ? AND batch = ?"
+    )
+
+    @staticmethod
+    def _batch_range(cur: sqlite3.Cursor, number: int) -> tuple[int, int]:
+        """[first, end) sequence range of a batch (empty for an unknown batch)."""
+        rows = cur.execute(
+            "SELECT number, first_sequence FROM batches WHERE number IN (?, ?)", (number, number + 1)
+        ).fetchall()
+        starts = dict(rows)
+        if number not in starts:
+            return 0, 0
+        return starts[number], starts.get(number + 1, 2**62)
 
     @staticmethod
     def _totals(cur: sqlite3.Cursor, number: int) -> dict[str, Any]:
         keys = ("uuid", "type", "scheme", "currency", "amount_minor", "void_of")
-        rows = cur.execute(QueueStore._TOTALS_SELECT, (number,)).fetchall()
+        first, end = QueueStore._batch_range(cur, number)
+        rows = cur.execute(QueueStore._TOTALS_SELECT, (first, end, number)).fetchall()
         return compute_totals(dict(zip(keys, row, strict=True)) for row in rows)
 
     def open_batch(self) -> Batch:
@@ -871,7 +893,11 @@ class QueueStore:
                 "WHERE number = ?",
                 (now, _dumps(totals), number),
             )
-            cur.execute("INSERT INTO batches (number, status, opened_at) VALUES (?, 'open', ?)", (number + 1, now))
+            next_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions").fetchone()[0]
+            cur.execute(
+                "INSERT INTO batches (number, status, opened_at, first_sequence) VALUES (?, 'open', ?, ?)",
+                (number + 1, now, next_seq),
+            )
             row = cur.execute(f"{self._BATCH_SELECT} WHERE number = ?", (number,)).fetchone()
         return self._batch_from_row(row)
 

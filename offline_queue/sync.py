@@ -8,6 +8,10 @@ is sent again after an exponential backoff with jitter, and head office acknowle
 A 400/413/422 for a whole page halves the page until the one bad transaction is found and dead-lettered;
 401/403 (the terminal itself is refused) stops the pass without touching any row.
 
+Up to ``inflight`` pages are on the wire at once (the terminal reads and marks while head office works), but answers
+are applied strictly in order, and a "gap" answer for a page that overtook an unanswered one is not trusted: such
+pages are sent again once the earlier ones are settled.
+
 After the queue is drained, closed batches are reported (head office answers balanced/out_of_balance), and
 parameters/deny list are refreshed when head office's version changed.
 """

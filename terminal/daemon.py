@@ -110,9 +110,13 @@ class Daemon:
 
             readers.append(PcscReaders(self.settings.readers.pcsc_filter).start())
         for path in self.settings.readers.nfcpy:
+            from drivers.errors import CardError
             from drivers.nfc_reader import NfcpyReader
 
-            readers.append(NfcpyReader(path))
+            try:
+                readers.append(NfcpyReader(path).start())
+            except (ValueError, CardError) as exc:
+                raise StartupError(f"readers.nfcpy: {exc}") from None
         if not readers:
             raise StartupError("no card reader configured: set readers.pcsc = true or list readers.nfcpy paths")
         if len(readers) == 1:
@@ -122,9 +126,13 @@ class Daemon:
         return MultiReader(readers)
 
     def _build_spooler(self) -> Any:
+        from protocol.errors import ValidationError
         from terminal.receipts import ReceiptDesk
 
-        return ReceiptDesk.build(self.settings, self.enrollment, self.ledger)
+        try:
+            return ReceiptDesk.build(self.settings, self.enrollment, self.ledger)
+        except ValidationError as exc:  # a bad printer URI or profile
+            raise StartupError(f"printer: {exc.message}") from None
 
     def _build_sync(self) -> None:
         url = self.settings.headoffice.url or self.enrollment.hq_url
@@ -318,7 +326,8 @@ class Daemon:
                     log.exception("daemon.close_failed", extra={"part": name})
         with contextlib.suppress(OSError):
             (Path(self.settings.state_dir) / API_FILE).unlink()
-        log.info("daemon.stopped")
+        if self.flow is not None:
+            log.info("daemon.stopped")
         for handler in logging.getLogger().handlers:
             handler.flush()
 

@@ -20,9 +20,9 @@ log = logging.getLogger("smartpos.headoffice")
 
 
 class HeadOfficeLink:
-    def __init__(self, auth_client: Any, sync_client: Any, sync: Any, store: Any) -> None:
-        self.auth_client = auth_client
-        self.sync_client = sync_client
+    def __init__(self, client: Any, sync: Any, store: Any, *, online_timeout_s: float = 3.0) -> None:
+        self.client = client
+        self.online_timeout_s = online_timeout_s
         self.sync = sync
         self.store = store
         self._wake = threading.Event()
@@ -35,15 +35,14 @@ class HeadOfficeLink:
         from offline_queue.hqclient import HeadOfficeClient
         from offline_queue.sync import SyncEngine
 
-        auth_client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
-                                       timeout=settings.payments.online_timeout_s)
-        sync_client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
-                                       timeout=settings.headoffice.timeout_s)
+        # One client (one connection pool, one TLS context); authorizations pass their own shorter deadline.
+        client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
+                                  timeout=settings.headoffice.timeout_s)
         # Retry at most every 3 sync intervals while head office is away, so its return is noticed soon even
         # when no payment (whose online attempt also wakes the sync) comes along.
-        sync = SyncEngine(ledger.store, sync_client, page_size=settings.sync.page_size,
+        sync = SyncEngine(ledger.store, client, page_size=settings.sync.page_size,
                           backoff_max_s=min(60.0, max(1.0, 3 * settings.sync.interval_s)))
-        link = cls(auth_client, sync_client, sync, ledger.store)
+        link = cls(client, sync, ledger.store, online_timeout_s=settings.payments.online_timeout_s)
         link.interval_s = settings.sync.interval_s
         return link
 
@@ -52,7 +51,7 @@ class HeadOfficeLink:
         from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
 
         try:
-            answer = self.auth_client.authorize(**request)
+            answer = self.client.authorize(**request, timeout=self.online_timeout_s)
         except HeadOfficeUnreachable as exc:
             self._last_auth_error = str(getattr(exc, "code", None) or "unreachable")
             self._note_contact(False)
@@ -108,7 +107,7 @@ class HeadOfficeLink:
             online = self._last_auth_error is None and (last_contact is not None or self._last_auth_ok is not None)
         return {
             "online": bool(online),
-            "url": getattr(self.sync_client, "base_url", None),
+            "url": getattr(self.client, "base_url", None),
             "last_contact_at": last_contact,
             "last_error": engine.get("last_error") or self._last_auth_error,
             "detail": engine.get("detail") or "",
@@ -128,7 +127,4 @@ class HeadOfficeLink:
         return {"status": "pending", "detail": "head office will be told at the next sync"}
 
     def close(self) -> None:
-        for client in (self.auth_client, self.sync_client):
-            close = getattr(client, "close", None)
-            if close is not None:
-                close()
+        self.client.close()

@@ -44,7 +44,8 @@ class QueueLedger:
         try:
             store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
         except StoreError as exc:
-            raise LedgerError(f"queue {settings.db_path}: {exc.message}") from None
+            msg = exc.message if str(settings.db_path) in exc.message else f"queue {settings.db_path}: {exc.message}"
+            raise LedgerError(msg) from None
         protection = CardProtection(
             enrollment.token_key, enrollment.hq_public_key, pan_mask=settings.card_data.pan_mask
         )
@@ -56,6 +57,9 @@ class QueueLedger:
         return cls(store, protection, settings, enrollment)
 
     def close(self) -> None:
+        close = getattr(self.protection, "close", None)
+        if close is not None:
+            close()
         self.store.close()
 
     # ----- payments ----------------------------------------------------------------------------------------------

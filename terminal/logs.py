@@ -18,7 +18,8 @@ import orjson
 from protocol.carddata import redact
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is an event field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# (uvicorn adds an ANSI-coloured copy of its message as ``color_message``.)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -41,10 +42,17 @@ class JsonLineFormatter(logging.Formatter):
         return redact(line)
 
 
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    # python-escpos logs every connection open/close at INFO through the *root* logger, so it cannot be
+    # silenced by name; one line per receipt would drown the payment events.
+    return not (record.levelno < logging.WARNING and record.name == "root" and "escpos" in record.pathname)
+
+
 def setup_logging(level: str = "info", stream: IO[str] | None = None) -> None:
     """Route every logger (ours, uvicorn's, libraries') through one JSON-lines handler."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonLineFormatter())
+    handler.addFilter(_not_library_chatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

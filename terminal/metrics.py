@@ -30,7 +30,8 @@ class Metrics:
         self._server: Any = None
 
     def payment_finished(self, payment: dict[str, Any], card_to_approval_s: float | None = None) -> None:
-        method = (payment.get("authorization") or {}).get("method") or "none"
+        auth = payment.get("authorization") or {}
+        method = auth.get("method") or auth.get("mode") or "none"
         self.payments.labels(payment.get("state", "unknown"), payment.get("type", "sale"), method).inc()
         if card_to_approval_s is not None:
             self.approval_seconds.observe(card_to_approval_s)

@@ -55,8 +55,10 @@ class ReceiptDesk:
         if reprint:
             self.spooler.reprint(txn, request_id)
         else:
-            # The customer's copy first: the customer is the one waiting at the counter.
-            self.spooler.submit(txn.type, txn, request_id, copies=("customer", "merchant"))
+            # The customer's copy first, recorded on its own so the spooler can start sending it while the
+            # merchant copy is being recorded: the customer is the one waiting at the counter.
+            self.spooler.submit(txn.type, txn, request_id, copies=("customer",))
+            self.spooler.submit(txn.type, txn, request_id, copies=("merchant",))
 
     def submit_settlement(self, batch: dict[str, Any]) -> None:
         if self.spooler is None:

@@ -92,7 +92,12 @@ def status(config_file: str | None, url: str | None, as_json: bool) -> None:
     printer = st.get("printer") or {}
     table.add_row("printer", f"{printer.get('state')}  {printer.get('detail') or ''}")
     hq = st.get("headoffice") or {}
-    table.add_row("head office", ("online" if hq.get("online") else "offline") + f"  {hq.get('detail') or ''}")
+    hq_text = "online" if hq.get("online") else "offline"
+    if hq.get("last_contact_at"):
+        hq_text += f"  last contact {hq['last_contact_at']}"
+    if hq.get("last_error") and not hq.get("online"):
+        hq_text += f"  ({hq['last_error']})"
+    table.add_row("head office", hq_text)
     q = st.get("queue") or {}
     amounts = ", ".join(format_amount(v, c) for c, v in (q.get("unsynced_amount") or {}).items()) or "-"
     oldest = q.get("oldest_unsynced_age_s")

@@ -148,11 +148,11 @@ def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollme
         return Check("printer", True, "none configured", warn=True)
     if test_print:
         from drivers.printer import load_profile, print_bytes, query_status
-        from terminal.receipt import render_escpos, test_page_model
+        from terminal.receipt import make_test_page, render_escpos
 
         profile = load_profile(settings.printer.profile) if settings.printer.profile else load_profile()
         try:
-            model = test_page_model(profile=profile, merchant=(enrollment.merchant if enrollment else {}),
+            model = make_test_page(profile, merchant=(enrollment.merchant if enrollment else {}),
                                     terminal_id=enrollment.terminal_id if enrollment else "")
             print_bytes(settings.printer.uri, render_escpos(model, profile), profile=profile,
                         timeout=settings.printer.timeout_s)

@@ -4,17 +4,25 @@ virtual printer -> sync -> head office -> batch pulled as CSV."""
 import csv
 import io
 import json
+import socket
+import threading
 
 import httpx
 import pytest
 
+from drivers.simulators.nfc_phone import run_phone
 from tests.harness.daemon import SMARTPOS, run_cli
-
 from tests.harness.procs import wait_until
 
 pytestmark = pytest.mark.pcscd
 
 VISA_TEST_PAN = "4761739001010010"
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pay(client, stack, body, key, profile="visa"):
@@ -111,7 +119,8 @@ def test_sales_refund_void_reach_head_office_and_reconcile(pos_stack):
 def test_technician_commands_against_the_running_daemon(pos_stack):
     """`smartpos status/pay/refund/reprint/void/batch close/selftest` as a technician runs them."""
     stack = pos_stack
-    stack.add_config("[metrics]\nport = 0")
+    phone_port = free_udp_port()
+    stack.add_config(f"[metrics]\nport = 0\n\n[readers]\nnfcpy = [\"udp:127.0.0.1:{phone_port}\"]")
     stack.start_daemon()
     env = {"SMARTPOS_CONFIG": str(stack.config_path)}
     with stack.api() as client:
@@ -136,14 +145,24 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     assert refund.returncode == 0, refund.stdout + refund.stderr
     assert "APPROVED" in refund.stdout and "mastercard" in refund.stdout
 
+    # A phone wallet on the nfcpy reader (udp driver): same daemon, same flow, the other reader stack.
+    phone = threading.Thread(target=run_phone, args=("phone", phone_port), kwargs={"taps": 1}, daemon=True)
+    phone.start()
+    wallet = run_cli([*SMARTPOS, "pay", "2.10", "--mode", "force-offline", "--json"], env=env)
+    phone.join(10)
+    assert wallet.returncode == 0, wallet.stdout + wallet.stderr
+    wallet_payment = json.loads(wallet.stdout.strip().splitlines()[-1])
+    assert wallet_payment["state"] == "approved" and wallet_payment["card"]["entry_mode"] == "contactless"
+    assert wallet_payment["card"]["masked_pan"] != paid["card"]["masked_pan"]  # the phone's token PAN
+
     bad = run_cli([*SMARTPOS, "pay", "3.205"], env=env)
     assert bad.returncode == 1 and "decimals" in bad.stderr and "Traceback" not in bad.stderr
 
-    printed = len(stack.printer.receipts)
-    reprint = run_cli([*SMARTPOS, "reprint"], env=env)  # the latest approved payment: the refund
+    assert stack.printer.wait_for_receipts(6, 10)  # two copies each of the sale, the refund and the wallet sale
+    reprint = run_cli([*SMARTPOS, "reprint"], env=env)  # the latest approved payment: the wallet sale
     assert reprint.returncode == 0, reprint.stderr
-    assert stack.printer.wait_for_receipts(printed + 1, 10)
-    assert "1.00" in stack.printer.receipts[-1].text and "DUPLICATE" in stack.printer.receipts[-1].text.upper()
+    assert stack.printer.wait_for_receipts(7, 10)
+    assert "2.10" in stack.printer.receipts[6].text and "DUPLICATE" in stack.printer.receipts[6].text.upper()
 
     voided = run_cli([*SMARTPOS, "void", paid["id"], "--json"], env=env)
     assert voided.returncode == 0, voided.stderr
@@ -151,22 +170,26 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     again = run_cli([*SMARTPOS, "void", "00000000-0000-0000-0000-000000000000"], env=env)
     assert again.returncode == 1 and "not_found" in again.stderr
 
-    selftest = run_cli([*SMARTPOS, "selftest", "--json"], env=env)
+    before = len(stack.printer.receipts)
+    selftest = run_cli([*SMARTPOS, "selftest", "--print", "--json"], env=env)
     report = json.loads(selftest.stdout)
     checks = {c["check"]: c for c in report["checks"]}
     assert selftest.returncode == 0, report
+    assert checks["printer"]["ok"] and "test page sent" in checks["printer"]["detail"]
+    assert stack.printer.wait_for_receipts(before + 1, 10)
+    assert "TEST" in stack.printer.receipts[-1].text.upper()
     assert checks["queue database"]["ok"] and "chain verified" in checks["queue database"]["detail"]
     assert checks["head office auth"]["ok"] and checks["clock"]["ok"]
 
     closed = run_cli([*SMARTPOS, "batch", "close", "--json"], env=env)
     assert closed.returncode == 0, closed.stderr
-    assert json.loads(closed.stdout)["count"] == 3
+    assert json.loads(closed.stdout)["count"] == 4
 
     # Prometheus metrics on the port the daemon logged
     events = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
     port = next(e["port"] for e in events if e.get("event") == "metrics.listening")
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert 'smartpos_payments_total{method="offline",state="approved",type="sale"} 1.0' in metrics
+    assert 'smartpos_payments_total{method="offline",state="approved",type="sale"} 2.0' in metrics
     assert "smartpos_queue_unsynced" in metrics and 'smartpos_printer_state{state="ok"}' in metrics
 
 
@@ -180,3 +203,40 @@ def test_daemon_refuses_bad_config_and_missing_enrollment(tmp_path):
     empty.write_text(f'[terminal]\nstate_dir = "{tmp_path / "state"}"\n')
     result = run_cli([*SMARTPOS, "run", "--config", str(empty)])
     assert result.returncode == 1 and "not enrolled" in result.stderr and "Traceback" not in result.stderr
+
+
+def write_enrollment(state_dir):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    keys = state_dir / "keys"
+    keys.mkdir(parents=True, mode=0o700)
+    pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())
+    (keys / "terminal_ed25519.pem").write_bytes(pem)
+    (keys / "hq_x25519_public.pem").write_bytes(X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (keys / "token.key").write_bytes(b"t" * 32)
+    for f in keys.iterdir():
+        f.chmod(0o600)
+    (state_dir / "enrollment.json").write_text(json.dumps({"terminal_id": "T-9", "merchant": {"name": "x"},
+                                                           "hq_url": "", "parameters": {}}))
+
+
+def test_daemon_refuses_a_corrupt_queue_and_loose_key_permissions(tmp_path):
+    state = tmp_path / "state"
+    write_enrollment(state)
+    config = tmp_path / "smartpos.toml"
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[readers]\npcsc = false\nnfcpy = ["udp:127.0.0.1:9"]\n')
+    (state / "queue.sqlite").write_bytes(b"this is not a database" * 100)
+    result = run_cli([*SMARTPOS, "run", "--config", str(config)])
+    assert result.returncode == 1 and "queue.sqlite" in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert (state / "queue.sqlite").read_bytes() == b"this is not a database" * 100  # nothing created over it
+
+    (state / "queue.sqlite").unlink()
+    (state / "keys" / "token.key").chmod(0o644)
+    result = run_cli([*SMARTPOS, "run", "--config", str(config)])
+    assert result.returncode == 1 and "token.key" in result.stderr and "chmod 600" in result.stderr
+

@@ -51,6 +51,10 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        except OSError:
+            pass
         self._listener.close()
         self._thread.join(5)
 

@@ -112,28 +112,38 @@ def test_sync_command_with_head_office_down_fails_in_one_line(hq: HQ, tmp_path: 
     assert "3 transactions still queued" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path):
-    env = hq.env
-    hq_bin = str(BIN / "smartpos-hq")
-    made = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "T-cli-1", "--expires", "30m",
-                "--json", env=env)
-    assert made.returncode == 0 and json.loads(made.stdout)["terminal_id"] == "T-cli-1"
-    bad = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "T-cli-2", "--expires", "soon", env=env)
-    assert bad.returncode == 2 and "duration" in bad.stderr
-    bad_id = _run(hq_bin, "codes", "create", "--merchant", "M-1", "--terminal", "bad id!", env=env)
-    assert bad_id.returncode == 1 and "terminal id" in bad_id.stderr and "Traceback" not in bad_id.stderr
-    token = _run(hq_bin, "tokens", "create", "--name", "accounting", env=env)
-    assert token.returncode == 0 and token.stdout.startswith("hq_")
-    dup = _run(hq_bin, "tokens", "create", "--name", "accounting", env=env)
-    assert dup.returncode == 1 and "exists" in dup.stderr
-    assert "accounting" in _run(hq_bin, "tokens", "list", env=env).stdout
-    bad_param = _run(hq_bin, "parameters", "set", "no_such_limit=5", env=env)
-    assert bad_param.returncode == 1 and "parameters rejected" in bad_param.stderr
-    ok_param = _run(hq_bin, "parameters", "set", "txn_limit_minor=2500", env=env)
-    assert ok_param.returncode == 0 and "version" in ok_param.stdout
-    shown = json.loads(_run(hq_bin, "parameters", "show", env=env).stdout)
-    assert shown["parameters"]["txn_limit_minor"] == 2500
-    missing = _run(hq_bin, "batches", "pull", "999999", env=env)
-    assert missing.returncode == 1 and "no batch 999999" in missing.stderr
-    pulled = _run(hq_bin, "batches", "pull", "999999", "--out", str(tmp_path / "x.csv"), env=env)
-    assert pulled.returncode == 1 and not (tmp_path / "x.csv").exists()
+def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsys, monkeypatch):
+    from headoffice.cli import main
+
+    for name, value in hq.env.items():
+        monkeypatch.setenv(name, value)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        """The console entry point in-process (what the `smartpos-hq` script calls), exit status and output."""
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+        out = capsys.readouterr()
+        return int(done.value.code or 0), out.out, out.err
+
+    code, out, _ = run("codes", "create", "--merchant", "M-1", "--terminal", "T-cli-1", "--expires", "30m", "--json")
+    assert code == 0 and json.loads(out)["terminal_id"] == "T-cli-1"
+    code, _, err = run("codes", "create", "--merchant", "M-1", "--terminal", "T-cli-2", "--expires", "soon")
+    assert code == 2 and "duration" in err
+    code, _, err = run("codes", "create", "--merchant", "M-1", "--terminal", "bad id!")
+    assert code == 1 and "terminal id" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run("tokens", "create", "--name", "accounting")
+    assert code == 0 and out.startswith("hq_")
+    code, _, err = run("tokens", "create", "--name", "accounting")
+    assert code == 1 and "exists" in err
+    assert "accounting" in run("tokens", "list")[1]
+    code, _, err = run("parameters", "set", "no_such_limit=5")
+    assert code == 1 and "parameters rejected" in err
+    code, out, _ = run("parameters", "set", "txn_limit_minor=2500")
+    assert code == 0 and "version" in out
+    assert json.loads(run("parameters", "show")[1])["parameters"]["txn_limit_minor"] == 2500
+    code, _, err = run("batches", "pull", "999999")
+    assert code == 1 and "no batch 999999" in err
+    code, _, _ = run("batches", "pull", "999999", "--out", str(tmp_path / "x.csv"))
+    assert code == 1 and not (tmp_path / "x.csv").exists()
+    # The installed script is the same entry point.
+    assert _run(str(BIN / "smartpos-hq"), "--version").stdout.startswith("smartpos-hq")

@@ -48,9 +48,11 @@ def test_two_serve_processes_on_one_postgresql_are_correct_together(hq_pg: HQ):
         def send(i, base):
             answers[i] = httpx.post(base + path, content=bodies[i][0], headers=bodies[i][1], timeout=30).json()
 
-        threads = [threading.Thread(target=send, args=(0, hq_pg.url)), threading.Thread(target=send, args=(1, second.url))]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        threads = [threading.Thread(target=send, args=(i, base)) for i, base in enumerate((hq_pg.url, second.url))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         assert all(a["accepted"] == 20 for a in answers.values())
         assert sorted(sum(r["duplicate"] for r in a["results"]) for a in answers.values()) == [0, 20]
         # The continuation goes to the other process, which knows the chain head from the database.

@@ -41,7 +41,11 @@ def test_close_batch_totals_per_scheme_and_currency(queue_store, card_protection
     assert closed.totals["count"] == 6
     nxt = queue_store.open_batch()
     assert (nxt.number, nxt.status, nxt.totals["count"]) == (2, "open", 0)
-    assert sale(queue_store, card_protection).batch == 2
+    later = sale(queue_store, card_protection)
+    assert later.batch == 2
+    assert [t.sequence for t in queue_store.transactions(batch=1)] == [1, 2, 3, 4, 5, 6]
+    assert [t.uuid for t in queue_store.transactions(batch=2)] == [later.uuid]
+    assert queue_store.transactions(batch=7) == []
     assert queue_store.batch(1).totals == closed.totals  # stored, not recomputed
     assert [b.number for b in queue_store.batches_to_report()] == [1]
     queue_store.mark_batch_reported(1, "balanced", {"differences": []})

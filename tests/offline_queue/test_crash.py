@@ -95,5 +95,6 @@ def test_sigkill_at_random_moments_never_loses_a_reported_sale_or_leaves_a_gap(q
                 txn = store.transaction_by_sequence(seq)
                 assert txn is not None and txn.uuid == uuid, f"reported sale {seq} lost after kill {round_no}"
             assert store.open_batch().status == "open"
+    assert list(queue_path.parent.glob(".*creating*")) == []  # no half-made queue left from a killed creation
     assert kills_mid_work >= KILLS * 3 // 4  # most kills really interrupted a recording loop
     assert len(reported) > KILLS

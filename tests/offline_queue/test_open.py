@@ -80,7 +80,10 @@ def test_an_old_database_is_upgraded_in_place_keeping_its_transactions(queue_pat
     }
     digest = chain_hash(GENESIS, row)
     with sqlite3.connect(queue_path) as db:
-        db.execute("INSERT INTO batches (number, status, opened_at) VALUES (1, 'open', '2026-01-02T00:00:00.000000Z')")
+        db.execute(
+            "INSERT INTO batches (number, status, opened_at, first_sequence) "
+            "VALUES (1, 'open', '2026-01-02T00:00:00.000000Z', 1)"
+        )
         cols = [*row, "net_sign", "prev_hash", "hash", "sync_state"]
         db.execute(
             f"INSERT INTO transactions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",

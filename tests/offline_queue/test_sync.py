@@ -91,18 +91,35 @@ def test_parameters_change_reaches_the_terminal_on_next_sync(hq: HQ, terminal_en
         hq.cli("deny", "remove", "ef" * 32)
 
 
-def test_closed_batch_is_reported_and_balanced(terminal_env: TerminalEnv):
+def test_closed_batch_with_refund_and_void_is_reported_and_balanced(terminal_env: TerminalEnv):
+    from offline_queue.cardprotect import CardProtection
+    from tests.harness.headoffice import emv_card
+
     terminal_env.record(20, amount=500)
     terminal_env.record(3, amount=700, pan=TEST_PANS[1], scheme="mastercard")
+    card = CardProtection.from_state_dir(terminal_env.state_dir).protect(emv_card())
     with terminal_env.store() as store, terminal_env.client() as client:
+        store.record(type="refund", amount_minor=250, currency="EUR", card=card, auth={"mode": "offline"})
+        sale = store.record(type="sale", amount_minor=999, currency="EUR", card=card, auth={"mode": "offline"})
+        store.void(sale.uuid, auth={"mode": "offline"})
         closed = store.close_batch()
         result = SyncEngine(store, client).run_once()
         assert result.ok and result.batches_reported == 1
         reported = store.batch(closed.number)
-        assert reported.hq_status == "balanced"
-    rows = terminal_env.hq.sql("SELECT status FROM batches WHERE terminal_id = :t AND batch_no = :b",
-                               t=terminal_env.terminal_id, b=closed.number)
-    assert rows[0][0] == "balanced"
+        assert reported.hq_status == "balanced", reported.hq_detail
+    hq = terminal_env.hq
+    batch_id, status = hq.sql("SELECT id, status FROM batches WHERE terminal_id = :t AND batch_no = :b",
+                              t=terminal_env.terminal_id, b=closed.number)[0]
+    assert status == "balanced"
+    import csv
+    import io
+
+    lines = list(csv.reader(io.StringIO(hq.cli("batches", "pull", str(batch_id), "--format", "csv"))))
+    trailer = {line[6]: (int(line[7]), int(line[-1])) for line in lines if line[0] == "trailer"}
+    sales = sum(500 + (i % 7) for i in range(20)) + sum(700 + (i % 7) for i in range(3)) + 999
+    assert trailer["sale"] == (sales, 24)
+    assert trailer["refund"] == (250, 1) and trailer["void"] == (999, 1)
+    assert trailer["net"] == (sales - 250 - 999, 26)
 
 
 def test_unreachable_head_office_is_typed_and_nothing_is_lost(terminal_env: TerminalEnv):
@@ -173,3 +190,30 @@ def test_refused_terminal_stops_without_touching_rows(hq: HQ, terminal_env: Term
         result = SyncEngine(store, client).run_once()
         assert not result.ok and result.error_code == "bad_signature"
         assert store.stats().unsynced_count == 4 and store.rejected() == []
+
+
+def test_run_forever_syncs_on_wake_and_stops_promptly(terminal_env: TerminalEnv):
+    import time
+
+    with terminal_env.store() as store, terminal_env.client() as client:
+        contacts = []
+        engine = SyncEngine(store, client, on_contact=contacts.append)
+        stop = threading.Event()
+        loop = threading.Thread(target=engine.run_forever, args=(stop,), kwargs={"interval_s": 60.0})
+        loop.start()
+        try:
+            deadline = time.monotonic() + 10
+            while engine.status()["last_result"] is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            total = terminal_env.record(7)
+            engine.wake()  # e.g. right after an offline approval: no waiting for the 60 s interval
+            deadline = time.monotonic() + 10
+            while terminal_env.hq_rows()[0] < 7 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert terminal_env.hq_rows() == (7, 7, total)
+            status = engine.status()
+            assert status["online"] is True and status["last_contact"] is not None and True in contacts
+        finally:
+            stop.set()
+            loop.join(5)
+        assert not loop.is_alive()

@@ -6,6 +6,8 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from terminal.api import create_app
 from terminal.events import PaymentEvents
@@ -174,3 +176,31 @@ def test_openapi_documents_the_contract(client):
                  "/v1/payments/{payment_id}/cancel", "/v1/payments/{payment_id}/void",
                  "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close"):
         assert path in spec["paths"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+bodies = st.dictionaries(
+    st.sampled_from(["type", "amount_minor", "currency", "reference", "mode", "extra"]), json_values, max_size=6
+) | json_values
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, key=st.text(min_size=0, max_size=200))
+def test_any_json_body_gets_json_4xx_or_a_payment_never_500(client, service, body, key):
+    headers = {"Content-Type": "application/json"}
+    try:
+        headers["Idempotency-Key"] = key.encode("latin-1").decode("latin-1")
+        raw = json.dumps(body, allow_nan=True).encode()
+        r = client.post("/v1/payments", content=raw, headers=headers)
+    except (UnicodeEncodeError, ValueError):
+        return  # not representable as an HTTP header
+    assert r.status_code < 500, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    if r.status_code == 201:
+        service.flow.cancel(r.json()["id"])
+    else:
+        assert set(r.json()) == {"error"}

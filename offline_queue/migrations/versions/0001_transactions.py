@@ -53,7 +53,6 @@ def upgrade() -> None:
         sa.Column("synced_at", sa.Text),
     )
     op.create_index("ix_transactions_unsynced", "transactions", ["sequence"], sqlite_where=sa.text(UNSYNCED))
-    op.create_index("ix_transactions_batch", "transactions", ["batch"])
     op.create_index("ix_transactions_token", "transactions", ["token", "created_at"])
     op.create_index(
         "ix_transactions_rejected", "transactions", ["sequence"], sqlite_where=sa.text("sync_state = 'rejected'")
@@ -63,6 +62,7 @@ def upgrade() -> None:
         sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("opened_at", sa.Text, nullable=False),
+        sa.Column("first_sequence", sa.Integer, nullable=False),
         sa.Column("closed_at", sa.Text),
         sa.Column("totals", sa.Text),
         sa.Column("hq_status", sa.Text),

@@ -17,7 +17,6 @@ depends_on = None
 def upgrade() -> None:
     # ADD COLUMN of a nullable column is an in-place change in SQLite: existing rows (and their hashes) stay.
     op.add_column("transactions", sa.Column("payment_id", sa.Text))
-    op.create_index("ix_transactions_payment", "transactions", ["payment_id"])
     op.create_table(
         "payments",
         sa.Column("id", sa.Text, primary_key=True),
@@ -74,6 +73,5 @@ def downgrade() -> None:
     op.drop_table("parameters")
     op.drop_table("print_jobs")
     op.drop_table("payments")
-    op.drop_index("ix_transactions_payment", "transactions")
     with op.batch_alter_table("transactions") as batch:
         batch.drop_column("payment_id")
