@@ -15,6 +15,9 @@ definition (``LIKE transactions INCLUDING ALL``), one commit per page like the u
 and once over T connections at once; the faster is the floor (``copy_rows_per_s``). Rounds alternate ingest and
 COPY so both see the same machine load; the JSON holds the medians and the ratio of the medians.
 
+CPU µs per transaction of head office, its PostgreSQL backends and the senders are reported from /proc (with how
+busy the machine was, and the rate that CPU would allow on an otherwise idle machine, an estimate).
+
 Also per round (``--no-uid`` skips it): the same ingest with closed-loop UID-card transactions, which carry no
 envelope, so the cost of opening one X25519 envelope per transaction shows (``ingest_uid_txn_per_s``).
 
@@ -48,6 +51,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 _spec = importlib.util.spec_from_file_location("smartpos_bench_sync_drain", _HERE / "sync_drain.py")
 assert _spec is not None and _spec.loader is not None
 sync_drain = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = sync_drain  # dataclasses look their module up there
 _spec.loader.exec_module(sync_drain)
 BenchError = sync_drain.BenchError
 
@@ -268,6 +272,13 @@ def copy_floor(db_url: str, terminal_ids: list[str], page_size: int) -> dict[str
     return {"one_conn": one, "parallel": parallel, "rows": count}
 
 
+def ceiling(*us_per_txn: float | None) -> int | None:
+    if any(v is None for v in us_per_txn):
+        return None
+    total = sum(v for v in us_per_txn if v is not None)
+    return round((os.cpu_count() or 1) * 1e6 / total) if total > 0 else None
+
+
 def checkpoint(db_url: str) -> None:
     import psycopg
 
@@ -294,7 +305,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = stack.enter_context(sync_drain.database(stack.enter_context(sync_drain.postgres()), "ingest"))
         home = tmp / "hq"
         sync_drain.hq_cli(home, db_url, "merchants", "set", "M-bench", "--name", "Bench Shop")
-        url = stack.enter_context(sync_drain.head_office(db_url, home, workers=args.hq_workers))
+        hq = stack.enter_context(sync_drain.head_office(db_url, home, workers=args.hq_workers))
+        url = hq.url
+        meter = sync_drain.CpuMeter(hq.pid, sync_drain.database_name(db_url), self_label="senders")
+        cpu: dict[str, list[dict[str, Any]]] = {"emv": [], "uid": []}
         cards: dict[str, list[list[Card]]] = {}
         for rnd in range(args.rounds):
             for kind in ("emv", "uid") if args.uid else ("emv",):
@@ -307,7 +321,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for term, term_cards in zip(terminals, cards[kind], strict=True):
                     build_pages(term, term_cards, args.page_size)
                 checkpoint(db_url)  # each timed phase starts without the previous phase's dirty buffers
+                meter.start()
                 elapsed = upload_all(url, terminals)
+                cpu[kind].append(meter.per_txn(n))
                 ids = [t.id for t in terminals]
                 rows, accepted, total = stored(db_url, ids)
                 expected = sum(t.total_minor for t in terminals)
@@ -327,6 +343,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"{floor['one_conn']:,.0f} rows/s on 1 connection, {floor['parallel']:,.0f} on "
                       f"{args.terminals}", file=sys.stderr, flush=True)
     ingest = statistics.median(ingest_rates)
+
+    def median_cpu(kind: str, key: str) -> float | None:
+        values = [c[key] for c in cpu[kind] if key in c]
+        return round(statistics.median(values), 1) if values else None
+
     copy = max(statistics.median(copy_one), statistics.median(copy_par))
     return {
         "ingest_txn_per_s": round(ingest),
@@ -339,6 +360,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "copy_rows_per_s_rounds": [round(max(a, b)) for a, b in zip(copy_one, copy_par, strict=True)],
         "ingest_uid_txn_per_s": round(statistics.median(uid_rates)) if uid_rates else None,
         "ratio_uid_vs_copy": round(statistics.median(uid_rates) / copy, 3) if uid_rates else None,
+        "hq_cpu_us_per_txn": median_cpu("emv", "hq_cpu_us_per_txn"),
+        "pg_backend_cpu_us_per_txn": median_cpu("emv", "pg_backend_cpu_us_per_txn"),
+        "senders_cpu_us_per_txn": median_cpu("emv", "senders_cpu_us_per_txn"),
+        "hq_cpu_us_per_txn_uid": median_cpu("uid", "hq_cpu_us_per_txn"),
+        "machine_busy_pct": median_cpu("emv", "machine_busy_pct"),
+        # What the measured CPU per transaction would allow if this run had the machine to itself (an estimate).
+        "est_idle_ceiling_txn_per_s": ceiling(median_cpu("emv", "hq_cpu_us_per_txn"),
+                                              median_cpu("emv", "pg_backend_cpu_us_per_txn"),
+                                              median_cpu("emv", "senders_cpu_us_per_txn")),
         "rounds": args.rounds,
         "txn_per_round": n,
         "page_size": args.page_size,

@@ -10,6 +10,9 @@ the terminal has nothing left to send.
 
     python bench/sync_drain.py [--n 100000] [--page-size 1000] [--inflight 2] [--hq-workers 2]
 
+Also reported: CPU µs per transaction spent by head office, its PostgreSQL backends and the terminal during the
+drain (from /proc), and how busy the whole machine was — the 2 cores are often shared with other work.
+
 Progress bars on stderr when it is a terminal. Everything started is stopped by PID and the database dropped,
 also on errors and Ctrl-C. Last line: one JSON object (``drain_100k_s`` is extrapolated linearly when --n is
 not 100000, and says so in ``drain_100k_extrapolated``).
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,30 +201,73 @@ def hq_cli(home: Path, database_url: str, *args: str) -> str:
     return done.stdout
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``: head office's
-    own cost, independent of what else loads the machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+@dataclass(frozen=True)
+class HeadOffice:
+    url: str
+    pid: int  # of ``smartpos-hq serve``; its uvicorn workers are in its process group
 
 
-class HeadOfficeProcess(str):
-    """The base URL, plus the process group id for CPU accounting."""
+@dataclass
+class CpuMeter:
+    """CPU seconds (user + system, from /proc) by who spent them: head office (its process group), the
+    PostgreSQL backends serving this run's database, this process, and the whole machine (busy share). Gives
+    each side's own cost per transaction whatever else loads the shared machine. Linux only; empty elsewhere."""
 
-    pgid: int
+    hq_pgid: int
+    database: str
+    self_label: str = "bench_process"  # what this process is in the measurement: the terminal, the senders
+    _start: dict[str, float] = field(default_factory=dict)
+
+    def _now(self) -> dict[str, float]:
+        proc = Path("/proc")
+        if not (proc / "stat").exists():
+            return {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        spent = {"hq": 0.0, "pg": 0.0, "self": 0.0}
+        for stat in proc.glob("[0-9]*/stat"):
+            try:
+                pid = int(stat.parent.name)
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+                if pid == os.getpid():
+                    spent["self"] += cpu
+                elif int(fields[2]) == self.hq_pgid:
+                    spent["hq"] += cpu
+                elif fields[0] != "Z" and (stat.parent / "cmdline").read_bytes().startswith(b"postgres:") and \
+                        f" {self.database} ".encode() in (stat.parent / "cmdline").read_bytes():
+                    spent["pg"] += cpu
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+        times = [int(x) for x in (proc / "stat").read_text().split("\n", 1)[0].split()[1:]]
+        spent["machine_total"] = float(sum(times))
+        spent["machine_idle"] = float(times[3] + times[4])  # idle + iowait
+        return spent
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def per_txn(self, count: int) -> dict[str, Any]:
+        """µs of CPU per transaction since ``start()``, and how busy the machine was meanwhile."""
+        end = self._now()
+        if not end or not self._start:
+            return {}
+        d = {k: end[k] - self._start.get(k, 0.0) for k in end}
+        total = d["machine_total"] or 1.0
+        return {
+            "hq_cpu_us_per_txn": round(d["hq"] / count * 1e6, 1),
+            "pg_backend_cpu_us_per_txn": round(d["pg"] / count * 1e6, 1),
+            f"{self.self_label}_cpu_us_per_txn": round(d["self"] / count * 1e6, 1),
+            "machine_busy_pct": round(100 * (1 - d["machine_idle"] / total), 1),
+        }
+
+
+def database_name(database_url: str) -> str:
+    return database_url.rsplit("/", 1)[1]
 
 
 @contextlib.contextmanager
-def head_office(database_url: str, home: Path, *, workers: int = 1) -> Iterator[HeadOfficeProcess]:
-    """``smartpos-hq serve`` on 127.0.0.1 with a free port; yields its base URL once /api/v1/health answers."""
+def head_office(database_url: str, home: Path, *, workers: int = 1) -> Iterator[HeadOffice]:
+    """``smartpos-hq serve`` on 127.0.0.1 with a free port; yields it once /api/v1/health answers."""
     import httpx
 
     port = free_port()
@@ -242,7 +289,7 @@ def head_office(database_url: str, home: Path, *, workers: int = 1) -> Iterator[
                     raise BenchError(f"head office did not answer within 60 s:\n{log_tail(log_path)}")
                 time.sleep(0.1)
         print(f"head office: pid {proc.pid}, {url}, {workers} worker(s)", file=sys.stderr, flush=True)
-        yield url
+        yield HeadOffice(url, proc.pid)
         if proc.poll() is not None:
             raise BenchError(f"head office died during the run ({proc.returncode}):\n{log_tail(log_path)}")
 
@@ -357,8 +404,9 @@ def fill_backlog(config: Path, n: int) -> tuple[int, float, str]:
     return total, time.perf_counter() - start, how
 
 
-def drain(config: Path, *, page_size: int, inflight: int) -> tuple[float, Any, dict[str, int]]:
-    """The real sync pass, timed. Returns (seconds, SyncResult, what the terminal has left)."""
+def drain(config: Path, *, page_size: int, inflight: int,
+          meter: CpuMeter | None = None) -> tuple[float, Any, dict[str, int], dict[str, Any]]:
+    """The real sync pass, timed. Returns (seconds, SyncResult, what the terminal has left, CPU per txn)."""
     import httpx
 
     from config.loading import load_settings
@@ -380,9 +428,12 @@ def drain(config: Path, *, page_size: int, inflight: int) -> tuple[float, Any, d
                     update(p.done)
 
                 engine = SyncEngine(store, client, page_size=page_size, inflight=inflight, on_progress=on_progress)
+                if meter is not None:
+                    meter.start()
                 start = time.perf_counter()
                 result = engine.run_once(wait=False)
                 elapsed = time.perf_counter() - start
+                cpu = meter.per_txn(max(total, 1)) if meter is not None else {}
         finally:
             client.close()
         stats = store.stats()
@@ -391,7 +442,7 @@ def drain(config: Path, *, page_size: int, inflight: int) -> tuple[float, Any, d
     with contextlib.closing(sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)) as db:
         left["envelopes_left"] = db.execute(
             "SELECT count(*) FROM transactions WHERE envelope IS NOT NULL").fetchone()[0]
-    return elapsed, result, left
+    return elapsed, result, left, cpu
 
 
 def hq_holdings(database_url: str, terminal_id: str) -> dict[str, int]:
@@ -416,10 +467,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = stack.enter_context(database(stack.enter_context(postgres()), "drain"))
         home = tmp / "hq"
         hq_cli(home, db_url, "merchants", "set", "M-bench", "--name", "Bench Shop")
-        url = stack.enter_context(head_office(db_url, home, workers=args.hq_workers))
-        config = enroll_terminal(url, home, db_url, tmp, terminal_id)
+        hq = stack.enter_context(head_office(db_url, home, workers=args.hq_workers))
+        config = enroll_terminal(hq.url, home, db_url, tmp, terminal_id)
         expected_total, fill_s, fill_how = fill_backlog(config, args.n)
-        elapsed, result, left = drain(config, page_size=args.page_size, inflight=args.inflight)
+        meter = CpuMeter(hq.pid, database_name(db_url), self_label="terminal")
+        elapsed, result, left, cpu = drain(config, page_size=args.page_size, inflight=args.inflight, meter=meter)
         held = hq_holdings(db_url, terminal_id)
     problems = []
     if not result.ok:
@@ -447,6 +499,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "totals_equal": held["total_minor"] == expected_total,
         "fill_path": fill_how,
         "fill_s": round(fill_s, 1),
+        **cpu,
         "target_drain_100k_s": 20,
         "target_met": elapsed * 100_000 / args.n <= 20,
         "cpus": os.cpu_count(),

@@ -42,6 +42,7 @@ class Enrollment:
     terminal_key: Ed25519PrivateKey = field(repr=False)
     hq_public_key: X25519PublicKey = field(repr=False)
     token_key: bytes = field(repr=False)
+    deny_list: tuple[str, ...] = ()
 
     @property
     def merchant_name(self) -> str:
@@ -77,6 +78,7 @@ def load_enrollment(state_dir: Path) -> Enrollment:
         terminal_key=terminal_key,
         hq_public_key=hq_key,
         token_key=token_key,
+        deny_list=tuple(str(t) for t in doc.get("deny_list") or ()),
     )
 
 

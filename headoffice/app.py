@@ -315,6 +315,25 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+ENV_ACQUIRER = "SMARTPOS_HQ_ACQUIRER"
+
+
+def load_connector(spec: str) -> Callable[[Session], AcquirerConnector]:
+    """``package.module:factory`` where ``factory(session) -> AcquirerConnector`` (a real acquirer integration)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"acquirer connector {spec!r} must look like package.module:factory")
+    factory = getattr(importlib.import_module(module_name), attr)
+    if not callable(factory):
+        raise ValueError(f"acquirer connector {spec!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
 def create_app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes: settings come from the environment ``serve`` set."""
-    return create_app(HQSettings.resolve())
+    import os
+
+    spec = os.environ.get(ENV_ACQUIRER)
+    return create_app(HQSettings.resolve(), connector_for=load_connector(spec) if spec else None)

@@ -69,14 +69,24 @@ def cli() -> None:
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="Private key of --ssl-certfile.")
+@click.option("--acquirer", envvar="SMARTPOS_HQ_ACQUIRER",
+              help="Acquirer connector factory package.module:callable (default: the built-in simulated acquirer).")
 @_db_options
 def serve(settings: Any, host: str, port: int, workers: int, access_log: bool, log_level: str,
-          ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+          ssl_certfile: str | None, ssl_keyfile: str | None, acquirer: str | None) -> None:
     """Run the head-office HTTP API (OpenAPI at /openapi.json)."""
     import uvicorn
 
+    from headoffice.app import ENV_ACQUIRER, load_connector
     from headoffice.db import make_engine, upgrade
     from headoffice.keystore import FileKeystore
+
+    if acquirer:
+        try:
+            load_connector(acquirer)  # fail here, in one line, rather than in every worker
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--acquirer") from None
+        os.environ[ENV_ACQUIRER] = acquirer
 
     engine = make_engine(settings.database_url)
     upgrade(engine)

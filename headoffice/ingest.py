@@ -12,6 +12,9 @@ Per transaction, in sequence order:
   envelope opened; a transaction that fails those checks is kept as a ``rejected`` row (without card data) so the
   chain stays continuous and the terminal can dead-letter it and go on.
 - sequence above head + 1: ``rejected: gap`` (head office expects head + 1), rest of the page too.
+
+Two steps: ``prepare_page`` does the per-row CPU work (hashes, checks, envelope opening) without the lock or any
+database access; ``apply_page`` then decides against the chain head under the lock and writes.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def _dataclass_dict(obj: Any) -> dict[str, Any]:
 def current(session: Session) -> ParameterSet:
     row = session.execute(select(ParameterSet).order_by(ParameterSet.version.desc()).limit(1)).scalar_one_or_none()
     if row is None:
-        row = _write(session, lambda p, d: (_risk_defaults(), []), note="defaults")
+        # Two processes may seed at once: the loser builds on the winner's row instead of resetting it.
+        row = _write(session, lambda p, d: (p or _risk_defaults(), d), note="defaults")
     return row
 
 

@@ -60,7 +60,6 @@ from protocol.tokens import is_token
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_TIME_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _FINAL_PAYMENT_STATES = frozenset({"approved", "declined", "failed", "cancelled", "timed_out"})
 _PAYMENT_MODES = ("prefer-online", "require-online", "force-offline")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -135,13 +134,20 @@ _INSERT_COLUMNS = (
     "payment_id",
     "sync_state",
 )
+# The open batch and the chain's head in one statement: the (gap-free) next sequence is MAX(sequence) + 1 on the
+# primary key, read under the write lock (BEGIN IMMEDIATE), so no counter row is rewritten in every commit.
+_HEAD_SQL = (
+    "SELECT b.number, h.sequence, h.hash FROM batches AS b LEFT JOIN "
+    "(SELECT sequence, hash FROM transactions ORDER BY sequence DESC LIMIT 1) AS h WHERE b.status = 'open'"
+)
 _INSERT_SQL = (
     f"INSERT INTO transactions ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
 )
 
 
 def utcnow_iso(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime(_TIME_FMT)
+    """``2026-11-23T12:00:00.000000Z`` (isoformat: several times cheaper than the equivalent strftime)."""
+    return (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(value: str) -> datetime:
@@ -292,6 +298,11 @@ def _make_engine(path: Path, *, max_db_bytes: int | None, busy_timeout_s: float)
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+            # A sale's commit writes ~5 WAL frames (row, indexes, header) where a bare insert writes ~2: checkpoint
+            # after 4000 frames rather than 1000 so checkpoints come about as often per sale, and the pages every
+            # commit touches (index leaves, b-tree parents, page 1) are copied into the database once per
+            # checkpoint, not once per 1000 frames. Durability is unchanged: every commit is fsynced in the WAL.
+            cur.execute("PRAGMA wal_autocheckpoint=4000")
             # Freed bytes are zeroed: wiped envelopes do not linger in free pages.
             cur.execute("PRAGMA secure_delete=ON")
             if max_db_bytes is not None:
@@ -672,9 +683,8 @@ class QueueStore:
                 if prow[1] in _FINAL_PAYMENT_STATES:
                     # E.g. cancelled by the cashier while the authorization was in flight: it stays cancelled.
                     raise ValidationError("invalid_state", f"payment is already {prow[1]}; nothing recorded")
-            last = cur.execute("SELECT sequence, hash FROM transactions ORDER BY sequence DESC LIMIT 1").fetchone()
-            sequence, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            batch = cur.execute("SELECT number FROM batches WHERE status = 'open'").fetchone()[0]
+            batch, last_seq, last_hash = cur.execute(_HEAD_SQL).fetchone()
+            sequence, prev_hash = (last_seq + 1, last_hash) if last_seq is not None else (1, GENESIS)
 
             if type == "void":
                 target = cur.execute(
@@ -939,8 +949,9 @@ class QueueStore:
         since = utcnow_iso(now - timedelta(hours=24))
         with self._raw_read() as cur:
             per_currency = cur.execute(
-                f"SELECT currency, COUNT(*), COALESCE(SUM(amount_minor), 0) FROM transactions WHERE {_UNSYNCED} "
-                "AND auth_mode = 'offline' AND type = 'sale' AND voided_by IS NULL GROUP BY currency"
+                "SELECT currency, COUNT(*), COALESCE(SUM(amount_minor), 0) FROM transactions WHERE sequence >= ? "
+                f"AND {_UNSYNCED} AND auth_mode = 'offline' AND type = 'sale' AND voided_by IS NULL GROUP BY currency",
+                (self._floor(cur),),
             ).fetchall()
             count_24h, amount_24h = 0, 0
             if token is not None:
@@ -970,19 +981,52 @@ class QueueStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise ValidationError("invalid_limit", "page limit must be 1 to 10000")
         with self._raw_read() as cur:
+            # A range scan on the primary key from the floor: rows below it are done, so the cost of a page does
+            # not grow with the number of accepted rows in front of it.
             rows = cur.execute(
-                f"{_WIRE_SELECT} WHERE {_UNSYNCED} AND sequence > ? ORDER BY sequence LIMIT ?",
-                (after_sequence, limit),
+                f"{_WIRE_SELECT} WHERE sequence >= ? AND {_UNSYNCED} ORDER BY sequence LIMIT ?",
+                (max(self._floor(cur), after_sequence + 1), limit),
             ).fetchall()
         return [_wire(row) for row in rows]
 
-    def _set_sync_state(self, sequences: Iterable[int], sql: str, extra: tuple[Any, ...]) -> int:
+    @staticmethod
+    def _floor(cur: sqlite3.Cursor) -> int:
+        """Every transaction below this sequence is accepted or rejected (1 when unknown: always true)."""
+        row = cur.execute("SELECT value FROM meta WHERE key = 'sync_floor'").fetchone()
+        return int(row[0]) if row else 1
+
+    @staticmethod
+    def _set_floor(cur: sqlite3.Cursor, floor: int) -> None:
+        cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sync_floor', ?)", (str(floor),))
+
+    def _raise_floor(self, cur: sqlite3.Cursor, done: Iterable[tuple[int, int]] = ()) -> None:
+        """Move the floor past rows that are no longer unsynced. ``done``: (first, last) runs in which, within this
+        write transaction, every row just became accepted or rejected; the floor jumps over them without reading
+        them, then stops at the first unsynced row (normally the very next one)."""
+        old = floor = self._floor(cur)
+        for first, last in sorted(done):
+            if first <= floor <= last:
+                floor = last + 1
+        row = cur.execute(
+            f"SELECT sequence FROM transactions WHERE sequence >= ? AND {_UNSYNCED} ORDER BY sequence LIMIT 1",
+            (floor,),
+        ).fetchone()
+        if row is not None:
+            floor = row[0]
+        else:
+            floor = max(floor, cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions").fetchone()[0])
+        if floor != old:
+            self._set_floor(cur, floor)
+
+    def _set_sync_state(self, sequences: Iterable[int], sql: str, extra: tuple[Any, ...], *, done: bool = False) -> int:
         runs = _runs(sequences)
         changed = 0
         with self._write() as cur:
             for first, last in runs:
                 cur.execute(sql, (*extra, first, last))
                 changed += cur.rowcount
+            if done:
+                self._raise_floor(cur, runs)
         return changed
 
     def mark_uploaded(self, sequences: Iterable[int]) -> int:
@@ -999,6 +1043,7 @@ class QueueStore:
             "UPDATE transactions SET sync_state = 'accepted', envelope = NULL, sync_code = NULL, sync_reason = NULL, "
             f"synced_at = ? WHERE sequence BETWEEN ? AND ? AND {_UNSYNCED}",
             (utcnow_iso(),),
+            done=True,
         )
 
     def mark_rejected(self, sequence: int, code: str, reason: str) -> None:
@@ -1013,6 +1058,7 @@ class QueueStore:
             )
             if cur.rowcount != 1:
                 raise ValidationError("unknown_transaction", f"no transaction with sequence {sequence}")
+            self._raise_floor(cur, [(sequence, sequence)])
 
     def rejected(self, limit: int = 100) -> list[Transaction]:
         with self._raw_read() as cur:
@@ -1029,11 +1075,14 @@ class QueueStore:
             )
             if cur.rowcount != 1:
                 raise ValidationError("invalid_state", f"transaction {sequence} is not rejected")
+            if sequence < self._floor(cur):
+                self._set_floor(cur, sequence)
 
-    @staticmethod
-    def _checkpoint(cur: sqlite3.Cursor) -> int:
+    @classmethod
+    def _checkpoint(cls, cur: sqlite3.Cursor) -> int:
         first_pending = cur.execute(
-            f"SELECT sequence FROM transactions WHERE {_UNSYNCED} ORDER BY sequence LIMIT 1"
+            f"SELECT sequence FROM transactions WHERE sequence >= ? AND {_UNSYNCED} ORDER BY sequence LIMIT 1",
+            (cls._floor(cur),),
         ).fetchone()
         if first_pending is not None:
             return first_pending[0] - 1
@@ -1046,12 +1095,15 @@ class QueueStore:
     def stats(self, *, now: datetime | None = None) -> QueueStats:
         now = now or datetime.now(UTC)
         with self._raw_read() as cur:
+            floor = self._floor(cur)
             per_currency = cur.execute(
                 f"SELECT currency, COUNT(*), COALESCE(SUM(net_sign * amount_minor), 0) FROM transactions "
-                f"WHERE {_UNSYNCED} GROUP BY currency"
+                f"WHERE sequence >= ? AND {_UNSYNCED} GROUP BY currency",
+                (floor,),
             ).fetchall()
             oldest = cur.execute(
-                f"SELECT created_at FROM transactions WHERE {_UNSYNCED} ORDER BY sequence LIMIT 1"
+                f"SELECT created_at FROM transactions WHERE sequence >= ? AND {_UNSYNCED} ORDER BY sequence LIMIT 1",
+                (floor,),
             ).fetchone()
             rejected = cur.execute("SELECT COUNT(*) FROM transactions WHERE sync_state = 'rejected'").fetchone()[0]
             last_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) FROM transactions").fetchone()[0]

@@ -48,6 +48,8 @@ class SyncStore(Protocol):
     def save_parameters(self, version: int, parameters: dict[str, Any], deny_list: Any) -> None: ...
     def parameters(self) -> Any: ...
     def stats(self, *, now: datetime | None = None) -> Any: ...
+    def transactions(self, *, batch: int | None = None, after_sequence: int = 0, limit: int = 1000) -> list[Any]: ...
+    def last_transaction(self) -> Any: ...
 
 
 @dataclass
@@ -368,6 +370,21 @@ class SyncEngine:
             self.note_contact(True)
             self._apply(upload, result, progress, trust_rejections=False)
 
+    def _batch_range(self, batch: Any) -> tuple[int | None, int | None]:
+        """The batch's sequence range, so head office can name what it is missing. Batches are consecutive
+        sequence ranges: a closed batch ends where the next one starts (or at the last transaction)."""
+        totals = batch.totals if isinstance(batch.totals, dict) else {}
+        if totals.get("first_sequence") and totals.get("last_sequence"):
+            return int(totals["first_sequence"]), int(totals["last_sequence"])
+        first = _first_of(self.store, batch.number)
+        if first is None:
+            return None, None
+        following = _first_of(self.store, batch.number + 1)
+        if following is not None:
+            return first, following - 1
+        last = self.store.last_transaction()
+        return first, int(last.sequence) if last is not None else first
+
     def _note_rejection(self, result: SyncResult, sequence: int, code: str, reason: str | None) -> None:
         log.warning("head office rejected transaction %d: %s", sequence, reason or code)
         if len(result.rejections) < self._max_rejections_listed:
@@ -393,8 +410,7 @@ class SyncEngine:
     def _report_batches(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         for batch in self.store.batches_to_report():
             lines = totals_lines(batch.totals)
-            first = batch.totals.get("first_sequence") if isinstance(batch.totals, dict) else None
-            last = batch.totals.get("last_sequence") if isinstance(batch.totals, dict) else None
+            first, last = self._batch_range(batch)
             try:
                 answer = self._call(
                     lambda b=batch, ln=lines, f=first, la=last: self.client.close_batch(
@@ -408,6 +424,11 @@ class SyncEngine:
                 continue
             self.store.mark_batch_reported(batch.number, answer["status"], answer)
             result.batches_reported += 1
+
+
+def _first_of(store: Any, batch: int) -> int | None:
+    rows = store.transactions(batch=batch, limit=1)
+    return int(rows[0].sequence) if rows else None
 
 
 def totals_lines(totals: dict[str, Any]) -> list[dict[str, Any]]:

@@ -98,6 +98,14 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
     async def _validation_error(request: Request, exc: ValidationError) -> JSONResponse:
         return error_response(422, exc.code, exc.message)
 
+    from offline_queue.errors import StoreError
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        # Disk full, I/O error, lock timeout: nothing was written; the POS may retry or take another payment method.
+        log.error("api.store_error", extra={"code": exc.code, "path": request.url.path})
+        return error_response(503, exc.code, exc.message)
+
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}

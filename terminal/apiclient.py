@@ -67,6 +67,10 @@ class LocalApi:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            if self.base_url.endswith(":0"):
+                # [api] port = 0 and no api.json: the daemon is not running (it writes its address when it listens)
+                raise ApiCallError("daemon_unreachable", "the smartpos daemon is not running "
+                                   "(no api.json with its address in the state directory)") from None
             raise ApiCallError(
                 "daemon_unreachable", f"cannot reach the smartpos daemon at {self.base_url} ({type(exc).__name__}); "
                 "is `smartpos run` running?"

@@ -88,7 +88,11 @@ class Daemon:
             from terminal.metrics import Metrics
 
             self.metrics = Metrics(self.status)
-            port = self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+            try:
+                port = self.metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+            except OSError as exc:
+                raise StartupError(f"metrics: cannot listen on {self.settings.metrics.host}:"
+                                   f"{self.settings.metrics.port} ({exc.strerror})") from None
             log.info("metrics.listening", extra={"port": port})
         self.flow.start()
         if self.sync is not None:
@@ -275,10 +279,17 @@ class Daemon:
         self._server = _api_server(config, self)
         try:
             self._server.run()
+        except SystemExit:
+            if self.api_url is None:  # uvicorn gives up (and has logged why) when it cannot bind
+                raise StartupError(f"api: cannot listen on {self.settings.api.host}:{self.settings.api.port} "
+                                   "(address in use or not available; see api.host/api.port)") from None
+            raise
         finally:
             self._watchdog.stop()
 
     def on_listening(self, host: str, port: int) -> None:
+        # Bound to every address: local tools reach it on loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         shown = f"[{host}]" if ":" in host else host
         self.api_url = f"http://{shown}:{port}"
         doc = {"url": self.api_url, "pid": os.getpid()}

@@ -332,6 +332,8 @@ class PaymentFlow:
         except (OnlineRefused, OnlineUnavailable) as exc:  # decide() handles these; belt and braces
             auth = Authorization(False, "online", reason=f"online_unavailable:{exc.code}")
         timings["decided"] = time.monotonic()
+        log.info("payment.decided", extra={"payment_id": pid, "approved": auth.approved, "method": auth.method,
+                                           "reason": auth.reason, "fallback": auth.fallback})
         if not auth.approved:
             self._finish(payment, State.DECLINED, card=public, authorization=auth.to_dict())
             return

@@ -49,6 +49,10 @@ class QueueLedger:
         protection = CardProtection(
             enrollment.token_key, enrollment.hq_public_key, pan_mask=settings.card_data.pan_mask
         )
+        version = enrollment.parameters_version
+        if store.parameters() is None and isinstance(version, int) and not isinstance(version, bool):
+            # Until the first sync, the parameters and deny list head office gave at enrollment are the rules.
+            store.save_parameters(version, dict(enrollment.parameters or {}), enrollment.deny_list)
         if store.last_contact() is None:
             # Enrollment itself was a successful head-office contact: the offline-age rule counts from there.
             enrolled = _parse_time(enrollment.enrolled_at)

@@ -69,6 +69,16 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CLOCK_WARN_S = 60
+
+
+def _clock_offset(answer: dict[str, Any]) -> float | None:
+    import time
+
+    server = answer.get("server_time")
+    return float(server) - time.time() if isinstance(server, int | float) else None
+
+
 def _default_state_dir(config_file: Path) -> Path:
     from config.settings import DEFAULT_STATE_DIR
 
@@ -191,3 +201,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     console.print(f"[green]enrolled[/green] terminal [bold]{terminal_id}[/bold] of "
                   f"{merchant.get('name') or merchant.get('id') or 'merchant'} with {hq_url}")
     console.print(f"keys and enrollment in {state} (0700/0600); config {cfg_path} updated")
+    offset = _clock_offset(answer)
+    if offset is not None and abs(offset) > CLOCK_WARN_S:
+        console.print(f"[yellow]warning[/yellow]: this terminal's clock is {offset:+.0f} s off head office's; "
+                      "signed requests more than 300 s off are refused — fix the clock (NTP)")

@@ -46,7 +46,7 @@ def _call(fn: Any, *args: Any, as_json: bool = False) -> Any:
     try:
         return fn(*args)
     except ApiCallError as exc:
-        _fail(f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
+        _fail(exc.message if as_json else f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
 
 
 def parse_amount(text: str, currency: str) -> int:
@@ -140,7 +140,7 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
                         click.echo(f"  {update['state']}")
                     last = update["state"]
             except ApiCallError as exc:
-                _fail(f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
+                _fail(exc.message if as_json else f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
     if as_json:
         click.echo(orjson.dumps(payment).decode())
     else:

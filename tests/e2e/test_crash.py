@@ -52,13 +52,13 @@ def check_terminal(stack, client, payments):
     final = {pid: client.get(f"/v1/payments/{pid}").json() for pid in payments}
     for pid, seen in payments.items():
         state = final[pid]["state"]
-        assert state in ("approved", "failed"), (pid, state)
+        assert state in ("approved", "failed"), (pid, final[pid], stack.log()[-3000:])
         if "approved" in seen:
-            assert state == "approved", f"front end saw {pid} approved, now {state}"
+            assert state == "approved", f"front end saw {pid} approved, now {state}: {stack.log()[-3000:]}"
         if state == "approved":
             assert final[pid]["sequence"] is not None
         else:
-            assert final[pid]["error"]["code"] == "interrupted"
+            assert final[pid]["error"]["code"] == "interrupted", (final[pid], stack.log()[-3000:])
     return {pid for pid, p in final.items() if p["state"] == "approved"}, final
 
 
@@ -115,7 +115,7 @@ def test_kill_minus_nine_at_random_points(pos_stack):
             wait_until(lambda c=client: c.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=30,
                        what="the queue to drain to head office")
             closed[stack.name] = client.post("/v1/batches/close").json()
-            assert closed[stack.name]["headoffice"]["status"] == "balanced", closed[stack.name]
+            assert closed[stack.name]["headoffice"]["status"] == "balanced", (closed[stack.name], stack.log()[-3000:])
     total_approved = sum(len(a) for a in approved.values())
     assert total_approved, "no payment got approved in any run; the kill points never reached an approval"
     assert total_approved < 2 * ROUNDS, "every run approved: the kills never hit a payment in flight"

@@ -112,6 +112,13 @@ def test_sync_command_with_head_office_down_fails_in_one_line(hq: HQ, tmp_path: 
     assert "3 transactions still queued" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_sync_command_before_enrollment_says_what_to_do(tmp_path: Path):
+    config = tmp_path / "smartpos.toml"
+    config.write_text(f'[terminal]\nstate_dir = "{tmp_path / "state"}"\n')
+    done = _run(str(BIN / "smartpos"), "sync", "--config", str(config))
+    assert done.returncode == 1 and "smartpos enroll" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsys, monkeypatch):
     from headoffice.cli import main
 

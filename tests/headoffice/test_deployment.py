@@ -68,3 +68,25 @@ def test_two_serve_processes_on_one_postgresql_are_correct_together(hq_pg: HQ):
     finally:
         terminal.http.close()
         second.stop()
+
+
+def test_serve_uses_a_pluggable_acquirer_connector(tmp_path):
+    from tests.harness.headoffice import _start_hq
+    from tests.harness.procs import ProcessGroup
+
+    base, _ = _start_hq("sqlite", tmp_path, None)  # a plain head office to borrow its database and keystore
+    base.stop()
+    hq = HQ(base.url, base.database_url, base.home, base.port, ProcessGroup(tmp_path), "sqlite",
+            env={**base.env, "SMARTPOS_HQ_ACQUIRER": "tests.headoffice.acquirer_plugin:connector"})
+    hq.start()
+    terminal = WireTerminal.enroll(hq)
+    try:
+        doc = {"idempotency_key": "p-1", "type": "sale", "amount_minor": 100, "currency": "EUR"}
+        sale = terminal.request("POST", "/api/v1/authorizations", doc).json()
+        assert (sale["approved"], sale["reason"]) == (False, "plugin_declines_sales")
+        refund = terminal.request("POST", "/api/v1/authorizations", {**doc, "idempotency_key": "p-2",
+                                                                      "type": "refund"}).json()
+        assert (refund["approved"], refund["code"]) == (True, "REF001")
+    finally:
+        terminal.http.close()
+        hq.group.stop_all()

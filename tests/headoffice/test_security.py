@@ -152,9 +152,11 @@ def test_no_clear_pan_in_the_head_office_database(wire_terminal: WireTerminal):
     else:
         import subprocess
 
-        dbname = hq.database_url.rsplit("/", 1)[1]
-        dump = subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", dbname], capture_output=True,
-                              check=True).stdout
+        from sqlalchemy.engine import make_url
+
+        url = make_url(hq.database_url)
+        dump = subprocess.run(["pg_dump", "-h", url.host, "-p", str(url.port or 5432), "-U", url.username,
+                               url.database], capture_output=True, check=True).stdout
     for pan in TEST_PANS:
         assert pan.encode() not in dump
         assert base64.b64encode(pan.encode()) not in dump

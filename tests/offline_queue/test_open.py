@@ -185,3 +185,34 @@ def test_stale_creation_leftovers_are_cleaned(queue_path):
     stale.write_bytes(b"half made")
     QueueStore.open(queue_path, terminal_id="T-0001").close()
     assert not stale.exists()
+
+
+def test_upgrading_a_queue_with_answered_rows_keeps_its_sync_position(queue_path, card_protection):
+    """Revision 0003 replaces the unsynced-rows index by a stored floor: it must start where the old queue was."""
+    from alembic import command
+
+    from offline_queue.store import _alembic_config, _make_engine
+
+    with QueueStore.open(queue_path, terminal_id="T-0001") as s:
+        for i in range(8):
+            sale(s, card_protection, 100 + i)
+        s.mark_accepted([1, 2, 3, 5])
+        s.mark_rejected(4, "bad", "refused")
+    engine = _make_engine(queue_path, max_db_bytes=None, busy_timeout_s=5)
+    with engine.begin() as conn:  # back to what 0002 wrote: the index, and no floor
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002_payments_printjobs")
+    engine.dispose()
+    with sqlite3.connect(queue_path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'sync_floor'").fetchone() is None
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ix_transactions_unsynced'").fetchone()
+    db.close()
+    with QueueStore.open(queue_path, terminal_id="T-0001") as s:
+        assert [r["sequence"] for r in s.pending_page(100)] == [6, 7, 8]
+        assert s.checkpoint() == 5
+        assert s.verify() == 8
+    with sqlite3.connect(queue_path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'sync_floor'").fetchone() == ("6",)
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ix_transactions_unsynced'").fetchone() is None
+    db.close()

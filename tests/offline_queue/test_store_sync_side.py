@@ -91,3 +91,45 @@ def test_drain_a_backlog_marks_everything_accepted(queue_store, card_protection)
         queue_store.mark_accepted(range(page[0]["sequence"], page[-1]["sequence"] + 1))
     assert seen == list(range(1, 121))
     assert queue_store.checkpoint() == 120 and queue_store.stats().unsynced_count == 0
+
+
+def test_sync_floor_agrees_with_a_full_scan_through_any_order_of_answers(queue_store, card_protection):
+    """Pages, checkpoint and statistics start from a stored floor instead of scanning every row: after any mix of
+    out-of-order accepts, dead letters and requeues they must say exactly what a scan of all rows says."""
+    import random
+
+    rng = random.Random(7)
+    for i in range(60):
+        sale(queue_store, card_protection, 100 + i)
+    for step in range(80):
+        last = queue_store.last_transaction().sequence
+        op = rng.random()
+        if op < 0.2:  # head office answering in order, as it mostly does
+            first = queue_store.checkpoint() + 1
+            queue_store.mark_accepted(range(first, min(last, first + rng.randint(0, 6)) + 1))
+        elif op < 0.35:
+            first = rng.randint(1, last)
+            queue_store.mark_accepted(range(first, min(last, first + rng.randint(0, 6)) + 1))
+        elif op < 0.5:
+            queue_store.mark_accepted(rng.sample(range(1, last + 1), 3))
+        elif op < 0.65:
+            seq = rng.randint(1, last)
+            if queue_store.transaction_by_sequence(seq).sync_state != "rejected":
+                queue_store.mark_rejected(seq, "bad", "refused")
+        elif op < 0.8:
+            dead = queue_store.rejected()
+            if dead:
+                queue_store.requeue(rng.choice(dead).sequence)
+        elif op < 0.9:
+            queue_store.mark_uploaded(range(rng.randint(1, last), last + 1))
+        else:
+            sale(queue_store, card_protection, 7)
+        rows = queue_store.transactions(limit=10_000)
+        unsynced = [t.sequence for t in rows if t.sync_state in ("queued", "uploaded")]
+        assert [r["sequence"] for r in queue_store.pending_page(10_000)] == unsynced, step
+        assert queue_store.checkpoint() == (unsynced[0] - 1 if unsynced else rows[-1].sequence), step
+        assert queue_store.stats().unsynced_count == len(unsynced), step
+        if unsynced:
+            middle = unsynced[len(unsynced) // 2]
+            after = [s for s in unsynced if s > middle][:5]
+            assert [r["sequence"] for r in queue_store.pending_page(5, after_sequence=middle)] == after

@@ -217,3 +217,28 @@ def test_run_forever_syncs_on_wake_and_stops_promptly(terminal_env: TerminalEnv)
             stop.set()
             loop.join(5)
         assert not loop.is_alive()
+
+
+def test_compressed_uploads_arrive_the_same(terminal_env: TerminalEnv):
+    total = terminal_env.record(300)
+    with terminal_env.store() as store, terminal_env.client(compress=True) as client:
+        result = SyncEngine(store, client, page_size=120).run_once()
+        assert result.ok and result.accepted == 300
+    assert terminal_env.hq_rows() == (300, 300, total)
+
+
+def test_batch_missing_at_head_office_is_reported_out_of_balance_with_the_missing_sequences(
+        terminal_env: TerminalEnv):
+    terminal_env.record(5, amount=100)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        closed = store.close_batch()
+        client.upload(store.pending_page(2))
+        store.mark_accepted([1, 2])
+        store.mark_rejected(3, "lost", "lost in a test")  # never reaches head office: 4 and 5 become a gap
+        result = SyncEngine(store, client).run_once()
+        assert result.batches_reported == 1
+        reported = store.batch(closed.number)
+        assert reported.hq_status == "out_of_balance"
+        assert reported.hq_detail["missing_sequences"] == [3, 4, 5]
+        (diff,) = reported.hq_detail["differences"]
+        assert (diff["terminal_count"], diff["hq_count"]) == (5, 2)

@@ -64,19 +64,28 @@ def test_terminal_killed_during_sync_repeatedly_then_exactly_once(hq_pg: HQ, tmp
         assert store.stats().unsynced_count == 0 and store.rejected() == []
 
 
-def test_head_office_killed_mid_ingest_then_exactly_once(hq_pg: HQ, tmp_path: Path, procs: ProcessGroup):
+def test_head_office_killed_mid_ingest_then_exactly_once(hq_pg: HQ, tmp_path: Path):
+    import threading
+
     terminal = TerminalEnv.enroll(hq_pg, tmp_path)
     total = terminal.record(4000)
-    proc = _sync_proc(procs, terminal, "sync")
-    at_kill = []
-    for _round in range(2):
-        wait_until_rows(terminal, more_than=terminal.hq_rows()[0], timeout=30)
-        hq_pg.stop(kill=True)
-        at_kill.append(terminal.hq_rows()[0])
-        time.sleep(0.3)  # the terminal meets a dead head office and backs off
-        hq_pg.start()
-    assert at_kill[0] < 4000, "head office should be killed while the terminal is still uploading"
-    assert proc.wait(90) == 0, procs.log_text("sync")
-    assert terminal.hq_rows() == (4000, 4000, total)
-    with terminal.store() as store:
+    box = {}
+    with terminal.store() as store, terminal.client(timeout=10.0) as client:
+        engine = SyncEngine(store, client, page_size=100, backoff_base_s=0.05, backoff_max_s=0.5,
+                            rng=random.Random(9))
+        worker = threading.Thread(target=lambda: box.setdefault("result", engine.run_once(wait=True)))
+        worker.start()
+        at_kill = []
+        for _round in range(2):
+            wait_until_rows(terminal, more_than=terminal.hq_rows()[0], timeout=30)
+            hq_pg.stop(kill=True)
+            at_kill.append(terminal.hq_rows()[0])
+            time.sleep(0.3)  # the terminal meets a dead head office and backs off
+            hq_pg.start()
+        worker.join(90)
+        assert not worker.is_alive()
+        result = box["result"]
+        assert result.ok and result.retries > 0, result.error
         assert store.stats().unsynced_count == 0 and store.rejected() == []
+    assert at_kill[0] < 4000, "head office should be killed while the terminal is still uploading"
+    assert terminal.hq_rows() == (4000, 4000, total)

@@ -110,7 +110,9 @@ class MemoryLedger:
         with self.lock:
             self.recorded[payment["id"]] = {"amount_minor": payment["amount_minor"], "auth": auth.to_dict()}
             p = self.payments[payment["id"]]
-            p.update(state=State.APPROVED.value, authorization=auth.to_dict())
+            # as the real store writes it with the transaction
+            stored = {"mode": auth.method, "code": auth.code, "reason": auth.reason, "auth_id": auth.auth_id}
+            p.update(state=State.APPROVED.value, authorization=stored)
             self.history.append((payment["id"], p["state"]))
             return dict(p)
 

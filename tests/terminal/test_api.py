@@ -204,3 +204,14 @@ def test_any_json_body_gets_json_4xx_or_a_payment_never_500(client, service, bod
         service.flow.cancel(r.json()["id"])
     else:
         assert set(r.json()) == {"error"}
+
+
+def test_store_failure_is_503_with_its_code(service, client, monkeypatch):
+    from offline_queue.errors import StoreFullError
+
+    def full(**kwargs):
+        raise StoreFullError()
+
+    monkeypatch.setattr(service.ledger, "create_payment", full)
+    r = post_sale(client, "full")
+    assert_error(r, 503, "store_full")

@@ -1,3 +1,4 @@
+import logging
 import threading
 import time
 
@@ -62,7 +63,7 @@ def test_offline_sale_is_recorded_before_it_is_published_and_before_the_receipt(
     assert created and payment["state"] == "waiting_for_card"
     reader.taps.put(emv_read())
     done = wait_state(ledger, payment["id"], "approved")
-    assert done["authorization"]["method"] == "offline"
+    assert done["authorization"]["mode"] == "offline"
     history = [s for pid, s in ledger.history if pid == payment["id"]]
     # offline: no side effect outside the process before the decision, so the next commit is the approval itself
     assert history == ["waiting_for_card", "approved"]
@@ -211,7 +212,8 @@ def test_store_failure_is_never_an_approval(running):
     assert receipts.jobs == []
 
 
-def test_prefer_online_falls_back_when_head_office_is_down(running):
+def test_prefer_online_falls_back_when_head_office_is_down(running, caplog):
+    caplog.set_level(logging.INFO, logger="smartpos.payments")
     def down(request):
         raise OnlineUnavailable("unreachable", "connection refused")
 
@@ -219,8 +221,9 @@ def test_prefer_online_falls_back_when_head_office_is_down(running):
     payment, _ = flow.create("k", SALE)
     reader.taps.put(emv_read())
     done = wait_state(ledger, payment["id"], "approved")
-    assert done["authorization"]["method"] == "offline"
-    assert done["authorization"]["fallback"] == "unreachable"
+    assert done["authorization"]["mode"] == "offline"
+    decided = [r for r in caplog.records if r.getMessage() == "payment.decided"]
+    assert decided and decided[-1].fallback == "unreachable" and decided[-1].method == "offline"
 
 
 def test_online_request_never_holds_the_pan(running):

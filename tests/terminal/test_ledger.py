@@ -29,16 +29,20 @@ def tap(profile="visa", amount=1250):
     return read_card(InProcessCard(card), TerminalData(amount_minor=amount, currency="EUR"), reader="test")
 
 
-@pytest.fixture
-def ledger(tmp_path: Path):
+def make_ledger(tmp_path, deny_list=()):
     settings = Settings.model_validate({"terminal": {"id": "T-1", "state_dir": str(tmp_path)},
                                         "risk": {"txn_limit_minor": 5000}})
     hq_private = X25519PrivateKey.generate()
     enrollment = Enrollment(terminal_id="T-1", merchant={"name": "Shop"}, hq_url="", parameters={},
                             parameters_version=1,
                             enrolled_at=datetime.now(UTC).isoformat(), terminal_key=Ed25519PrivateKey.generate(),
-                            hq_public_key=hq_private.public_key(), token_key=b"k" * 32)
-    led = QueueLedger.open(settings, enrollment)
+                            hq_public_key=hq_private.public_key(), token_key=b"k" * 32, deny_list=tuple(deny_list))
+    return QueueLedger.open(settings, enrollment)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    led = make_ledger(tmp_path)
     yield led
     led.close()
 
@@ -135,3 +139,19 @@ def test_concurrent_creates_let_one_payment_wait(flow, ledger):
     for t in threads:
         t.join()
     assert results.count(409) == 5
+
+
+def test_deny_list_from_enrollment_applies_before_the_first_sync(tmp_path):
+    from protocol.tokens import card_token
+
+    led = make_ledger(tmp_path, deny_list=[card_token(b"k" * 32, VISA_TEST_PAN)])
+    try:
+        payment = led.create_payment(idempotency_key="d", request={"type": "sale", "amount_minor": 100,
+                                                                   "currency": "EUR", "reference": None,
+                                                                   "mode": "force-offline"})
+        decision = led.offline_decision(payment, tap(amount=100))
+        assert not decision.approved and decision.reason == "denied_card"
+        assert led.offline_decision(payment, tap("mastercard", amount=100)).approved
+    finally:
+        led.close()
+
