@@ -8,7 +8,7 @@ from typing import Any
 
 from headoffice.keystore import Keystore
 from protocol.carddata import validate_pan
-from protocol.envelope import EnvelopeError, open_sealed
+from protocol.envelope import EnvelopeError
 from protocol.errors import ValidationError
 from protocol.tokens import card_token
 
@@ -23,7 +23,7 @@ def is_masked(value: str) -> bool:
 def open_card(keystore: Keystore, sealed: str) -> dict[str, Any] | None:
     """The clearing data in a terminal's envelope, or None if it does not open with head office's key."""
     try:
-        return open_sealed(keystore.envelope_private_key(), sealed)
+        return keystore.open_envelope(sealed)
     except EnvelopeError:
         return None
 

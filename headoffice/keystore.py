@@ -12,11 +12,13 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from protocol.envelope import Opener
 
 ENVELOPE_KEY = "hq_x25519.pem"
 TOKEN_KEY = "token.key"  # noqa: S105 (a file name, not a secret)
@@ -29,6 +31,7 @@ class KeystoreError(Exception):
 
 class Keystore(Protocol):
     def envelope_private_key(self) -> X25519PrivateKey: ...
+    def open_envelope(self, sealed: str) -> dict[str, Any]: ...
     def envelope_public_key(self) -> X25519PublicKey: ...
     def token_key(self) -> bytes: ...
     def encrypt_card_data(self, plaintext: bytes, associated: bytes) -> bytes: ...
@@ -41,6 +44,7 @@ class FileKeystore:
         if create:
             self._create_missing()
         self._private = self._load_private()
+        self._opener = Opener(self._private)
         self._token = self._read(TOKEN_KEY, 32)
         self._aead = AESGCM(self._read(DATA_KEY, 32))
 
@@ -49,6 +53,11 @@ class FileKeystore:
 
     def envelope_public_key(self) -> X25519PublicKey:
         return self._private.public_key()
+
+    def open_envelope(self, sealed: str) -> dict[str, Any]:
+        """The clearing data in a terminal's envelope; ``EnvelopeError`` if it does not open with our key.
+        (A KMS/HSM keystore would do this inside the KMS and never hand out the private key.)"""
+        return self._opener.open(sealed)
 
     def envelope_public_pem(self) -> str:
         return (

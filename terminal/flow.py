@@ -100,6 +100,7 @@ class PaymentFlow:
         self._timings: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._live: dict[str, Payment] = {}
         self.last_error: dict[str, str] | None = None
+        self._last_error_payment: str | None = None
         self.heartbeat = time.monotonic()
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
@@ -399,10 +400,14 @@ class PaymentFlow:
         self._finish(current, State.CANCELLED, error={"code": reason, "message": reason.replace("_", " ")})
 
     def _read_problem(self, payment: Payment, exc: CardError) -> None:
-        self.last_error = {"code": exc.code, "message": exc.message}
+        error = {"code": exc.code, "message": exc.message}
+        repeated = self.last_error == error and self._last_error_payment == payment["id"]
+        self.last_error, self._last_error_payment = error, payment["id"]
+        if repeated:
+            return  # a reader that stays unavailable is reported once per payment, not every retry
         log.warning("payment.read_failed", extra={"payment_id": payment["id"], "code": exc.code})
         current = self._ledger.payment(payment["id"]) or payment
-        updated = self._ledger.set_state(current["id"], State(current["state"]), error=self.last_error)
+        updated = self._ledger.set_state(current["id"], State(current["state"]), error=error)
         self._publish(updated["id"], updated)
 
     def _remember(self, payment_id: str, timings: dict[str, float]) -> None:

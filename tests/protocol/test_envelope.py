@@ -96,14 +96,68 @@ def test_sealer_with_prepared_keys_gives_envelopes_head_office_opens():
     from protocol.envelope import Sealer
 
     private, public = generate_keypair()
-    sealer = Sealer(public_key_pem(public), reserve=4)
+    sealer = Sealer(public_key_pem(public), reserve=4, uses_per_key=1)
     try:
         sealed = [sealer.seal({**PAYLOAD, "n": i}) for i in range(20)]  # more than the reserve: inline fallback too
     finally:
         sealer.close()
     assert [open_sealed(private, s)["n"] for s in sealed] == list(range(20))
     ephemeral_keys = {base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32] for s in sealed}
-    assert len(ephemeral_keys) == 20  # one fresh ephemeral key per envelope, never reused
+    assert len(ephemeral_keys) == 20  # uses_per_key=1: one fresh ephemeral key per envelope
+
+
+def _eph(s):
+    return base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32]
+
+
+def test_sealer_rotates_its_ephemeral_key_after_the_use_limit_and_the_opener_opens_all():
+    from protocol.envelope import Opener, Sealer
+
+    private, public = generate_keypair()
+    sealer = Sealer(public, uses_per_key=8)
+    try:
+        sealed = [sealer.seal({**PAYLOAD, "n": i}) for i in range(20)]
+    finally:
+        sealer.close()
+    keys = [_eph(s) for s in sealed]
+    assert len(set(keys)) == 3  # 8 + 8 + 4
+    assert keys[0] == keys[7] and keys[7] != keys[8]
+    nonces = {base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[32:44] for s in sealed}
+    assert len(nonces) == 20  # every envelope has its own nonce
+    opener = Opener(private, cache_size=2)
+    assert [opener.open(s)["n"] for s in sealed] == list(range(20))
+    assert [open_sealed(private, s)["n"] for s in sealed] == list(range(20))
+
+
+def test_sealer_rotates_its_ephemeral_key_after_the_age_limit():
+    import time
+
+    from protocol.envelope import Sealer
+
+    _private, public = generate_keypair()
+    sealer = Sealer(public, uses_per_key=1000, max_key_age_s=0.05)
+    try:
+        first = sealer.seal(PAYLOAD)
+        time.sleep(0.1)
+        second = sealer.seal(PAYLOAD)
+    finally:
+        sealer.close()
+    assert _eph(first) != _eph(second)
+
+
+def test_opener_refuses_envelopes_for_another_key_and_tampering():
+    from protocol.envelope import Opener
+
+    private, public = generate_keypair()
+    other, _ = generate_keypair()
+    sealed = seal(public, PAYLOAD)
+    with pytest.raises(EnvelopeError):
+        Opener(other).open(sealed)
+    opener = Opener(private)
+    assert opener.open(sealed) == PAYLOAD
+    tampered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    with pytest.raises(EnvelopeError):
+        opener.open(tampered)
 
 
 def test_a_forked_child_never_reuses_the_parents_prepared_keys():
