@@ -66,7 +66,7 @@ class Terminal:
 
 @dataclass
 class Card:
-    """What ``CardProtection.protect`` gives for one tap; sealed once, reused by every round (re-chained)."""
+    """What ``CardProtection.protect`` gives for one tap (the fields a terminal chains and uploads)."""
 
     scheme: str
     masked_pan: str | None
@@ -84,23 +84,21 @@ def uid_reads(n: int) -> Iterator[Any]:
         yield UidCardRead(reader="bench", detected_at=0.0, read_at=0.0, uid=f"04{i % 4096:06X}A1B2C3")
 
 
-def protected_cards(token_key: bytes, hq_public_pem: bytes, n: int, *, uid: bool = False) -> list[Card]:
-    """``n`` taps protected by the terminal's real code: EMV cards each with its own sealed envelope, or UID
-    cards (token only)."""
+def protected_cards(token_key: bytes, hq_public_pem: bytes, n: int, *, uid: bool = False,
+                    per_key: int = 4) -> list[Card]:
+    """``n`` taps protected by the terminal's real code: EMV cards each with its own sealed envelope (``per_key``
+    envelopes per ephemeral key, see sync_drain.protect_at_pace), or UID cards (token only)."""
     from offline_queue.cardprotect import CardProtection
 
-    protection = CardProtection(token_key, hq_public_pem)
-    try:
-        with sync_drain.progress_bar("protect uid" if uid else "seal", n) as update:
-            cards = []
-            for i, read in enumerate(uid_reads(n) if uid else sync_drain.card_reads(n)):
-                p = protection.protect(read)
-                cards.append(Card(p.scheme, p.masked_pan, p.pan_last4, p.token, p.envelope, p.envelope_sha256))
-                if i % 1000 == 0:
-                    update(i + 1)
-            update(n)
-    finally:
-        protection.close()
+    reads = uid_reads(n) if uid else sync_drain.card_reads(n)
+    with sync_drain.progress_bar("protect uid" if uid else "seal", n) as update:
+        cards = []
+        for i, p in enumerate(sync_drain.protect_at_pace(reads, lambda: CardProtection(token_key, hq_public_pem),
+                                                         per_key)):
+            cards.append(Card(p.scheme, p.masked_pan, p.pan_last4, p.token, p.envelope, p.envelope_sha256))
+            if i % 1000 == 0:
+                update(i + 1)
+        update(n)
     return cards
 
 
@@ -314,9 +312,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for kind in ("emv", "uid") if args.uid else ("emv",):
                 enrolled = [enroll(url, db_url, f"T-r{rnd}-{kind}-{i}") for i in range(args.terminals)]
                 terminals = [t for t, _, _ in enrolled]
-                if kind not in cards:
+                # Sealed afresh every round: head office caches the key derived per ephemeral key, and envelopes
+                # of an earlier round would find theirs cached.
+                if kind == "emv" or kind not in cards:
                     _, token_key, hq_pem = enrolled[0]
-                    made = protected_cards(token_key, hq_pem, n, uid=kind == "uid")
+                    made = protected_cards(token_key, hq_pem, n, uid=kind == "uid", per_key=args.envelopes_per_key)
                     cards[kind] = [made[i * per_terminal:(i + 1) * per_terminal] for i in range(args.terminals)]
                 for term, term_cards in zip(terminals, cards[kind], strict=True):
                     build_pages(term, term_cards, args.page_size)
@@ -375,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hq_workers": args.hq_workers,
         "backend": "postgresql",
         "sealed_envelopes": True,
+        "envelopes_per_key": args.envelopes_per_key,
         "target_txn_per_s": 10_000,
         "target_ratio_vs_copy": 0.25,
         "target_met": ingest >= 10_000 and ingest / copy >= 0.25,
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="ingest+COPY rounds, medians reported (default 3)")
     parser.add_argument("--uid", action=argparse.BooleanOptionalAction, default=True,
                         help="per round, also ingest UID-card transactions (no envelope to open) (default on)")
+    sync_drain.add_pace_option(parser)
     args = parser.parse_args(argv)
     if min(args.terminals, args.page_size, args.hq_workers, args.rounds) < 1 or args.n < args.terminals:
         parser.error("--terminals, --page-size, --hq-workers, --rounds must be >= 1 and --n >= --terminals")

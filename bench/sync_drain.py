@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,9 +359,31 @@ def amount_of(i: int) -> int:
     return 100 + (i * 37) % 9900
 
 
-def fill_backlog(config: Path, n: int) -> tuple[int, float, str]:
+MAX_ENVELOPES_PER_KEY = 64  # offline_queue's Sealer: an ephemeral key seals at most 64 envelopes, for at most 60 s
+
+
+def protect_at_pace(reads: Iterable[Any], make: Callable[[], Any], per_key: int) -> Iterator[Any]:
+    """``CardProtection.protect`` for each read, with a fresh ``CardProtection`` (so a fresh ephemeral envelope key)
+    every ``per_key`` reads. The terminal's Sealer uses a key for at most 64 envelopes and 60 s, so a backlog
+    recorded at R sales a minute has min(R, 64) envelopes per key -- and head office pays one X25519 agreement per
+    key. A bench fill runs far faster than any till, so it sets that ratio explicitly instead of by accident."""
+    protection = None
+    try:
+        for i, read in enumerate(reads):
+            if i % per_key == 0:
+                if protection is not None:
+                    protection.close()
+                protection = make()
+            yield protection.protect(read)
+    finally:
+        if protection is not None:
+            protection.close()
+
+
+def fill_backlog(config: Path, n: int, *, per_key: int) -> tuple[int, float, str]:
     """Records ``n`` offline sales through ``QueueStore.record`` (the store offers no bulk path), each card
-    protected on its own (its own sealed envelope). Returns (total amount, seconds, how).
+    protected by ``CardProtection`` (own sealed envelope; ``per_key`` envelopes per ephemeral key). Returns
+    (total amount, seconds, how).
 
     The fill is set-up, not what is measured, and one fsync per sale (synchronous=FULL) makes it ~260 sales/s on
     this disk: the store is filled on a tmpfs with its normal settings, closed, and its file moved to the
@@ -378,15 +400,15 @@ def fill_backlog(config: Path, n: int) -> tuple[int, float, str]:
         raise BenchError(f"{target} exists already; the backlog is built in a fresh queue")
     shm = Path("/dev/shm")
     scratch = Path(tempfile.mkdtemp(prefix="smartpos-fill-", dir=shm if shm.is_dir() else None))
-    protection = CardProtection.from_state_dir(settings.state_dir)
     total = 0
     start = time.perf_counter()
     try:
+        cards = protect_at_pace(card_reads(n), lambda: CardProtection.from_state_dir(settings.state_dir), per_key)
         with QueueStore.open(scratch / target.name, terminal_id=enrollment.terminal_id) as store, \
                 progress_bar("record", n) as update:
-            for i, read in enumerate(card_reads(n)):
+            for i, card in enumerate(cards):
                 amount = amount_of(i)
-                store.record(type="sale", amount_minor=amount, currency="EUR", card=protection.protect(read),
+                store.record(type="sale", amount_minor=amount, currency="EUR", card=card,
                              auth={"mode": "offline"}, reference=f"B-{i}")
                 total += amount
                 if i % 500 == 0:
@@ -398,9 +420,9 @@ def fill_backlog(config: Path, n: int) -> tuple[int, float, str]:
                 shutil.copyfile(path, target.parent / path.name)
         os.sync()
     finally:
-        protection.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    how = "QueueStore.record per sale (own sealed envelope each), filled on tmpfs, file moved to disk for the drain"
+    how = (f"QueueStore.record per sale (own sealed envelope each, {per_key} per ephemeral key), filled on tmpfs, "
+           "file moved to disk for the drain")
     return total, time.perf_counter() - start, how
 
 
@@ -469,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hq_cli(home, db_url, "merchants", "set", "M-bench", "--name", "Bench Shop")
         hq = stack.enter_context(head_office(db_url, home, workers=args.hq_workers))
         config = enroll_terminal(hq.url, home, db_url, tmp, terminal_id)
-        expected_total, fill_s, fill_how = fill_backlog(config, args.n)
+        expected_total, fill_s, fill_how = fill_backlog(config, args.n, per_key=args.envelopes_per_key)
         meter = CpuMeter(hq.pid, database_name(db_url), self_label="terminal")
         elapsed, result, left, cpu = drain(config, page_size=args.page_size, inflight=args.inflight, meter=meter)
         held = hq_holdings(db_url, terminal_id)
@@ -497,6 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "backend": "postgresql",
         "hq_accepted": held["accepted"],
         "totals_equal": held["total_minor"] == expected_total,
+        "envelopes_per_key": args.envelopes_per_key,
         "fill_path": fill_how,
         "fill_s": round(fill_s, 1),
         **cpu,
@@ -507,12 +530,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def add_pace_option(parser: argparse.ArgumentParser) -> None:
+    def per_key(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= MAX_ENVELOPES_PER_KEY:
+            raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ENVELOPES_PER_KEY}")
+        return value
+
+    parser.add_argument("--envelopes-per-key", type=per_key, default=4, metavar="K",
+                        help="envelopes sealed per ephemeral key, i.e. the till's sales per minute (a key lives "
+                             "<= 60 s, <= 64 envelopes); 1 = every sale its own key, 64 = a rush (default 4)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="transactions in the backlog (default 100000)")
     parser.add_argument("--page-size", type=int, default=1000, help="transactions per upload (default 1000)")
     parser.add_argument("--inflight", type=int, default=2, help="pages on the wire at once (default 2)")
     parser.add_argument("--hq-workers", type=int, default=2, help="smartpos-hq serve --workers (default 2)")
+    add_pace_option(parser)
     args = parser.parse_args(argv)
     if args.n < 1 or args.page_size < 1 or args.inflight < 1 or args.hq_workers < 1:
         parser.error("--n, --page-size, --inflight and --hq-workers must be >= 1")
