@@ -3,7 +3,7 @@
 ==============================  =================================  ==========================================
 URI                             python-escpos class                status (DLE EOT 1 / DLE EOT 4)
 ==============================  =================================  ==========================================
-``tcp://HOST[:PORT]``           ``Network`` (port 9100 default)    yes, 1-byte reply read with a short timeout
+``tcp://HOST[:PORT]``           plain socket (port 9100 default)   yes, 1-byte reply read with a short timeout
 ``usb://VID:PID``               ``Usb`` (needs pyusb + access)     yes, through the IN endpoint
 ``serial:/dev/ttyS0?baudrate=`` ``Serial`` subclass opening        yes, reads 1 byte (not the 16 python-escpos
 ``serial:socket://HOST:PORT``   ``serial.serial_for_url`` (any     waits for the whole timeout)
@@ -100,12 +100,12 @@ class PrinterNotReady(PrinterError):
 _escpos_imported = False
 
 
-def import_escpos() -> None:
-    """Import python-escpos without its side effects: it calls ``logging.basicConfig()`` (which would add a
-    stderr handler to the root logger) and creates a new temp dir for its capabilities pickle on every import."""
-    global _escpos_imported
-    if _escpos_imported:
-        return
+def _quiet_import(*modules: str) -> None:
+    """Import python-escpos modules without their side effects: ``escpos.capabilities`` calls
+    ``logging.basicConfig()`` (which would add a stderr handler to the root logger) and creates a new temp dir
+    for its capabilities pickle on every import."""
+    import importlib
+
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smartpos-escpos"
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -118,11 +118,23 @@ def import_escpos() -> None:
         guard = logging.NullHandler()
         root.addHandler(guard)
     try:
-        import escpos.capabilities
-        import escpos.escpos  # noqa: F401
+        for module in modules:
+            importlib.import_module(module)
     finally:
         if guard is not None:
             root.removeHandler(guard)
+
+
+def import_escpos() -> None:
+    """Import python-escpos (with Pillow, qrcode and python-barcode behind it) without its side effects.
+
+    Only rendering and the serial/USB/file connections need all of it; profiles need just
+    ``escpos.capabilities`` and TCP connections none of it, so an idle daemon does not carry the image stack
+    until it prints."""
+    global _escpos_imported
+    if _escpos_imported:
+        return
+    _quiet_import("escpos.capabilities", "escpos.escpos")
     _escpos_imported = True
 
 
@@ -261,7 +273,7 @@ def load_profile(
     """A python-escpos profile by name (``TM-T20II``, ``TM-T88V``, ``default``...) with optional overrides.
 
     ``codepages`` limits the codepages used for text to those names (in that order of preference)."""
-    import_escpos()
+    _quiet_import("escpos.capabilities")
     from escpos.capabilities import CAPABILITIES
 
     name = name or DEFAULT_PROFILE
@@ -348,63 +360,79 @@ def _deadline_left(deadline: float) -> float:
     return left
 
 
-@functools.cache
-def _network_class() -> type:
-    import_escpos()
-    from escpos.printer import Network
+class _TcpLink:
+    """A raw TCP connection to a network printer (``tcp://``). The receipt's bytes are rendered elsewhere, so
+    sending them and the 1-byte status replies need only a socket: without python-escpos's Network class, the
+    spooler's idle status probe does not import python-escpos and the image stack behind it."""
 
-    class _Network(Network):  # type: ignore[misc,valid-type]
-        def open(self, raise_not_found: bool = True) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.device: socket.socket | None = None
+
+    def open(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
+            self.device = None
+            raise PrinterUnavailable(f"cannot connect to printer at {self.host}:{self.port}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.device = sock
+
+    def _sock(self) -> socket.socket:
+        if self.device is None:
+            raise PrinterDisconnected("printer connection is closed")
+        return self.device
+
+    def write_until(self, data: bytes, deadline: float) -> None:
+        sock = self._sock()
+        view = memoryview(data)
+        while view:
+            sock.settimeout(_deadline_left(deadline))
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            except OSError as exc:
-                self.device = None
-                raise PrinterUnavailable(f"cannot connect to printer at {self.host}:{self.port}: {exc}") from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.device = sock
-
-        def write_until(self, data: bytes, deadline: float) -> None:
-            sock = self.device
-            view = memoryview(data)
-            while view:
-                sock.settimeout(_deadline_left(deadline))
-                try:
-                    sent = sock.send(view)
-                except TimeoutError:
-                    raise PrinterTimeout("printer stopped accepting data (timeout)") from None
-                except OSError as exc:
-                    raise PrinterDisconnected(f"printer connection lost while sending: {exc}") from None
-                view = view[sent:]
-
-        def read_byte(self, timeout: float) -> int | None:
-            sock = self.device
-            sock.settimeout(timeout)
-            try:
-                data = sock.recv(1)
+                sent = sock.send(view)
             except TimeoutError:
-                return None
+                raise PrinterTimeout("printer stopped accepting data (timeout)") from None
             except OSError as exc:
-                raise PrinterDisconnected(f"printer connection lost: {exc}") from None
-            if not data:
-                raise PrinterDisconnected("printer closed the connection")
-            return data[0]
+                raise PrinterDisconnected(f"printer connection lost while sending: {exc}") from None
+            view = view[sent:]
 
-        def drain(self) -> None:
-            sock = self.device
-            sock.setblocking(False)
-            try:
-                while True:
-                    data = sock.recv(64)
-                    if not data:
-                        raise PrinterDisconnected("printer closed the connection")
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise PrinterDisconnected(f"printer connection lost: {exc}") from None
-            finally:
-                sock.setblocking(True)
+    def read_byte(self, timeout: float) -> int | None:
+        sock = self._sock()
+        sock.settimeout(timeout)
+        try:
+            data = sock.recv(1)
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            raise PrinterDisconnected(f"printer connection lost: {exc}") from None
+        if not data:
+            raise PrinterDisconnected("printer closed the connection")
+        return data[0]
 
-    return _Network
+    def drain(self) -> None:
+        sock = self._sock()
+        sock.setblocking(False)
+        try:
+            while True:
+                data = sock.recv(64)
+                if not data:
+                    raise PrinterDisconnected("printer closed the connection")
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise PrinterDisconnected(f"printer connection lost: {exc}") from None
+        finally:
+            sock.setblocking(True)
+
+    def close(self) -> None:
+        sock, self.device = self.device, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 @functools.cache
@@ -570,31 +598,32 @@ def _file_class() -> type:
 class PrinterConnection:
     """One open connection: ``write(bytes)`` with a deadline and ``status()`` (the two narrow printer methods).
 
-    ``escpos`` is the python-escpos printer object (for formatting helpers, if a caller wants them)."""
+    ``link`` talks to the device: python-escpos's printer class for serial, USB and file printers, a plain
+    socket for TCP ones."""
 
-    def __init__(self, uri: PrinterUri, escpos_printer: Any, profile: PrinterProfile, *, timeout: float,
+    def __init__(self, uri: PrinterUri, link: Any, profile: PrinterProfile, *, timeout: float,
                  status_timeout: float) -> None:
         self.uri = uri
-        self.escpos = escpos_printer
+        self.link = link
         self.profile = profile
         self.timeout = timeout
         self.status_timeout = status_timeout
 
     @property
     def supports_status(self) -> bool:
-        return self.uri.status_enabled and hasattr(self.escpos, "read_byte")
+        return self.uri.status_enabled and hasattr(self.link, "read_byte")
 
     def write(self, data: bytes, *, timeout: float | None = None) -> None:
         """Send ``data``; raises ``PrinterTimeout`` if the printer stops reading before the deadline and
         ``PrinterDisconnected`` if the link goes away."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        self.escpos.write_until(bytes(data), deadline)
+        self.link.write_until(bytes(data), deadline)
 
     def _ask(self, n: int, timeout: float) -> int | None:
         from escpos.constants import RT_STATUS
 
-        self.escpos.write_until(RT_STATUS + bytes([n]), time.monotonic() + timeout)
-        return self.escpos.read_byte(timeout)
+        self.link.write_until(RT_STATUS + bytes([n]), time.monotonic() + timeout)
+        return self.link.read_byte(timeout)
 
     def status(self, *, timeout: float | None = None) -> PrinterStatus:
         """DLE EOT 1 (online) then DLE EOT 4 (paper roll). No reply -> unknown. Raises ``PrinterDisconnected``
@@ -602,7 +631,7 @@ class PrinterConnection:
         if not self.supports_status:
             return PrinterStatus(None, "unknown", "this connection does not report status")
         t = self.status_timeout if timeout is None else timeout
-        self.escpos.drain()  # a late reply to an earlier query must not answer this one
+        self.link.drain()  # a late reply to an earlier query must not answer this one
         try:
             first = self._ask(1, t)
         except PrinterTimeout:
@@ -622,7 +651,7 @@ class PrinterConnection:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.escpos.close()
+            self.link.close()
 
     def __enter__(self) -> PrinterConnection:
         return self
@@ -649,7 +678,7 @@ def open_printer(
     escpos_profile = profile.escpos_profile()
     opts = parsed.options
     if parsed.scheme == "tcp":
-        printer = _network_class()(parsed.host, parsed.port, timeout=timeout, profile=escpos_profile)
+        printer = _TcpLink(parsed.host, parsed.port, timeout=timeout)
     elif parsed.scheme == "serial":
         import serial
 

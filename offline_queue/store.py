@@ -298,11 +298,6 @@ def _make_engine(path: Path, *, max_db_bytes: int | None, busy_timeout_s: float)
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            # A sale's commit writes ~5 WAL frames (row, indexes, header) where a bare insert writes ~2: checkpoint
-            # after 4000 frames rather than 1000 so checkpoints come about as often per sale, and the pages every
-            # commit touches (index leaves, b-tree parents, page 1) are copied into the database once per
-            # checkpoint, not once per 1000 frames. Durability is unchanged: every commit is fsynced in the WAL.
-            cur.execute("PRAGMA wal_autocheckpoint=4000")
             # Freed bytes are zeroed: wiped envelopes do not linger in free pages.
             cur.execute("PRAGMA secure_delete=ON")
             if max_db_bytes is not None:

@@ -273,6 +273,9 @@ class PaymentFlow:
     def _process(self, payment: Payment) -> None:
         deadline = time.monotonic() + self._settings.card_timeout_s
         td = self._settings.terminal_data(payment) if self._settings.terminal_data else None
+        prepare = getattr(self._receipts, "prepare", None)
+        if prepare is not None:
+            prepare()  # the receipt stack loads in the spooler's thread while we wait for the tap
         while True:
             self.heartbeat = time.monotonic()
             remaining = deadline - time.monotonic()

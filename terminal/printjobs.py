@@ -129,6 +129,8 @@ class PrintSpooler:
         self._attempts: dict[Any, int] = {}
         self._first_failed: dict[Any, float] = {}
         self._next_probe = 0.0
+        self._prepare = threading.Event()
+        self._prepared = False
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> PrintSpooler:
@@ -183,6 +185,15 @@ class PrintSpooler:
     def reprint(self, txn: object, request_id: str, *, copy: str = "customer") -> list[Any]:
         kind = str(txn.get("type") if isinstance(txn, Mapping) else txn.type)  # type: ignore[attr-defined]
         return self.submit(kind, txn, request_id, copies=[copy], reprint=True)
+
+    def prepare(self) -> None:
+        """A receipt is probably coming (a payment started): have the worker load the rendering stack now.
+
+        python-escpos, Pillow and qrcode are imported on first use so an idle terminal does not carry them;
+        loading them while the customer reaches for a card keeps that cost off the first receipt."""
+        if not self._prepared:
+            self._prepare.set()
+            self._wake.set()
 
     def status(self) -> dict[str, Any]:
         """Cached state, no I/O: {printer: ok|paper_low|paper_out|offline|unknown, online, paper, detail,
@@ -287,9 +298,20 @@ class PrintSpooler:
                 self._run_job(job)
                 continue
             self._idle.set()
+            if self._prepare.is_set() and not self._prepared:
+                self._warm_up()
             self._maybe_probe()
             self._wake.wait(min(self.retry_interval_s, self.idle_probe_s))
             self._wake.clear()
+
+    def _warm_up(self) -> None:
+        # A throwaway render (test page: text, codepages, QR) imports and initialises what real receipts use.
+        self._prepared = True
+        try:
+            render_escpos(make_test_page(self.profile, merchant=self.merchant, terminal_id=self.terminal_id,
+                                         status_before=self._status.summary), self.profile)
+        except Exception as exc:  # only a warm-up: the real job reports its own errors
+            log.debug("receipt rendering warm-up failed: %s", redact(str(exc)))
 
     def _run_job(self, job: PrintJob) -> None:
         attempt = self._attempt(job)

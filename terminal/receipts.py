@@ -60,6 +60,11 @@ class ReceiptDesk:
             self.spooler.submit(txn.type, txn, request_id, copies=("customer",))
             self.spooler.submit(txn.type, txn, request_id, copies=("merchant",))
 
+    def prepare(self) -> None:
+        """A payment started: its receipt will follow, so the spooler loads its rendering stack now."""
+        if self.spooler is not None:
+            self.spooler.prepare()
+
     def submit_settlement(self, batch: dict[str, Any]) -> None:
         if self.spooler is None:
             return

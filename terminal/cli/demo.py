@@ -89,6 +89,10 @@ def demo(work_dir: Path | None, profile: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)
     keep = work_dir is not None
     base = work_dir or Path(tempfile.mkdtemp(prefix="smartpos-demo-"))
+    if keep and ((base / "state").exists() or (base / "hq").exists()):
+        # A second run would meet its own enrolled terminal and queue; never delete a user's directory for them.
+        console.print(f"[red]demo failed:[/red] {base} holds an earlier demo run; give an empty or new --dir")
+        sys.exit(1)
     base.mkdir(parents=True, exist_ok=True)
     try:
         _demo(console, base.resolve(), profile)

@@ -27,6 +27,10 @@ def run(config_file: str | None, check: bool) -> None:
     from terminal.logs import setup_logging
 
     setup_logging(settings.logging.level)
+    # httpx imports its command-line client (rich + pygments, ~3 MB resident) whenever they are installed; the
+    # daemon never runs it. A None entry makes that one import fail, and httpx then falls back to its stub, the
+    # same as on an install without the CLI extras.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
     from terminal.daemon import Daemon, StartupError
 
