@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from protocol import envelope as envelope_mod
-from protocol.carddata import _TRACK2_LIKE, last4, luhn_ok, mask_pan, validate_pan
+from protocol.carddata import has_track2, last4, luhn_ok, mask_pan, validate_pan
 from protocol.chain import envelope_digest
 from protocol.errors import ValidationError
 from protocol.tokens import card_token, load_token_key, uid_token
@@ -35,6 +35,8 @@ class ProtectedCard:
     label: str | None
     entry_mode: str
     wallet: bool
+    atc: int | None = None  # application transaction counter, for the receipt
+    tvr: str | None = None  # terminal verification results (hex), for the receipt
 
     def to_public_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +129,17 @@ class CardProtection:
             label=getattr(card, "label", None),
             entry_mode=getattr(card, "entry_mode", None) or "contactless",
             wallet=bool(getattr(card, "wallet", False)),
+            atc=_atc(getattr(card, "atc", None)),
+            tvr=_tvr(payload["cryptogram"].get("95")),
         )
+
+
+def _atc(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF else None
+
+
+def _tvr(value: Any) -> str | None:
+    return value.upper() if isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{10}", value) else None
 
 
 _SENSITIVE_KEYS = frozenset({"pan", "track2", "track1", "track", "expiry", "cvv", "cvc", "pin", "cryptogram"})
@@ -158,7 +170,7 @@ def looks_like_card_data(value: Any) -> bool:
         if not _DIGIT_RUN12.search(value):
             return False  # neither a PAN (13+ digits) nor track 2 (12+ digits) fits: skip the costlier scans
         # Same answer as looking for "[REDACTED-TRACK]" in redact(value), without building the redacted copy.
-        return _pan_shaped(value) or bool(_TRACK2_LIKE.search(value)) or "[REDACTED-TRACK]" in value
+        return _pan_shaped(value) or has_track2(value) or "[REDACTED-TRACK]" in value
     if isinstance(value, dict):
         return any(
             (isinstance(k, str) and k.lower() in _SENSITIVE_KEYS and v not in (None, "", {}, []))

@@ -69,6 +69,8 @@ class Transaction:
     sync_reason: str | None
     synced_at: str | None
     envelope: str | None = field(default=None, repr=False)
+    atc: int | None = None
+    tvr: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Exactly the uploaded dict (``protocol.chain.WIRE_FIELDS``)."""
@@ -93,6 +95,8 @@ class Transaction:
                 "aid": self.aid,
                 "label": self.label,
                 "wallet": self.wallet,
+                "atc": self.atc,
+                "tvr": self.tvr,
             },
             "authorization": {
                 "mode": self.auth_mode,

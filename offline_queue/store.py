@@ -99,6 +99,8 @@ _TXN_COLUMNS: tuple[str, ...] = (
     "sync_reason",
     "synced_at",
     "envelope",
+    "atc",
+    "tvr",
 )
 _TXN_SELECT = "SELECT " + ", ".join(_TXN_COLUMNS) + " FROM transactions"
 _WIRE_SELECT = "SELECT " + ", ".join(WIRE_FIELDS) + " FROM transactions"
@@ -133,6 +135,8 @@ _INSERT_COLUMNS = (
     "idempotency_key",
     "payment_id",
     "sync_state",
+    "atc",
+    "tvr",
 )
 # The open batch and the chain's head in one statement: the (gap-free) next sequence is MAX(sequence) + 1 on the
 # primary key, read under the write lock (BEGIN IMMEDIATE), so no counter row is rewritten in every commit.
@@ -706,12 +710,14 @@ class QueueStore:
                 scheme, masked_pan, pan_last4, token, aid, label, entry_mode, wallet = target[6:]
                 wallet = bool(wallet)
                 envelope = envelope_sha256 = None
+                atc = tvr = None
             else:
                 assert card is not None
                 net_sign = 1 if type == "sale" else -1
                 scheme, masked_pan, pan_last4, token = card.scheme, card.masked_pan, card.pan_last4, card.token
                 aid, label, entry_mode, wallet = card.aid, card.label, card.entry_mode, card.wallet
                 envelope, envelope_sha256 = card.envelope, card.envelope_sha256
+                atc, tvr = getattr(card, "atc", None), getattr(card, "tvr", None)
 
             fields = {
                 "uuid": txn_uuid,
@@ -745,7 +751,7 @@ class QueueStore:
                     sequence, txn_uuid, self.terminal_id, batch, type, created_at, amount_minor, currency, net_sign,
                     scheme, masked_pan, pan_last4, token, aid, label, entry_mode, int(wallet), auth.mode, auth.code,
                     auth.reason, auth.auth_id, reference, void_of, envelope, envelope_sha256, prev_hash, digest,
-                    idempotency_key, payment_id, "queued",
+                    idempotency_key, payment_id, "queued", atc, tvr,
                 ),
             )  # fmt: skip
             if type == "void":
@@ -769,6 +775,8 @@ class QueueStore:
             sync_reason=None,
             synced_at=None,
             envelope=envelope,
+            atc=atc,
+            tvr=tvr,
         )
 
     def void(

@@ -50,6 +50,9 @@ transactions = Table(
     Column("sync_code", Text),
     Column("sync_reason", Text),
     Column("synced_at", Text),
+    # Printed on receipts; local only (head office gets them inside the sealed clearing data).
+    Column("atc", Integer),
+    Column("tvr", Text),
     # Few indexes on purpose: each one is one more page written in every sale's fsynced commit. No index on the
     # sync state: unsynced rows are found on the primary key from meta.sync_floor (every row below it is accepted
     # or rejected), so a page of the backlog costs the same first and last. None on batch or payment_id either: a

@@ -48,6 +48,11 @@ def last4(pan: str) -> str:
     return pan[-4:]
 
 
+def has_track2(text: str) -> bool:
+    """True when ``text`` holds something shaped like track-2 equivalent data (PAN, separator, expiry...)."""
+    return bool(_TRACK2_LIKE.search(text))
+
+
 def redact(text: str) -> str:
     """Replace anything in ``text`` that looks like track data or a PAN (Luhn-valid digit run) with a mask.
 

@@ -72,6 +72,25 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
 CLOCK_WARN_S = 60
 
 
+def _create_queue(db_path: Path, terminal_id: str) -> str | None:
+    """Create the offline queue at enrollment, so the daemon finds it at the packaged schema: it then opens it
+    without loading Alembic (~10 MB it would otherwise keep resident for its whole life). Best effort: the daemon
+    creates the queue itself when it is missing. Returns a note for the technician when it could not."""
+    if db_path.exists():
+        return None  # an existing queue is the daemon's to check (terminal id, schema) when it starts
+    from offline_queue.errors import StoreError
+    from offline_queue.store import QueueStore
+    from protocol.errors import ValidationError
+
+    try:
+        QueueStore.open(db_path, terminal_id=terminal_id).close()
+    except (StoreError, ValidationError) as exc:
+        return f"queue {db_path} not created now ({exc.message}); the daemon creates it when it starts"
+    except OSError as exc:
+        return f"queue {db_path} not created now ({exc.strerror}); the daemon creates it when it starts"
+    return None
+
+
 def _clock_offset(answer: dict[str, Any]) -> float | None:
     import time
 
@@ -169,7 +188,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
             "terminal": {"id": terminal_id, "state_dir": str(state)},
             "headoffice": {"url": hq_url},
         })
-        parse_settings(tomllib.loads(new_text), path=cfg_path)
+        settings = parse_settings(tomllib.loads(new_text), path=cfg_path)
     except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
         raise click.ClickException(f"config {cfg_path}: {exc}") from None
 
@@ -189,7 +208,10 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     pending_code.unlink(missing_ok=True)
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     _write_private(cfg_path, new_text.encode("utf-8"))
+    queue_note = _create_queue(settings.db_path, terminal_id)
 
+    if queue_note:
+        click.echo(f"smartpos: note: {queue_note}", err=True)
     if as_json:
         click.echo(json.dumps({"terminal_id": terminal_id, "merchant": enrollment_doc["merchant"],
                                "state_dir": str(state), "config": str(cfg_path), "hq_url": hq_url}))

@@ -177,3 +177,24 @@ def test_concurrent_writers_get_distinct_gapless_sequences(queue_store, card_pro
         th.join()
     assert errors == []
     assert queue_store.verify() == 60
+
+
+def test_atc_and_tvr_of_the_card_reach_the_record_and_the_receipt(queue_store, card_protection):
+    from drivers.emv import TerminalData, read_card
+    from drivers.simulators.emv_card import InProcessCard, VirtualEmvCard, load_profile
+    from terminal.receipt import receipt_for_transaction, render_text
+
+    read = read_card(InProcessCard(VirtualEmvCard(load_profile("visa"))),
+                     TerminalData(amount_minor=1250, currency="EUR"), reader="test")
+    assert read.atc is not None
+    txn = queue_store.record(type="sale", amount_minor=1250, currency="EUR", card=card_protection.protect(read),
+                             auth={"mode": "offline"})
+    stored = queue_store.transaction(txn.uuid)
+    assert stored.atc == read.atc == txn.atc
+    assert stored.tvr == read.cryptogram["95"].upper()
+    text = render_text(receipt_for_transaction(stored, merchant={"name": "Shop"}, terminal_id="T-1",
+                                               copy="customer"))
+    assert "ATC" in text and str(read.atc) in text
+    assert "TVR" in text and stored.tvr in text
+    void = queue_store.void(txn.uuid)
+    assert void.atc is None and void.tvr is None

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.carddata import last4, luhn_ok, mask_pan, redact
+from protocol.carddata import has_track2, last4, luhn_ok, mask_pan, redact
 from protocol.errors import ValidationError
 
 VISA_TEST_PAN = "4761739001010010"
@@ -55,3 +55,9 @@ def test_no_luhn_valid_pan_survives_redaction(pan):
     masked = mask_pan(pan)
     assert masked[-4:] == pan[-4:]
     assert masked.count("*") >= 3
+
+
+def test_recognises_track2_shapes():
+    assert has_track2(f"x {VISA_TEST_PAN}D25122010000000000F y")
+    assert has_track2(f"{VISA_TEST_PAN}=2512201")
+    assert not has_track2(f"{VISA_TEST_PAN} 2512")
