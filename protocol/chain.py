@@ -50,6 +50,10 @@ WIRE_FIELDS: tuple[str, ...] = (*CHAINED_FIELDS, "prev_hash", "hash", "envelope"
 _INT_FIELDS = frozenset({"sequence", "batch", "amount_minor"})
 _BOOL_FIELDS = frozenset({"wallet"})
 _HEX64 = frozenset("0123456789abcdef")
+# Head office checks every uploaded row: the common case (exact built-in types) is tested in one quick pass and
+# only a row that fails it goes through the field-by-field check that names the first bad field.
+_STR_FIELDS = tuple(name for name in CHAINED_FIELDS if name not in _INT_FIELDS and name not in _BOOL_FIELDS)
+_INT_LIMIT = 2**63
 
 
 class ChainError(ValueError):
@@ -83,9 +87,34 @@ def _check_types(fields: Mapping[str, Any]) -> None:
             raise ChainError("bad_row", seq if isinstance(seq, int) else None, f"field {name!r} has the wrong type")
 
 
+def _plain_types(fields: Mapping[str, Any]) -> bool:
+    """True when every chained field is present with exactly a built-in type ``_check_types`` accepts."""
+    try:
+        for name in _STR_FIELDS:
+            value = fields[name]
+            if value is not None and value.__class__ is not str:
+                return False
+        for name in _INT_FIELDS:
+            value = fields[name]
+            if value.__class__ is not int or not -_INT_LIMIT <= value < _INT_LIMIT:
+                return False
+        return fields["wallet"].__class__ is bool
+    except KeyError:
+        return False
+
+
+def _checked(fields: Mapping[str, Any]) -> None:
+    if not _plain_types(fields):
+        _check_types(fields)
+
+
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Sorted-key compact JSON of the chained fields only (extra keys are ignored, missing ones are an error)."""
-    _check_types(fields)
+    _checked(fields)
+    return _encoded(fields)
+
+
+def _encoded(fields: Mapping[str, Any]) -> bytes:
     try:
         return orjson.dumps({name: fields[name] for name in CHAINED_FIELDS}, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. a string with a lone surrogate: not representable as UTF-8
@@ -96,7 +125,11 @@ def canonical(fields: Mapping[str, Any]) -> bytes:
 def chain_hash(prev_hash_hex: str, wire_fields: Mapping[str, Any]) -> str:
     if not _is_hash(prev_hash_hex):
         raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
-    return hashlib.sha256(_DOMAIN + prev_hash_hex.encode("ascii") + b"\n" + canonical(wire_fields)).hexdigest()
+    return _digest(prev_hash_hex, canonical(wire_fields))
+
+
+def _digest(prev_hash_hex: str, encoded: bytes) -> str:
+    return hashlib.sha256(_DOMAIN + prev_hash_hex.encode("ascii") + b"\n" + encoded).hexdigest()
 
 
 def envelope_digest(envelope: str) -> str:
@@ -110,17 +143,21 @@ def verify_chain(
     each ``prev_hash`` equal to the previous row's hash (the first to ``start_prev_hash``), each ``hash`` correct,
     and a present envelope matching its digest. Returns the last hash (``start_prev_hash`` for no rows)."""
     prev = start_prev_hash
+    prev_ok = False  # after the first row, ``prev`` is a digest computed here
     expected_seq = start_sequence
     for row in rows:
         if not isinstance(row, Mapping):
             raise ChainError("bad_row", None, "a transaction must be an object")
-        _check_types(row)
+        _checked(row)
         seq = row["sequence"]
         if expected_seq is not None and seq != expected_seq:
             raise ChainError("gap", seq, f"expected sequence {expected_seq}, found {seq}")
         if row.get("prev_hash") != prev:
             raise ChainError("bad_link", seq, f"transaction {seq} does not link to the previous hash")
-        digest = chain_hash(prev, row)
+        if not prev_ok and not _is_hash(prev):
+            raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
+        prev_ok = True
+        digest = _digest(prev, _encoded(row))
         if row.get("hash") != digest:
             raise ChainError("bad_hash", seq, f"transaction {seq} hash does not match its content")
         envelope = row.get("envelope")
