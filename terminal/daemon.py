@@ -275,6 +275,7 @@ class Daemon:
             timeout_graceful_shutdown=2,
             ws="none",
             server_header=False,
+            loop="asyncio",
         )
         self._server = _api_server(config, self)
         try:

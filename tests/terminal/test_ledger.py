@@ -15,9 +15,6 @@ from config.settings import Settings
 from drivers.emv import TerminalData, read_card
 from drivers.simulators.emv_card import InProcessCard, VirtualEmvCard, load_profile
 from terminal.flow import FlowError, FlowSettings, PaymentFlow
-
-pytest.importorskip("offline_queue.store")
-
 from terminal.ledger import QueueLedger
 from tests.terminal.flowfakes import ReceiptLog, ScriptedReader
 
