@@ -397,7 +397,12 @@ def fill_backlog(config: Path, n: int, *, per_key: int) -> tuple[int, float, str
     enrollment = load_enrollment(settings.state_dir)
     target = Path(settings.db_path)
     if target.exists():
-        raise BenchError(f"{target} exists already; the backlog is built in a fresh queue")
+        # `smartpos enroll` creates an empty queue; the backlog replaces it. Anything else is not ours to replace.
+        with contextlib.closing(sqlite3.connect(target)) as db:
+            if db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0] != 0:
+                raise BenchError(f"{target} already holds transactions; the backlog is built in a fresh queue")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
     shm = Path("/dev/shm")
     scratch = Path(tempfile.mkdtemp(prefix="smartpos-fill-", dir=shm if shm.is_dir() else None))
     total = 0

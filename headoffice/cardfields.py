@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 from headoffice.keystore import Keystore
-from protocol.carddata import validate_pan
 from protocol.envelope import EnvelopeError
 from protocol.errors import ValidationError
 from protocol.tokens import card_token
@@ -33,13 +32,13 @@ def card_matches(keystore: Keystore, card: dict[str, Any], *, token: str | None,
     """The envelope's PAN is the card the transaction's token, masked PAN and last 4 describe (a terminal cannot
     attach one card's data to another card's transaction without head office noticing)."""
     pan = card.get("pan")
-    if not isinstance(pan, str):
+    if not isinstance(pan, str) or token is None:
         return False
     try:
-        validate_pan(pan)
+        expected = card_token(keystore.token_key(), pan)  # validates the PAN too
     except ValidationError:
         return False
-    if token is None or not hmac.compare_digest(card_token(keystore.token_key(), pan), token):
+    if not hmac.compare_digest(expected, token):
         return False
     if pan_last4 is not None and pan_last4 != pan[-4:]:
         return False

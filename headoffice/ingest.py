@@ -75,6 +75,7 @@ class PreparedRow:
     row: dict[str, Any] | None
     status: str
     reason: str | None
+    values: tuple[Any, ...] | None = None  # ``row`` in _ROW_COLUMNS order, for COPY
 
 
 def _sequences(payload: Any) -> tuple[list[dict[str, Any]], list[int]]:
@@ -115,7 +116,8 @@ def prepare_page(payload: Any, terminal_id: str, keystore: Keystore) -> list[Pre
                 row, status = _accepted_row(terminal_id, wire, keystore), "accepted"
             except _Rejected as exc:
                 row, status, reason = _rejected_row(wire, exc.reason), "rejected", exc.reason
-        prepared.append(PreparedRow(seq, wire.get("hash"), claimed_prev, error, row, status, reason))
+        prepared.append(PreparedRow(seq, wire.get("hash"), claimed_prev, error, row, status, reason,
+                                    None if row is None else _ROW_VALUES(row)))
     return prepared
 
 
@@ -146,9 +148,9 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
             )
         }
 
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[PreparedRow, int]] = []
     batch_ids: dict[int, int] = {}
-    terminal_id, merchant_id = terminal.id, terminal.merchant_id
+    terminal_id = terminal.id
     now = utcnow()
     stop_reason: str | None = None
     for p in prepared:
@@ -184,14 +186,12 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         batch_id = batch_ids.get(batch_no)
         if batch_id is None:
             batch_id = batch_ids[batch_no] = batch_service.batch_id_for(session, terminal, batch_no)
-        rows.append({**p.row, "terminal_id": terminal_id, "sequence": seq, "merchant_id": merchant_id,
-                     "batch_id": batch_id, "received_at": now, "prev_hash": p.prev_hash, "chain_hash": p.hash,
-                     "status": p.status, "reject_reason": p.reason})
+        rows.append((p, batch_id))
         results.append({"sequence": seq, "status": p.status, "reason": p.reason, "duplicate": False})
         head_seq, head_hash = seq, p.hash
 
     if rows:
-        _insert(session, rows)
+        _insert(session, terminal, rows, now)
         terminal.head_sequence = head_seq
         terminal.head_hash = head_hash
     session.flush()
@@ -205,23 +205,35 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
     }
 
 
-_COLUMNS = tuple(c.name for c in Transaction.__table__.columns if c.name != "id")
-_COPY_VALUES = itemgetter(*_COLUMNS)
+# Columns known only under the terminal's lock; all the others come from prepare_page (PreparedRow.values).
+_APPLY_COLUMNS = ("terminal_id", "sequence", "merchant_id", "batch_id", "received_at", "prev_hash", "chain_hash",
+                  "status", "reject_reason")
+_ROW_COLUMNS = tuple(c.name for c in Transaction.__table__.columns if c.name not in ("id", *_APPLY_COLUMNS))
+_ROW_VALUES = itemgetter(*_ROW_COLUMNS)
+_COPY = f"COPY transactions ({', '.join((*_APPLY_COLUMNS, *_ROW_COLUMNS))}) FROM STDIN"
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+def _insert(session: Session, terminal: Terminal, rows: list[tuple[PreparedRow, int]], now: Any) -> None:
     """PostgreSQL: COPY straight into the table (several times faster than INSERT). Safe without ON CONFLICT
     because the terminal's row lock is held and continuity was checked; the unique (terminal, sequence)
     constraint still refuses a duplicate, failing the whole page rather than storing anything twice."""
+    terminal_id, merchant_id = terminal.id, terminal.merchant_id
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        session.execute(insert(Transaction), rows)
+        session.execute(insert(Transaction), [
+            {**p.row, "terminal_id": terminal_id, "sequence": p.sequence, "merchant_id": merchant_id,  # type: ignore[dict-item]
+             "batch_id": batch_id, "received_at": now, "prev_hash": p.prev_hash, "chain_hash": p.hash,
+             "status": p.status, "reject_reason": p.reason}
+            for p, batch_id in rows
+        ])
         return
     driver = connection.connection.driver_connection
-    with driver.cursor() as cur, cur.copy(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+    with driver.cursor() as cur, cur.copy(_COPY) as copy:
         write_row = copy.write_row
-        for row in rows:
-            write_row(_COPY_VALUES(row))
+        for p, batch_id in rows:
+            values = p.values if p.values is not None else _ROW_VALUES(p.row)
+            write_row((terminal_id, p.sequence, merchant_id, batch_id, now, p.prev_hash, p.hash, p.status, p.reason,
+                       *values))
 
 
 _TYPES = ("sale", "refund", "void")
@@ -286,30 +298,33 @@ def _accepted_row(terminal_id: str, wire: dict[str, Any], keystore: Keystore) ->
             raise _Rejected("envelope_mismatch")
         aad = f"{terminal_id}:{fields.get('sequence')}".encode()
         card_data = keystore.encrypt_card_data(orjson.dumps(card), aad)
-    return {
+    row = {
         "uuid": txn_uuid,
         "batch_no": batch_no,
         "type": type_,
         "amount_minor": amount,
         "currency": currency,
-        "scheme": _text(fields, "scheme", 20),
-        "aid": _text(fields, "aid", 32),
-        "label": _text(fields, "label", 64),
-        "entry_mode": _text(fields, "entry_mode", 20),
         "masked_pan": masked,
         "pan_last4": pan_last4,
         "wallet": bool(fields.get("wallet")),
         "token": token,
         "auth_mode": auth_mode,
-        "auth_code": _text(fields, "auth_code", 12),
-        "auth_reason": _text(fields, "auth_reason", 100),
-        "auth_id": _text(fields, "auth_id", 64),
-        "reference": _text(fields, "reference", 100),
-        "void_of": _text(fields, "void_of", 36),
-        "created_at": _text(fields, "created_at", 40, required=True),
-        "envelope_sha256": _text(fields, "envelope_sha256", 64),
         "card_data": card_data,
     }
+    for key, limit in _TAIL_TEXT:
+        value = fields.get(key)
+        # The common case inline: text shorter than any limit and than any card number needs no further check.
+        if (value is None and key != "created_at") or (value.__class__ is str and len(value) < _SHORTEST_CARD_DATA):
+            row[key] = value
+        else:
+            row[key] = _text(fields, key, limit, required=key == "created_at")
+    return row
+
+
+# The plain text fields checked after the card data, in the order their problems are reported. Every limit is at
+# least _SHORTEST_CARD_DATA, which the inline case in _accepted_row relies on.
+_TAIL_TEXT = (("scheme", 20), ("aid", 32), ("label", 64), ("entry_mode", 20), ("auth_code", 12), ("auth_reason", 100),
+              ("auth_id", 64), ("reference", 100), ("void_of", 36), ("created_at", 40), ("envelope_sha256", 64))
 
 
 def _rejected_row(wire: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +49,6 @@ class FileKeystore:
         self._opener = Opener(self._private)
         self._token = self._read(TOKEN_KEY, 32)
         self._aead = AESGCM(self._read(DATA_KEY, 32))
-        self._nonce_lock = threading.Lock()
         self._nonces: list[bytes] = []
         self._nonce_pid = os.getpid()
 
@@ -80,14 +78,18 @@ class FileKeystore:
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
     def _nonce(self) -> bytes:
-        """A random 96-bit nonce. Drawn from the OS in blocks: one getrandom call per row released the GIL for
-        every row and made ingestion threads queue for it again; the nonces are exactly as random."""
-        with self._nonce_lock:
-            if not self._nonces or self._nonce_pid != os.getpid():  # a forked child must not reuse the parent's
-                block = os.urandom(_NONCE_BYTES * _NONCES_PER_DRAW)
-                self._nonces = [block[i:i + _NONCE_BYTES] for i in range(0, len(block), _NONCE_BYTES)]
-                self._nonce_pid = os.getpid()
-            return self._nonces.pop()
+        """A random 96-bit nonce. Drawn from the OS in blocks: a getrandom call per row releases the GIL, and
+        with several upload threads in a worker each release costs a GIL hand-over; the nonces are as random.
+        ``list.pop`` is atomic, so no nonce is handed out twice; a forked child draws its own."""
+        while True:
+            if self._nonce_pid == os.getpid():
+                try:
+                    return self._nonces.pop()
+                except IndexError:
+                    pass
+            block = os.urandom(_NONCE_BYTES * _NONCES_PER_DRAW)
+            self._nonces = [block[i:i + _NONCE_BYTES] for i in range(0, len(block), _NONCE_BYTES)]
+            self._nonce_pid = os.getpid()
 
     def decrypt_card_data(self, blob: bytes, associated: bytes) -> bytes:
         return self._aead.decrypt(blob[:12], blob[12:], associated)

@@ -317,6 +317,14 @@ def _make_engine(path: Path, *, max_db_bytes: int | None, busy_timeout_s: float)
     return engine
 
 
+@functools.cache
+def _packaged_head() -> str:
+    """The newest packaged revision id, without importing Alembic (~10 MB the daemon would keep resident): each
+    migration file is named for its revision id (``NNNN_name.py``, ``revision = "NNNN_name"``), numbered in order."""
+    names = sorted(f.stem for f in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1] if names else ""
+
+
 def _alembic_config() -> Any:
     from alembic.config import Config
 
@@ -341,11 +349,6 @@ def head_revision() -> str:
 
 def _migrate(engine: Engine, path: Path, *, fresh: bool, target: str = "head") -> None:
     """Bring the schema to ``target`` inside one BEGIN IMMEDIATE transaction (all or nothing)."""
-    from alembic import command
-
-    cfg = _alembic_config()
-    script = _scripts()
-    head = script.get_current_head()
     with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
         names = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars())
         current: list[str] = []
@@ -357,6 +360,13 @@ def _migrate(engine: Engine, path: Path, *, fresh: bool, target: str = "head") -
                 f"{path} is an SQLite database but not a smartpos offline queue (no schema version); it was not "
                 f"modified. {RECOVERY_HINT}",
             )
+        if target == "head" and current == [_packaged_head()]:
+            return  # already at head: nothing for Alembic to do, so it is not even imported
+        from alembic import command
+
+        cfg = _alembic_config()
+        script = _scripts()
+        head = script.get_current_head()
         for rev in current:
             try:
                 known = script.get_revision(rev)
@@ -404,6 +414,8 @@ def _preflight(path: Path, *, integrity_check: bool, busy_timeout_s: float) -> N
             f"{path} is an SQLite database but not a smartpos offline queue (no schema version); it was not "
             f"modified. {RECOVERY_HINT}",
         )
+    if current == [_packaged_head()]:
+        return
     script = _scripts()
     for rev in current:
         try:

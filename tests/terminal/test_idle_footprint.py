@@ -14,6 +14,7 @@ import pytest
 
 from drivers.printer import PrinterDisconnected, PrinterUnavailable, open_printer
 from terminal.printjobs import PrintSpooler
+from tests.harness.daemon import enroll
 from tests.harness.procs import wait_until
 from tests.terminal import receipt_samples as s
 from tests.terminal.printjob_store import open_store
@@ -77,3 +78,27 @@ def test_prepare_loads_the_receipt_stack_without_printing(tmp_path, tcp_printer,
     finally:
         spooler.stop()
         store.close()
+
+
+_OPEN_QUEUE = """
+import json, sys
+from offline_queue.store import QueueStore
+store = QueueStore.open(sys.argv[1], terminal_id=sys.argv[2])
+batch = store.open_batch()
+store.close()
+print(json.dumps({"alembic": "alembic" in sys.modules, "batch": batch.number, "status": batch.status}))
+"""
+
+
+def test_packaged_head_from_file_names_is_alembics_head():
+    from offline_queue import store
+
+    assert store._packaged_head() == store.head_revision()
+
+
+def test_enrolled_terminal_has_its_queue_and_opens_it_without_alembic(daemon_hq, tmp_path):
+    state, config = tmp_path / "state", tmp_path / "smartpos.toml"
+    enroll(daemon_hq, "T-7", config, state)
+    db = state / "queue.sqlite"
+    assert db.exists()
+    assert _python(_OPEN_QUEUE, str(db), "T-7") == {"alembic": False, "batch": 1, "status": "open"}
