@@ -54,7 +54,7 @@ from offline_queue.models import (
 from offline_queue.risk import RiskStats
 from offline_queue.totals import compute_totals
 from protocol.amounts import validate_amount, validate_currency
-from protocol.chain import GENESIS, WIRE_FIELDS, chain_hash, verify_chain
+from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, chain_hash, verify_chain
 from protocol.errors import ValidationError
 from protocol.tokens import is_token
 
@@ -65,31 +65,10 @@ _PAYMENT_MODES = ("prefer-online", "require-online", "force-offline")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _UNSYNCED = t.UNSYNCED_SQL
 
+# Every column a ``Transaction`` is built from: the chained (uploaded) fields plus the local ones.
 _TXN_COLUMNS: tuple[str, ...] = (
-    "uuid",
-    "terminal_id",
-    "sequence",
-    "batch",
-    "type",
-    "created_at",
-    "amount_minor",
-    "currency",
-    "scheme",
-    "masked_pan",
-    "pan_last4",
-    "token",
-    "aid",
-    "label",
-    "entry_mode",
-    "wallet",
-    "auth_mode",
-    "auth_code",
-    "auth_reason",
-    "auth_id",
-    "reference",
-    "void_of",
+    *CHAINED_FIELDS,
     "voided_by",
-    "envelope_sha256",
     "prev_hash",
     "hash",
     "idempotency_key",
