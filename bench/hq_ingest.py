@@ -85,9 +85,9 @@ def uid_reads(n: int) -> Iterator[Any]:
 
 
 def protected_cards(token_key: bytes, hq_public_pem: bytes, n: int, *, uid: bool = False,
-                    per_key: int = 4) -> list[Card]:
+                    per_key: int = sync_drain.DEFAULT_PER_CHAIN) -> list[Card]:
     """``n`` taps protected by the terminal's real code: EMV cards each with its own sealed envelope (``per_key``
-    envelopes per ephemeral key, see sync_drain.protect_at_pace), or UID cards (token only)."""
+    envelopes per key chain, see sync_drain.protect_at_pace), or UID cards (token only)."""
     from offline_queue.cardprotect import CardProtection
 
     reads = uid_reads(n) if uid else sync_drain.card_reads(n)
@@ -156,23 +156,37 @@ def build_pages(term: Terminal, cards: list[Card], page_size: int) -> None:
     term.pages = [orjson.dumps({"transactions": rows[i:i + page_size]}) for i in range(0, len(rows), page_size)]
 
 
-def upload_all(url: str, terminals: list[Terminal]) -> float:
-    """All terminals at once, each its pages in order; returns the wall time from the common start to the last
-    answer. Any non-200 or rejected row fails the run."""
+def run_together(threads: list[threading.Thread], barrier: threading.Barrier) -> float:
+    """Start ``threads`` (each waits on ``barrier`` before its timed part), release them at once and return the
+    wall time from the release to the end of the last one."""
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def upload_all(url: str, terminals: list[Terminal], inflight: int = 2) -> float:
+    """All terminals at once, each its pages in order with up to ``inflight`` on the wire, as the terminal's
+    SyncEngine sends them (one keep-alive connection per page in flight; head office applies a page that overtook
+    its predecessor once that one is in). Returns the wall time from the common start to the last answer. Any
+    non-200 or rejected row fails the run."""
     import httpx
     import orjson
 
     from protocol.signing import sign_request
 
     errors: list[str] = []
-    start = threading.Barrier(len(terminals) + 1)
+    start = threading.Barrier(len(terminals) * inflight + 1)
 
-    def run(term: Terminal) -> None:
+    def run(term: Terminal, lane: int) -> None:
         path = f"/api/v1/terminals/{term.id}/transactions"
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
                 start.wait()
-                for body in term.pages:
+                for body in term.pages[lane::inflight]:
                     headers = sign_request(term.key, term.id, "POST", path, body)
                     headers["content-type"] = "application/json"
                     r = client.post(path, content=body, headers=headers)
@@ -189,14 +203,8 @@ def upload_all(url: str, terminals: list[Terminal]) -> float:
             with contextlib.suppress(threading.BrokenBarrierError):
                 start.abort()
 
-    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in terminals]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    threads = [threading.Thread(target=run, args=(t, lane), daemon=True) for t in terminals for lane in range(inflight)]
+    elapsed = run_together(threads, start)
     if errors:
         raise BenchError("uploads failed: " + "; ".join(errors[:3]))
     return elapsed
@@ -214,15 +222,17 @@ def stored(db_url: str, terminal_ids: list[str]) -> tuple[int, int, int]:
 
 
 def copy_floor(db_url: str, terminal_ids: list[str], page_size: int) -> dict[str, float]:
-    """rows/s of COPY for exactly the rows head office stored for ``terminal_ids``: over one connection, and
-    over one connection per terminal at once. One commit per ``page_size`` rows, like the uploads."""
+    """rows/s of COPY for exactly the rows head office stored for ``terminal_ids``, read back and sent again as
+    they are (the client does no formatting): in the text and in the binary format, each over one connection
+    and over one connection per terminal at once. One commit per ``page_size`` rows, like the uploads. The floor
+    is the fastest of the four."""
     import psycopg
 
     from headoffice.models import Transaction
 
     url = sync_drain.psycopg_url(db_url)
     columns = ", ".join(c.name for c in Transaction.__table__.columns if c.name != "id")
-    per_terminal: dict[str, list[list[bytes]]] = {}
+    pages: dict[str, dict[str, list[bytes]]] = {"text": {}, "binary": {}}
     with psycopg.connect(url, autocommit=True) as conn:
         for tid in terminal_ids:
             lines: list[bytes] = []
@@ -230,44 +240,53 @@ def copy_floor(db_url: str, terminal_ids: list[str], page_size: int) -> dict[str
                                     "ORDER BY sequence) TO STDOUT", (tid,)) as copy:
                 lines.extend(bytes(chunk) for chunk in copy)
             data = b"".join(lines).splitlines(keepends=True)
-            per_terminal[tid] = [b"".join(data[i:i + page_size]) for i in range(0, len(data), page_size)]
+            pages["text"][tid] = [b"".join(data[i:i + page_size]) for i in range(0, len(data), page_size)]
+            binary_pages = []
+            for first in range(1, len(data) + 1, page_size):
+                chunks: list[bytes] = []
+                with conn.cursor().copy(f"COPY (SELECT {columns} FROM transactions WHERE terminal_id = %s AND "
+                                        "sequence BETWEEN %s AND %s ORDER BY sequence) TO STDOUT (FORMAT BINARY)",
+                                        (tid, first, first + page_size - 1)) as copy:
+                    chunks.extend(bytes(chunk) for chunk in copy)
+                binary_pages.append(b"".join(chunks))
+            pages["binary"][tid] = binary_pages
         conn.execute("DROP TABLE IF EXISTS bench_copy_floor")
         conn.execute("CREATE TABLE bench_copy_floor (LIKE transactions INCLUDING ALL)")
-    count = sum(p.count(b"\n") for pages in per_terminal.values() for p in pages)
+    count = sum(p.count(b"\n") for per in pages["text"].values() for p in per)
 
-    def load(pages: list[bytes], barrier: threading.Barrier | None = None) -> None:
+    def load(fmt: str, term_pages: list[bytes], barrier: threading.Barrier | None = None) -> None:
+        option = " (FORMAT BINARY)" if fmt == "binary" else ""
         with psycopg.connect(url) as c:
             if barrier is not None:
                 barrier.wait()
-            for page in pages:
-                with c.cursor().copy(f"COPY bench_copy_floor ({columns}) FROM STDIN") as copy:
+            for page in term_pages:
+                with c.cursor().copy(f"COPY bench_copy_floor ({columns}) FROM STDIN{option}") as copy:
                     copy.write(page)
                 c.commit()
 
     def fresh() -> None:
         with psycopg.connect(url, autocommit=True) as c:
             c.execute("TRUNCATE bench_copy_floor")
-            c.execute("CHECKPOINT")  # both variants start without the other's dirty buffers to write
+            c.execute("CHECKPOINT")  # every variant starts without the previous one's dirty buffers to write
 
+    rates: dict[str, float] = {}
     try:
-        fresh()
-        t0 = time.perf_counter()
-        load([p for pages in per_terminal.values() for p in pages])
-        one = count / (time.perf_counter() - t0)
-        fresh()
-        barrier = threading.Barrier(len(per_terminal) + 1)
-        threads = [threading.Thread(target=load, args=(pages, barrier)) for pages in per_terminal.values()]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        parallel = count / (time.perf_counter() - t0)
+        for fmt in ("text", "binary"):
+            fresh()
+            t0 = time.perf_counter()
+            for term_pages in pages[fmt].values():
+                load(fmt, term_pages)
+            rates[f"{fmt}_one_conn"] = count / (time.perf_counter() - t0)
+            fresh()
+            barrier = threading.Barrier(len(pages[fmt]) + 1)
+            threads = [threading.Thread(target=load, args=(fmt, term_pages, barrier))
+                       for term_pages in pages[fmt].values()]
+            rates[f"{fmt}_parallel"] = count / run_together(threads, barrier)
     finally:
         with psycopg.connect(url, autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS bench_copy_floor")
-    return {"one_conn": one, "parallel": parallel, "rows": count}
+    return {**rates, "one_conn": max(rates["text_one_conn"], rates["binary_one_conn"]),
+            "parallel": max(rates["text_parallel"], rates["binary_parallel"]), "rows": count}
 
 
 def ceiling(*us_per_txn: float | None) -> int | None:
@@ -298,6 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     uid_rates: list[float] = []
     copy_one: list[float] = []
     copy_par: list[float] = []
+    copy_formats: list[dict[str, int]] = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(session_dirs())
         db_url = stack.enter_context(sync_drain.database(stack.enter_context(sync_drain.postgres()), "ingest"))
@@ -312,17 +332,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for kind in ("emv", "uid") if args.uid else ("emv",):
                 enrolled = [enroll(url, db_url, f"T-r{rnd}-{kind}-{i}") for i in range(args.terminals)]
                 terminals = [t for t, _, _ in enrolled]
-                # Sealed afresh every round: head office caches the key derived per ephemeral key, and envelopes
-                # of an earlier round would find theirs cached.
+                # Sealed afresh every round: head office remembers the key chains it has seen, and envelopes
+                # of an earlier round would find theirs remembered.
                 if kind == "emv" or kind not in cards:
                     _, token_key, hq_pem = enrolled[0]
-                    made = protected_cards(token_key, hq_pem, n, uid=kind == "uid", per_key=args.envelopes_per_key)
+                    made = protected_cards(token_key, hq_pem, n, uid=kind == "uid", per_key=args.envelopes_per_chain)
                     cards[kind] = [made[i * per_terminal:(i + 1) * per_terminal] for i in range(args.terminals)]
                 for term, term_cards in zip(terminals, cards[kind], strict=True):
                     build_pages(term, term_cards, args.page_size)
                 checkpoint(db_url)  # each timed phase starts without the previous phase's dirty buffers
                 meter.start()
-                elapsed = upload_all(url, terminals)
+                elapsed = upload_all(url, terminals, args.inflight)
                 cpu[kind].append(meter.per_txn(n))
                 ids = [t.id for t in terminals]
                 rows, accepted, total = stored(db_url, ids)
@@ -339,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 floor = copy_floor(db_url, ids, args.page_size)
                 copy_one.append(floor["one_conn"])
                 copy_par.append(floor["parallel"])
+                copy_formats.append({k: round(v) for k, v in floor.items() if "_" in k and k != "one_conn"})
                 print(f"round {rnd + 1}/{args.rounds}: ingest {n / elapsed:,.0f} txn/s ({elapsed:.2f} s); COPY "
                       f"{floor['one_conn']:,.0f} rows/s on 1 connection, {floor['parallel']:,.0f} on "
                       f"{args.terminals}", file=sys.stderr, flush=True)
@@ -358,6 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "copy_parallel_rows_per_s": round(statistics.median(copy_par)),
         "ingest_txn_per_s_rounds": [round(r) for r in ingest_rates],
         "copy_rows_per_s_rounds": [round(max(a, b)) for a, b in zip(copy_one, copy_par, strict=True)],
+        "copy_by_format_rows_per_s_rounds": copy_formats,
         "ingest_uid_txn_per_s": round(statistics.median(uid_rates)) if uid_rates else None,
         "ratio_uid_vs_copy": round(statistics.median(uid_rates) / copy, 3) if uid_rates else None,
         "hq_cpu_us_per_txn": median_cpu("emv", "hq_cpu_us_per_txn"),
@@ -373,9 +395,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "txn_per_round": n,
         "page_size": args.page_size,
         "hq_workers": args.hq_workers,
+        "inflight_per_terminal": args.inflight,
         "backend": "postgresql",
         "sealed_envelopes": True,
-        "envelopes_per_key": args.envelopes_per_key,
+        "envelopes_per_chain": args.envelopes_per_chain,
         "target_txn_per_s": 10_000,
         "target_ratio_vs_copy": 0.25,
         "target_met": ingest >= 10_000 and ingest / copy >= 0.25,
@@ -390,12 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terminals", type=int, default=4, help="terminals uploading at once (default 4)")
     parser.add_argument("--page-size", type=int, default=1000, help="transactions per upload (default 1000)")
     parser.add_argument("--hq-workers", type=int, default=2, help="smartpos-hq serve --workers (default 2)")
+    parser.add_argument("--inflight", type=int, default=2,
+                        help="pages on the wire per terminal, as the terminal's SyncEngine sends them (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="ingest+COPY rounds, medians reported (default 3)")
     parser.add_argument("--uid", action=argparse.BooleanOptionalAction, default=True,
                         help="per round, also ingest UID-card transactions (no envelope to open) (default on)")
     sync_drain.add_pace_option(parser)
     args = parser.parse_args(argv)
-    if min(args.terminals, args.page_size, args.hq_workers, args.rounds) < 1 or args.n < args.terminals:
+    if min(args.terminals, args.page_size, args.hq_workers, args.rounds, args.inflight) < 1 or args.n < args.terminals:
         parser.error("--terminals, --page-size, --hq-workers, --rounds must be >= 1 and --n >= --terminals")
     try:
         with sync_drain.interrupt_on_signals():

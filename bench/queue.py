@@ -74,11 +74,16 @@ def fresh(path: Path) -> None:
             pass
 
 
-def run_record(store: QueueStore, protection: CardProtection, n: int, latencies: list[float]) -> float:
+def interleaved_round(store: QueueStore, protection: CardProtection, raw: sqlite3.Connection, row: bytes, queue,
+                      item: dict, n: int, latencies: list[float]) -> tuple[float, float, float]:
+    """``n`` durable writes of each kind, taken in turns (ours, raw, persist-queue, ours, ...) so that a change in
+    the disk's fsync speed, which drifts by the second on a shared machine, hits all three alike. Returns the
+    three rates (writes per second of time spent in each)."""
     card = BenchCard()
-    start = time.perf_counter()
+    spent = [0.0, 0.0, 0.0]
+    clock = time.perf_counter
     for i in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         store.record(
             type="sale",
             amount_minor=100 + i,
@@ -87,22 +92,16 @@ def run_record(store: QueueStore, protection: CardProtection, n: int, latencies:
             auth={"mode": "offline"},
             reference=f"R-{i}",
         )
-        latencies.append(time.perf_counter() - t0)
-    return n / (time.perf_counter() - start)
-
-
-def run_raw(db: sqlite3.Connection, row: bytes, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        db.execute("INSERT INTO t (payload) VALUES (?)", (row,))  # autocommit: one durable commit per row
-    return n / (time.perf_counter() - start)
-
-
-def run_pq(queue, item: dict, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
+        t1 = clock()
+        raw.execute("INSERT INTO t (payload) VALUES (?)", (row,))  # autocommit: one durable commit per row
+        t2 = clock()
         queue.put(item)
-    return n / (time.perf_counter() - start)
+        t3 = clock()
+        latencies.append(t1 - t0)
+        spent[0] += t1 - t0
+        spent[1] += t2 - t1
+        spent[2] += t3 - t2
+    return n / spent[0], n / spent[1], n / spent[2]
 
 
 def fill_backlog(store: QueueStore, protection: CardProtection, n: int) -> None:
@@ -169,9 +168,10 @@ def main() -> None:
 
         ours, raws, pqs, latencies = [], [], [], []
         for _ in range(args.rounds):
-            ours.append(run_record(store, protection, args.per_round, latencies))
-            raws.append(run_raw(raw, row, args.per_round))
-            pqs.append(run_pq(pq, item, args.per_round))
+            o, r, q = interleaved_round(store, protection, raw, row, pq, item, args.per_round, latencies)
+            ours.append(o)
+            raws.append(r)
+            pqs.append(q)
         raw.close()
         pq.close()
         store.close()

@@ -359,14 +359,19 @@ def amount_of(i: int) -> int:
     return 100 + (i * 37) % 9900
 
 
-MAX_ENVELOPES_PER_KEY = 64  # offline_queue's Sealer: an ephemeral key seals at most 64 envelopes, for at most 60 s
+# The terminal's Sealer (protocol.envelope): a key chain seals at most 1024 envelopes, for at most 60 minutes.
+MAX_ENVELOPES_PER_CHAIN = 1024
+CHAIN_MINUTES = 60
+SALES_PER_MINUTE = 4  # a steady till
+DEFAULT_PER_CHAIN = min(SALES_PER_MINUTE * CHAIN_MINUTES, MAX_ENVELOPES_PER_CHAIN)
 
 
 def protect_at_pace(reads: Iterable[Any], make: Callable[[], Any], per_key: int) -> Iterator[Any]:
-    """``CardProtection.protect`` for each read, with a fresh ``CardProtection`` (so a fresh ephemeral envelope key)
-    every ``per_key`` reads. The terminal's Sealer uses a key for at most 64 envelopes and 60 s, so a backlog
-    recorded at R sales a minute has min(R, 64) envelopes per key -- and head office pays one X25519 agreement per
-    key. A bench fill runs far faster than any till, so it sets that ratio explicitly instead of by accident."""
+    """``CardProtection.protect`` for each read, with a fresh ``CardProtection`` (so a fresh envelope key chain)
+    every ``per_key`` reads. The terminal's Sealer uses a chain for at most 1024 envelopes and 60 minutes, so a
+    backlog recorded at R sales a minute has min(60 R, 1024) envelopes per chain -- and head office pays one X25519
+    agreement per chain. A bench fill runs far faster than any till, so it sets that ratio explicitly instead of
+    by accident."""
     protection = None
     try:
         for i, read in enumerate(reads):
@@ -382,7 +387,7 @@ def protect_at_pace(reads: Iterable[Any], make: Callable[[], Any], per_key: int)
 
 def fill_backlog(config: Path, n: int, *, per_key: int) -> tuple[int, float, str]:
     """Records ``n`` offline sales through ``QueueStore.record`` (the store offers no bulk path), each card
-    protected by ``CardProtection`` (own sealed envelope; ``per_key`` envelopes per ephemeral key). Returns
+    protected by ``CardProtection`` (own sealed envelope; ``per_key`` envelopes per key chain). Returns
     (total amount, seconds, how).
 
     The fill is set-up, not what is measured, and one fsync per sale (synchronous=FULL) makes it ~260 sales/s on
@@ -426,7 +431,7 @@ def fill_backlog(config: Path, n: int, *, per_key: int) -> tuple[int, float, str
         os.sync()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    how = (f"QueueStore.record per sale (own sealed envelope each, {per_key} per ephemeral key), filled on tmpfs, "
+    how = (f"QueueStore.record per sale (own sealed envelope each, {per_key} per key chain), filled on tmpfs, "
            "file moved to disk for the drain")
     return total, time.perf_counter() - start, how
 
@@ -496,7 +501,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hq_cli(home, db_url, "merchants", "set", "M-bench", "--name", "Bench Shop")
         hq = stack.enter_context(head_office(db_url, home, workers=args.hq_workers))
         config = enroll_terminal(hq.url, home, db_url, tmp, terminal_id)
-        expected_total, fill_s, fill_how = fill_backlog(config, args.n, per_key=args.envelopes_per_key)
+        expected_total, fill_s, fill_how = fill_backlog(config, args.n, per_key=args.envelopes_per_chain)
         meter = CpuMeter(hq.pid, database_name(db_url), self_label="terminal")
         elapsed, result, left, cpu = drain(config, page_size=args.page_size, inflight=args.inflight, meter=meter)
         held = hq_holdings(db_url, terminal_id)
@@ -524,7 +529,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "backend": "postgresql",
         "hq_accepted": held["accepted"],
         "totals_equal": held["total_minor"] == expected_total,
-        "envelopes_per_key": args.envelopes_per_key,
+        "envelopes_per_chain": args.envelopes_per_chain,
         "fill_path": fill_how,
         "fill_s": round(fill_s, 1),
         **cpu,
@@ -536,15 +541,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_pace_option(parser: argparse.ArgumentParser) -> None:
-    def per_key(text: str) -> int:
+    def per_chain(text: str) -> int:
         value = int(text)
-        if not 1 <= value <= MAX_ENVELOPES_PER_KEY:
-            raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ENVELOPES_PER_KEY}")
+        if not 1 <= value <= MAX_ENVELOPES_PER_CHAIN:
+            raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ENVELOPES_PER_CHAIN}")
         return value
 
-    parser.add_argument("--envelopes-per-key", type=per_key, default=4, metavar="K",
-                        help="envelopes sealed per ephemeral key, i.e. the till's sales per minute (a key lives "
-                             "<= 60 s, <= 64 envelopes); 1 = every sale its own key, 64 = a rush (default 4)")
+    parser.add_argument("--envelopes-per-chain", type=per_chain, default=DEFAULT_PER_CHAIN, metavar="K",
+                        help="envelopes sealed per envelope key chain: a chain lives <= 60 min and <= 1024 "
+                             "envelopes, so a till making R sales a minute gives min(60 R, 1024); 1 = every sale "
+                             f"its own chain (the worst case) (default {DEFAULT_PER_CHAIN}: {SALES_PER_MINUTE} sales "
+                             "a minute)")
 
 
 def main(argv: list[str] | None = None) -> int:

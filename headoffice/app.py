@@ -246,10 +246,13 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         raw = _decoded(body, request.headers.get("content-encoding"))
         # 1. who is it (signature, nonce) - short transaction, before any expensive work is done for the caller
         # (no last_seen update here: that row write would queue behind a pipelined predecessor's lock)
-        await hq.call(hq.terminal_call(request, body, lambda _s, t: t.id, path_terminal=terminal_id, touch=False))
+        known_head = await hq.call(hq.terminal_call(request, body, lambda _s, t: t.head_sequence,
+                                                    path_terminal=terminal_id, touch=False))
         # 2. the CPU work per row, outside any lock or transaction (parsing included: the event loop stays free for
         # the worker's other connections, and the parsed page is also released in the thread)
-        prepared = await run_in_threadpool(lambda: ingest.prepare_page(_parse(raw), terminal_id, hq.keystore))
+        prepared = await run_in_threadpool(
+            lambda: ingest.prepare_page(_parse(raw), terminal_id, hq.keystore, known_head=known_head)
+        )
 
         # 3. continue the chain under the terminal's row lock
         def apply(session: Session, wait_ahead: bool) -> dict[str, Any]:

@@ -9,9 +9,8 @@ from typing import Any
 from headoffice.keystore import Keystore
 from protocol.envelope import EnvelopeError
 from protocol.errors import ValidationError
-from protocol.tokens import card_token
 
-_MASKED = re.compile(r"^[0-9]{0,8}\*{3,15}[0-9]{0,4}$")
+_MASKED = re.compile(r"^[0-9]{0,8}\*{3,15}[0-9]{0,4}\Z")
 
 
 def is_masked(value: str) -> bool:
@@ -35,7 +34,7 @@ def card_matches(keystore: Keystore, card: dict[str, Any], *, token: str | None,
     if not isinstance(pan, str) or token is None:
         return False
     try:
-        expected = card_token(keystore.token_key(), pan)  # validates the PAN too
+        expected = keystore.card_token(pan)  # validates the PAN too
     except ValidationError:
         return False
     if not hmac.compare_digest(expected, token):

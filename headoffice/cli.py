@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import click
 
+from protocol import __version__
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -54,7 +56,7 @@ def _print_json(doc: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="smartpos-hq")
+@click.version_option(__version__, prog_name="smartpos-hq")
 def cli() -> None:
     """smartpos head office: ingestion, online authorization, settlement batches."""
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocol.envelope import Opener
+from protocol.tokens import CardTokens
 
 ENVELOPE_KEY = "hq_x25519.pem"
 TOKEN_KEY = "token.key"  # noqa: S105 (a file name, not a secret)
@@ -36,6 +37,7 @@ class Keystore(Protocol):
     def open_envelope(self, sealed: str) -> dict[str, Any]: ...
     def envelope_public_key(self) -> X25519PublicKey: ...
     def token_key(self) -> bytes: ...
+    def card_token(self, pan: str) -> str: ...
     def encrypt_card_data(self, plaintext: bytes, associated: bytes) -> bytes: ...
     def decrypt_card_data(self, blob: bytes, associated: bytes) -> bytes: ...
 
@@ -48,6 +50,7 @@ class FileKeystore:
         self._private = self._load_private()
         self._opener = Opener(self._private)
         self._token = self._read(TOKEN_KEY, 32)
+        self._tokens = CardTokens(self._token)
         self._aead = AESGCM(self._read(DATA_KEY, 32))
         self._nonces: list[bytes] = []
         self._nonce_pid = os.getpid()
@@ -72,6 +75,11 @@ class FileKeystore:
 
     def token_key(self) -> bytes:
         return self._token
+
+    def card_token(self, pan: str) -> str:
+        """The terminals' token of ``pan`` (``protocol.tokens.card_token`` under the token key); ``ValidationError``
+        for something that is not a PAN. (A KMS keystore would compute it inside the KMS.)"""
+        return self._tokens(pan)
 
     def encrypt_card_data(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = self._nonce()

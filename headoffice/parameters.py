@@ -19,7 +19,7 @@ from headoffice.clock import utcnow
 from headoffice.errors import HQError
 from headoffice.models import ParameterSet
 
-_TOKEN_RE = re.compile(r"^[0-9a-f]{64}$")
+_TOKEN_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def _risk_defaults() -> dict[str, Any]:

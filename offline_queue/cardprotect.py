@@ -18,7 +18,7 @@ from protocol import envelope as envelope_mod
 from protocol.carddata import has_track2, last4, luhn_ok, mask_pan, validate_pan
 from protocol.chain import envelope_digest
 from protocol.errors import ValidationError
-from protocol.tokens import card_token, load_token_key, uid_token
+from protocol.tokens import CardTokens, load_token_key, uid_token
 
 PAN_MASKS = ("bin6", "bin8")
 
@@ -56,7 +56,7 @@ class CardProtection:
     def __init__(self, token_key: bytes, hq_public_key: X25519PublicKey | bytes, *, pan_mask: str = "bin6") -> None:
         if pan_mask not in PAN_MASKS:
             raise ValidationError("invalid_config", f"pan_mask must be one of {', '.join(PAN_MASKS)}")
-        card_token(token_key, "4111111111111111")  # fail now, not at the first sale, on a bad key
+        self._card_token = CardTokens(token_key)  # a bad key fails here, not at the first sale
         self._token_key = bytes(token_key)
         self._sealer = envelope_mod.Sealer(hq_public_key)
         self._bin8 = pan_mask == "bin8"
@@ -78,7 +78,7 @@ class CardProtection:
         self._sealer.close()
 
     def token_for_pan(self, pan: str) -> str:
-        return card_token(self._token_key, pan)
+        return self._card_token(pan)
 
     def protect(self, card: Any) -> ProtectedCard:
         """``card`` is a ``drivers.cardread.EmvCardRead`` or ``UidCardRead`` (duck-typed on ``kind``)."""
@@ -108,29 +108,33 @@ class CardProtection:
             validate_pan(pan)
         except ValidationError:
             raise ValidationError("invalid_card", "the card read has no valid PAN") from None
+        aid = getattr(card, "aid", None)
+        scheme = getattr(card, "scheme", None)
+        atc = getattr(card, "atc", None)
+        cryptogram = dict(getattr(card, "cryptogram", None) or {})
         payload = {
             "pan": pan,
             "expiry": getattr(card, "expiry", None),
             "track2": getattr(card, "track2", None),
-            "cryptogram": dict(getattr(card, "cryptogram", None) or {}),
-            "aid": getattr(card, "aid", None),
-            "atc": getattr(card, "atc", None),
-            "scheme": getattr(card, "scheme", None),
+            "cryptogram": cryptogram,
+            "aid": aid,
+            "atc": atc,
+            "scheme": scheme,
         }
         sealed = self._sealer.seal(payload)
         return ProtectedCard(
-            scheme=getattr(card, "scheme", None) or "other",
+            scheme=scheme or "other",
             masked_pan=mask_pan(pan, bin8=self._bin8),
             pan_last4=last4(pan),
-            token=card_token(self._token_key, pan),
+            token=self._card_token(pan),
             envelope=sealed,
             envelope_sha256=envelope_digest(sealed),
-            aid=getattr(card, "aid", None),
+            aid=aid,
             label=getattr(card, "label", None),
             entry_mode=getattr(card, "entry_mode", None) or "contactless",
             wallet=bool(getattr(card, "wallet", False)),
-            atc=_atc(getattr(card, "atc", None)),
-            tvr=_tvr(payload["cryptogram"].get("95")),
+            atc=_atc(atc),
+            tvr=_tvr(cryptogram.get("95")),
         )
 
 
@@ -160,6 +164,12 @@ def _pan_shaped(text: str) -> bool:
         if luhn_ok(digits):
             return True
     return False
+
+
+def might_be_card_data(text: str) -> bool:
+    """Cheap necessary condition for :func:`looks_like_card_data` on a string: a run of 12 digits (a PAN has 13+,
+    track 2 starts with the PAN). False means the text is certainly not card data."""
+    return _DIGIT_RUN12.search(text) is not None
 
 
 def looks_like_card_data(value: Any) -> bool:

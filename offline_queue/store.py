@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid as uuid_mod
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 
 from offline_queue import tables as t
-from offline_queue.cardprotect import ProtectedCard, looks_like_card_data
+from offline_queue.cardprotect import ProtectedCard, looks_like_card_data, might_be_card_data
 from offline_queue.errors import (
     RECOVERY_HINT,
     SchemaTooNewError,
@@ -54,15 +55,16 @@ from offline_queue.models import (
 from offline_queue.risk import RiskStats
 from offline_queue.totals import compute_totals
 from protocol.amounts import validate_amount, validate_currency
-from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, chain_hash, verify_chain
+from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, chain_hash_sorted, verify_chain
 from protocol.errors import ValidationError
+from protocol.ids import uuid7
 from protocol.tokens import is_token
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _FINAL_PAYMENT_STATES = frozenset({"approved", "declined", "failed", "cancelled", "timed_out"})
 _PAYMENT_MODES = ("prefer-online", "require-online", "force-offline")
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 _UNSYNCED = t.UNSYNCED_SQL
 
 # Every column a ``Transaction`` is built from: the chained (uploaded) fields plus the local ones.
@@ -129,8 +131,25 @@ _INSERT_SQL = (
 
 
 def utcnow_iso(now: datetime | None = None) -> str:
-    """``2026-11-23T12:00:00.000000Z`` (isoformat: several times cheaper than the equivalent strftime)."""
-    return (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    """``2026-11-23T12:00:00.000000Z``: the form times take in the queue, on the wire and in the hash chain."""
+    if now is None:
+        return iso_from_ns(time.time_ns())
+    return now.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def iso_from_ns(unix_ns: int) -> str:
+    """:func:`utcnow_iso` of a ``time.time_ns()`` reading. The text up to the second is formatted once a second
+    (a sale takes its timestamp and its UUIDv7 from one clock reading, at several times the cost of the rest)."""
+    global _second_prefix
+    second, micros = divmod(unix_ns // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second_prefix = (second, prefix)
+    return f"{prefix}{micros:06d}Z"
 
 
 def parse_time(value: str) -> datetime:
@@ -169,11 +188,13 @@ def _check_text(name: str, value: object, max_len: int, *, card_check: bool = Tr
     return value
 
 
+_AUTH_KEYS = frozenset({"mode", "code", "reason", "auth_id"})
+
+
 def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
     if isinstance(auth, dict):
-        unknown = set(auth) - {"mode", "code", "reason", "auth_id"}
-        if unknown:
-            names = ", ".join(sorted(map(repr, unknown)))
+        if not auth.keys() <= _AUTH_KEYS:
+            names = ", ".join(sorted(map(repr, auth.keys() - _AUTH_KEYS)))
             raise ValidationError("invalid_auth", f"unknown authorization fields: {names}")
         auth = Authorization(
             mode=auth.get("mode"), code=auth.get("code"), reason=auth.get("reason"), auth_id=auth.get("auth_id")
@@ -182,24 +203,60 @@ def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
         raise ValidationError("invalid_auth", "auth must be an Authorization or a dict with mode/code/reason/auth_id")
     if auth.mode not in AUTH_MODES:
         raise ValidationError("invalid_auth", f"authorization mode must be one of {', '.join(AUTH_MODES)}")
-    _check_text("auth_code", auth.code, 16)
-    _check_text("auth_reason", auth.reason, 200)
-    _check_text("auth_id", auth.auth_id, 64)
+    if auth.code is not None or auth.reason is not None or auth.auth_id is not None:
+        _check_text("auth_code", auth.code, 16)
+        _check_text("auth_reason", auth.reason, 200)
+        _check_text("auth_id", auth.auth_id, 64)
     return auth
 
 
-def _check_card(card: object) -> ProtectedCard:
-    if not isinstance(card, ProtectedCard):
-        raise ValidationError(
-            "invalid_card", "record() takes a ProtectedCard (CardProtection.protect(card_read)), never raw card data"
-        )
-    if not is_token(card.token):
-        raise ValidationError("invalid_card", "card token must be 64 lower-case hex characters")
-    for name in ("scheme", "masked_pan", "pan_last4", "aid", "label", "entry_mode"):
-        value = getattr(card, name)
-        if value is not None and (not isinstance(value, str) or len(value) > 64 or looks_like_card_data(value)):
-            raise ValidationError("invalid_card", f"card field {name} is not acceptable")
-    return card
+class _CardCheck:
+    """Checks that a ``ProtectedCard`` carries nothing that looks like card data in its plain fields.
+
+    The fields a card supplies (AID, label) and the ones named from it (scheme, entry mode) repeat from one tap
+    to the next, and a Visa AID holds a 13-digit run that needs the full PAN/track scan every time; so strings
+    found clean are remembered (a bounded set, emptied when full). Nothing found to look like card data is kept.
+    """
+
+    _MAX_REMEMBERED = 512
+
+    def __init__(self) -> None:
+        self._clean: set[str] = set()
+
+    def _is_card_data(self, text: str) -> bool:
+        if text in self._clean:
+            return False
+        if might_be_card_data(text) and looks_like_card_data(text):
+            return True
+        if len(self._clean) >= self._MAX_REMEMBERED:
+            self._clean.clear()
+        self._clean.add(text)
+        return False
+
+    def __call__(self, card: object) -> ProtectedCard:
+        if not isinstance(card, ProtectedCard):
+            raise ValidationError(
+                "invalid_card",
+                "record() takes a ProtectedCard (CardProtection.protect(card_read)), never raw card data",
+            )
+        if not is_token(card.token):
+            raise ValidationError("invalid_card", "card token must be 64 lower-case hex characters")
+        for name, value, repeats in (
+            ("scheme", card.scheme, True), ("masked_pan", card.masked_pan, False),
+            ("pan_last4", card.pan_last4, False), ("aid", card.aid, True), ("label", card.label, True),
+            ("entry_mode", card.entry_mode, True),
+        ):  # fmt: skip
+            if value is None:
+                continue
+            if value.__class__ is not str or len(value) > 64:
+                raise ValidationError("invalid_card", f"card field {name} is not acceptable")
+            if repeats:
+                suspect = self._is_card_data(value)
+            else:
+                suspect = might_be_card_data(value) and looks_like_card_data(value)
+            if suspect:
+                raise ValidationError("invalid_card", f"card field {name} is not acceptable")
+        return card
 
 
 def _runs(sequences: Iterable[int]) -> list[tuple[int, int]]:
@@ -478,6 +535,10 @@ class QueueStore:
         self._wlock = threading.RLock()
         self._writer: Any = engine.raw_connection()
         self._closed = False
+        self._check_card = _CardCheck()
+        # (data_version, open batch, last sequence, last hash) as of this store's last recording commit; valid
+        # while PRAGMA data_version says no other connection has committed since (see ``record``).
+        self._head: tuple[int, int, int | None, str | None] | None = None
 
     # -- lifecycle --
 
@@ -557,11 +618,14 @@ class QueueStore:
     # -- plumbing --
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One BEGIN IMMEDIATE ... COMMIT on the writer connection; any failure rolls back and is typed."""
+    def _write(self, *, keep_head: bool = False) -> Iterator[sqlite3.Cursor]:
+        """One BEGIN IMMEDIATE ... COMMIT on the writer connection; any failure rolls back and is typed.
+        Forgets the remembered chain head (see ``record``) unless ``keep_head``: only ``record`` keeps it."""
         with self._wlock:
             if self._closed:
                 raise StoreError("store_closed", "the offline queue is closed")
+            if not keep_head:
+                self._head = None
             cur = self._writer.cursor()
             try:
                 try:
@@ -612,7 +676,7 @@ class QueueStore:
         data = dict(zip(_TXN_COLUMNS, row, strict=True))
         data["wallet"] = bool(data["wallet"])
         data["envelope_present"] = data["envelope"] is not None
-        return Transaction(**data)
+        return Transaction.of(data)
 
     def _one_txn(self, where: str, params: tuple[Any, ...]) -> Transaction | None:
         with self._raw_read() as cur:
@@ -649,126 +713,162 @@ class QueueStore:
             if currency is not None:
                 validate_currency(currency)
             if card is not None:
-                _check_card(card)
+                self._check_card(card)
         else:
             if void_of is not None:
                 raise ValidationError("invalid_type", "void_of is only allowed on a void")
             validate_amount(amount_minor)
             validate_currency(currency)
-            card = _check_card(card)
+            card = self._check_card(card)
 
-        txn_uuid = str(uuid_mod.uuid4())
-        created_at = utcnow_iso()
-        with self._write() as cur:
-            if idempotency_key is not None:
-                row = cur.execute(f"{_TXN_SELECT} WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                if row is not None:
-                    return self._txn(row)
-            if payment_id is not None:
-                prow = cur.execute("SELECT txn_uuid, state FROM payments WHERE id = ?", (payment_id,)).fetchone()
-                if prow is None:
-                    raise ValidationError("unknown_payment", f"no payment {payment_id!r}")
-                if prow[0] is not None:
-                    return self._txn(cur.execute(f"{_TXN_SELECT} WHERE uuid = ?", (prow[0],)).fetchone())
-                if prow[1] in _FINAL_PAYMENT_STATES:
-                    # E.g. cancelled by the cashier while the authorization was in flight: it stays cancelled.
-                    raise ValidationError("invalid_state", f"payment is already {prow[1]}; nothing recorded")
+        # The lock is held past the commit: the chain head _append remembers is dropped again if the commit
+        # fails, before any other write can start.
+        with self._wlock:
+            try:
+                with self._write(keep_head=True) as cur:
+                    return self._append(cur, type, amount_minor, currency, card, auth, reference, idempotency_key,
+                                        payment_id, void_of)
+            except BaseException:
+                self._head = None
+                raise
+
+    def _append(
+        self,
+        cur: sqlite3.Cursor,
+        type: str,
+        amount_minor: int | None,
+        currency: str | None,
+        card: ProtectedCard | None,
+        auth: Authorization,
+        reference: str | None,
+        idempotency_key: str | None,
+        payment_id: str | None,
+        void_of: str | None,
+    ) -> Transaction:
+        """The writing half of ``record``, inside its transaction (arguments already checked)."""
+        now_ns = time.time_ns()
+        txn_uuid = uuid7(now_ns)
+        created_at = iso_from_ns(now_ns)
+        if idempotency_key is not None:
+            row = cur.execute(f"{_TXN_SELECT} WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+            if row is not None:
+                return self._txn(row)
+        if payment_id is not None:
+            prow = cur.execute("SELECT txn_uuid, state FROM payments WHERE id = ?", (payment_id,)).fetchone()
+            if prow is None:
+                raise ValidationError("unknown_payment", f"no payment {payment_id!r}")
+            if prow[0] is not None:
+                return self._txn(cur.execute(f"{_TXN_SELECT} WHERE uuid = ?", (prow[0],)).fetchone())
+            if prow[1] in _FINAL_PAYMENT_STATES:
+                # E.g. cancelled by the cashier while the authorization was in flight: it stays cancelled.
+                raise ValidationError("invalid_state", f"payment is already {prow[1]}; nothing recorded")
+        # The open batch and the chain head come from memory when nothing but this store's own recordings was
+        # committed since they were read: PRAGMA data_version changes with every commit of another connection (in
+        # this process or another, e.g. `smartpos sync` beside the daemon), and this store's other writes forget
+        # them. Read under the write lock, so nothing can change them before this transaction commits.
+        version = cur.execute("PRAGMA data_version").fetchone()[0]
+        head, self._head = self._head, None
+        if head is not None and head[0] == version:
+            batch, last_seq, last_hash = head[1:]
+        else:
             batch, last_seq, last_hash = cur.execute(_HEAD_SQL).fetchone()
-            sequence, prev_hash = (last_seq + 1, last_hash) if last_seq is not None else (1, GENESIS)
+        sequence, prev_hash = (last_seq + 1, last_hash) if last_seq is not None else (1, GENESIS)
 
-            if type == "void":
-                target = cur.execute(
-                    "SELECT type, batch, voided_by, amount_minor, currency, net_sign, scheme, masked_pan, pan_last4, "
-                    "token, aid, label, entry_mode, wallet FROM transactions WHERE uuid = ?",
-                    (void_of,),
-                ).fetchone()
-                if target is None:
-                    raise ValidationError("unknown_transaction", f"no transaction {void_of!r} to void")
-                t_type, t_batch, t_voided_by, t_amount, t_currency, t_sign = target[:6]
-                if t_type == "void":
-                    raise ValidationError("cannot_void_void", "a void cannot be voided")
-                if t_voided_by is not None:
-                    raise ValidationError("already_voided", f"transaction {void_of} is already voided")
-                if t_batch != batch:
-                    raise ValidationError(
-                        "void_not_allowed", f"transaction {void_of} is in closed batch {t_batch}; refund it instead"
-                    )
-                if amount_minor is not None and amount_minor != t_amount:
-                    raise ValidationError("invalid_amount", "a void's amount must equal the voided transaction's")
-                if currency is not None and currency != t_currency:
-                    raise ValidationError("invalid_currency", "a void's currency must equal the voided transaction's")
-                amount_minor, currency, net_sign = t_amount, t_currency, -t_sign
-                scheme, masked_pan, pan_last4, token, aid, label, entry_mode, wallet = target[6:]
-                wallet = bool(wallet)
-                envelope = envelope_sha256 = None
-                atc = tvr = None
-            else:
-                assert card is not None
-                net_sign = 1 if type == "sale" else -1
-                scheme, masked_pan, pan_last4, token = card.scheme, card.masked_pan, card.pan_last4, card.token
-                aid, label, entry_mode, wallet = card.aid, card.label, card.entry_mode, card.wallet
-                envelope, envelope_sha256 = card.envelope, card.envelope_sha256
-                atc, tvr = getattr(card, "atc", None), getattr(card, "tvr", None)
-
-            fields = {
-                "uuid": txn_uuid,
-                "terminal_id": self.terminal_id,
-                "sequence": sequence,
-                "batch": batch,
-                "type": type,
-                "created_at": created_at,
-                "amount_minor": amount_minor,
-                "currency": currency,
-                "scheme": scheme,
-                "masked_pan": masked_pan,
-                "pan_last4": pan_last4,
-                "token": token,
-                "aid": aid,
-                "label": label,
-                "entry_mode": entry_mode,
-                "wallet": wallet,
-                "auth_mode": auth.mode,
-                "auth_code": auth.code,
-                "auth_reason": auth.reason,
-                "auth_id": auth.auth_id,
-                "reference": reference,
-                "void_of": void_of,
-                "envelope_sha256": envelope_sha256,
-            }
-            digest = chain_hash(prev_hash, fields)
-            cur.execute(
-                _INSERT_SQL,
-                (
-                    sequence, txn_uuid, self.terminal_id, batch, type, created_at, amount_minor, currency, net_sign,
-                    scheme, masked_pan, pan_last4, token, aid, label, entry_mode, int(wallet), auth.mode, auth.code,
-                    auth.reason, auth.auth_id, reference, void_of, envelope, envelope_sha256, prev_hash, digest,
-                    idempotency_key, payment_id, "queued", atc, tvr,
-                ),
-            )  # fmt: skip
-            if type == "void":
-                cur.execute("UPDATE transactions SET voided_by = ? WHERE uuid = ?", (txn_uuid, void_of))
-            if payment_id is not None:
-                cur.execute(
-                    "UPDATE payments SET state = 'approved', txn_uuid = ?, authorization = ?, error = NULL, "
-                    "updated_at = ? WHERE id = ?",
-                    (txn_uuid, _dumps(_auth_dict(auth)), created_at, payment_id),
+        if type == "void":
+            target = cur.execute(
+                "SELECT type, batch, voided_by, amount_minor, currency, net_sign, scheme, masked_pan, pan_last4, "
+                "token, aid, label, entry_mode, wallet FROM transactions WHERE uuid = ?",
+                (void_of,),
+            ).fetchone()
+            if target is None:
+                raise ValidationError("unknown_transaction", f"no transaction {void_of!r} to void")
+            t_type, t_batch, t_voided_by, t_amount, t_currency, t_sign = target[:6]
+            if t_type == "void":
+                raise ValidationError("cannot_void_void", "a void cannot be voided")
+            if t_voided_by is not None:
+                raise ValidationError("already_voided", f"transaction {void_of} is already voided")
+            if t_batch != batch:
+                raise ValidationError(
+                    "void_not_allowed", f"transaction {void_of} is in closed batch {t_batch}; refund it instead"
                 )
-        return Transaction(
-            **fields,
-            voided_by=None,
-            envelope_present=envelope is not None,
-            prev_hash=prev_hash,
-            hash=digest,
-            idempotency_key=idempotency_key,
-            payment_id=payment_id,
-            sync_state="queued",
-            sync_code=None,
-            sync_reason=None,
-            synced_at=None,
-            envelope=envelope,
-            atc=atc,
-            tvr=tvr,
+            if amount_minor is not None and amount_minor != t_amount:
+                raise ValidationError("invalid_amount", "a void's amount must equal the voided transaction's")
+            if currency is not None and currency != t_currency:
+                raise ValidationError("invalid_currency", "a void's currency must equal the voided transaction's")
+            amount_minor, currency, net_sign = t_amount, t_currency, -t_sign
+            scheme, masked_pan, pan_last4, token, aid, label, entry_mode, wallet = target[6:]
+            wallet = bool(wallet)
+            envelope = envelope_sha256 = None
+            atc = tvr = None
+        else:
+            assert card is not None
+            net_sign = 1 if type == "sale" else -1
+            scheme, masked_pan, pan_last4, token = card.scheme, card.masked_pan, card.pan_last4, card.token
+            aid, label, entry_mode, wallet = card.aid, card.label, card.entry_mode, card.wallet
+            envelope, envelope_sha256 = card.envelope, card.envelope_sha256
+            atc, tvr = card.atc, card.tvr
+
+        # The chained fields, built in sorted order so that they are their own canonical encoding.
+        fields = {
+            "aid": aid,
+            "amount_minor": amount_minor,
+            "auth_code": auth.code,
+            "auth_id": auth.auth_id,
+            "auth_mode": auth.mode,
+            "auth_reason": auth.reason,
+            "batch": batch,
+            "created_at": created_at,
+            "currency": currency,
+            "entry_mode": entry_mode,
+            "envelope_sha256": envelope_sha256,
+            "label": label,
+            "masked_pan": masked_pan,
+            "pan_last4": pan_last4,
+            "reference": reference,
+            "scheme": scheme,
+            "sequence": sequence,
+            "terminal_id": self.terminal_id,
+            "token": token,
+            "type": type,
+            "uuid": txn_uuid,
+            "void_of": void_of,
+            "wallet": wallet,
+        }
+        digest = chain_hash_sorted(prev_hash, fields)
+        cur.execute(
+            _INSERT_SQL,
+            (
+                sequence, txn_uuid, self.terminal_id, batch, type, created_at, amount_minor, currency, net_sign,
+                scheme, masked_pan, pan_last4, token, aid, label, entry_mode, int(wallet), auth.mode, auth.code,
+                auth.reason, auth.auth_id, reference, void_of, envelope, envelope_sha256, prev_hash, digest,
+                idempotency_key, payment_id, "queued", atc, tvr,
+            ),
+        )  # fmt: skip
+        if type == "void":
+            cur.execute("UPDATE transactions SET voided_by = ? WHERE uuid = ?", (txn_uuid, void_of))
+        if payment_id is not None:
+            cur.execute(
+                "UPDATE payments SET state = 'approved', txn_uuid = ?, authorization = ?, error = NULL, "
+                "updated_at = ? WHERE id = ?",
+                (txn_uuid, _dumps(_auth_dict(auth)), created_at, payment_id),
+            )
+        self._head = (version, batch, sequence, digest)  # undone by the caller if the commit fails
+        fields.update(
+        voided_by=None,
+        envelope_present=envelope is not None,
+        prev_hash=prev_hash,
+        hash=digest,
+        idempotency_key=idempotency_key,
+        payment_id=payment_id,
+        sync_state="queued",
+        sync_code=None,
+        sync_reason=None,
+        synced_at=None,
+        envelope=envelope,
+        atc=atc,
+        tvr=tvr,
         )
+        return Transaction.of(fields)
 
     def void(
         self,

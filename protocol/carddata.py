@@ -9,7 +9,7 @@ import re
 
 from protocol.errors import ValidationError
 
-_PAN_RE = re.compile(r"^[0-9]{12,19}$")
+_PAN_RE = re.compile(r"^[0-9]{12,19}\Z")
 # Runs of 12-19 digits, optionally split by single spaces or dashes, as people and logs write PANs.
 _PAN_LIKE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])")
 # Track-2 equivalent data: PAN, separator D or =, then expiry and service code.

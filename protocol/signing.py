@@ -30,7 +30,7 @@ HEADER_SIGNATURE = "X-Signature"
 
 # Clock skew tolerated between a terminal and head office; nonces must be remembered at least twice this long.
 DEFAULT_WINDOW_S = 300
-_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 _DOMAIN = b"smartpos-request-v1"
 
 

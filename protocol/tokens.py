@@ -15,8 +15,8 @@ from protocol.carddata import validate_pan
 from protocol.errors import ValidationError
 
 TOKEN_KEY_BYTES = 32
-_TOKEN_RE = re.compile(r"^[0-9a-f]{64}$")
-_UID_RE = re.compile(r"^[0-9A-Fa-f]{8,20}$")
+_TOKEN_RE = re.compile(r"[0-9a-f]{64}")
+_UID_RE = re.compile(r"^[0-9A-Fa-f]{8,20}\Z")
 
 
 def _check_key(key: bytes) -> bytes:
@@ -31,6 +31,20 @@ def card_token(key: bytes, pan: str) -> str:
     return hmac.new(_check_key(key), pan.encode("ascii"), hashlib.sha256).hexdigest()
 
 
+class CardTokens:
+    """:func:`card_token` under one key, for code that makes many: the keyed HMAC state is set up once and copied
+    for each PAN (about half the cost of keying a new HMAC every time). Same tokens as ``card_token``."""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(_check_key(key), digestmod=hashlib.sha256)
+
+    def __call__(self, pan: str) -> str:
+        validate_pan(pan)
+        h = self._keyed.copy()
+        h.update(pan.encode("ascii"))
+        return h.hexdigest()
+
+
 def uid_token(key: bytes, uid_hex: str) -> str:
     """Token of a UID-only (closed-loop) card. Domain-separated so a UID can never collide with a PAN's token."""
     if not isinstance(uid_hex, str) or not _UID_RE.match(uid_hex):
@@ -39,7 +53,7 @@ def uid_token(key: bytes, uid_hex: str) -> str:
 
 
 def is_token(value: object) -> bool:
-    return isinstance(value, str) and bool(_TOKEN_RE.match(value))
+    return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
 
 
 def load_token_key(path: str | Path) -> bytes:

@@ -1,3 +1,5 @@
 """The terminal daemon: payment flow, local API, technician CLI, service lifecycle."""
 
-__version__ = "0.1.0"
+from protocol import __version__
+
+__all__ = ["__version__"]

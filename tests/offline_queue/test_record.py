@@ -198,3 +198,40 @@ def test_atc_and_tvr_of_the_card_reach_the_record_and_the_receipt(queue_store, c
     assert "TVR" in text and stored.tvr in text
     void = queue_store.void(txn.uuid)
     assert void.atc is None and void.tvr is None
+
+
+def test_timestamps_from_the_clock_reading_match_datetime_formatting():
+    from datetime import UTC, datetime
+
+    from offline_queue.store import iso_from_ns
+
+    for ns in (0, 1_700_000_000_123_456_789, 1_796_175_596_999_999_999, 4_102_444_799_000_001_000):
+        expected = datetime.fromtimestamp(ns // 1000 / 1e6, UTC).replace(tzinfo=None)
+        micros = (ns // 1000) % 1_000_000
+        assert iso_from_ns(ns) == expected.replace(microsecond=micros).isoformat(timespec="microseconds") + "Z"
+    assert ISO_UTC.match(iso_from_ns(1_700_000_000_000_000_000))
+
+
+def test_transaction_of_is_the_dataclass_and_refuses_a_partial_dict(queue_store, card_protection):
+    import dataclasses
+
+    import pytest
+
+    from offline_queue.models import Transaction
+
+    txn = sale(queue_store, card_protection)
+    values = dataclasses.asdict(txn)
+    assert Transaction.of(dict(values)) == Transaction(**values) == txn
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Transaction.of(dict(values)).amount_minor = 1  # type: ignore[misc]
+    del values["tvr"]
+    with pytest.raises(TypeError, match="tvr"):
+        Transaction.of(values)
+
+
+def test_transaction_ids_are_uuid7_in_sequence_order(queue_store, card_protection):
+    import uuid
+
+    made = [sale(queue_store, card_protection) for _ in range(5)]
+    assert all(uuid.UUID(t.uuid).version == 7 for t in made)
+    assert [t.uuid[:13] for t in made] == sorted(t.uuid[:13] for t in made)  # the millisecond part

@@ -18,7 +18,7 @@ def test_pages_come_in_sequence_order_and_chain_across_pages(queue_store, card_p
     first = queue_store.pending_page(10)
     second = queue_store.pending_page(10, after_sequence=first[-1]["sequence"])
     assert [r["sequence"] for r in first + second] == list(range(1, 21))
-    assert set(first[0]) == set(WIRE_FIELDS) and first[0]["envelope"].startswith("v1.")
+    assert set(first[0]) == set(WIRE_FIELDS) and first[0]["envelope"].startswith("v2.")
     last_hash = verify_chain(first, start_sequence=1)
     verify_chain(second, last_hash, start_sequence=11)
     assert queue_store.mark_uploaded(range(1, 11)) == 10

@@ -20,7 +20,7 @@ def test_receipts_get_last_four_only():
     assert last4(VISA_TEST_PAN) == "0010"
 
 
-@pytest.mark.parametrize("bad", ["", "4761-7390", "47617390010100101234567", "abcd" * 4])
+@pytest.mark.parametrize("bad", ["", "4761-7390", "47617390010100101234567", "abcd" * 4, VISA_TEST_PAN + "\n"])
 def test_rejects_strings_that_are_not_pans(bad):
     with pytest.raises(ValidationError):
         mask_pan(bad)

@@ -182,3 +182,92 @@ def test_any_single_field_mutation_is_caught(n, data):
     with pytest.raises(ChainError) as err:
         verify_chain(rows, start_sequence=1)
     assert err.value.sequence in (index + 1, None) or err.value.code == "bad_row"
+
+
+# --- the fast paths give the same answers as the general ones ---------------------------------------------------
+
+_texts = st.one_of(st.none(), st.text(max_size=30))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    reference=_texts,
+    label=_texts,
+    amount=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    wallet=st.booleans(),
+    extra=st.booleans(),
+)
+def test_a_row_built_in_sorted_order_hashes_as_chain_hash_does(reference, label, amount, wallet, extra):
+    from protocol.chain import SORTED_CHAINED_FIELDS, chain_hash_sorted
+
+    row = _row(7, GENESIS, reference=reference, label=label, amount_minor=amount, wallet=wallet)
+    if extra:
+        row["received_at"] = "2026-11-23T12:00:01Z"  # the general encoding ignores extra keys
+    fields = {name: row[name] for name in SORTED_CHAINED_FIELDS}
+    try:
+        expected = chain_hash(GENESIS, row)
+    except ChainError as exc:  # a lone surrogate: both refuse it the same way
+        with pytest.raises(ChainError) as err:
+            chain_hash_sorted(GENESIS, fields)
+        assert err.value.code == exc.code
+        return
+    assert chain_hash_sorted(GENESIS, fields) == expected == row["hash"]
+
+
+def test_chain_hash_sorted_refuses_a_dict_in_another_order_or_shape():
+    from protocol.chain import SORTED_CHAINED_FIELDS, chain_hash_sorted
+
+    row = _row(1, GENESIS)
+    fields = {name: row[name] for name in SORTED_CHAINED_FIELDS}
+    shapes = (dict(reversed(list(fields.items()))), {**fields, "hash": "x"}, {k: fields[k] for k in list(fields)[1:]})
+    for bad in shapes:
+        with pytest.raises(ChainError) as err:
+            chain_hash_sorted(GENESIS, bad)
+        assert err.value.code == "bad_row"
+    with pytest.raises(ChainError):
+        chain_hash_sorted("not a hash", fields)
+    with pytest.raises(ChainError):
+        chain_hash_sorted(GENESIS, {**fields, "amount_minor": "100"})
+
+
+def _single_row_code(row) -> str | None:
+    claimed = row.get("prev_hash") if isinstance(row, dict) else None
+    try:
+        verify_chain([row], claimed if isinstance(claimed, str) else "")
+    except ChainError as exc:
+        return exc.code
+    return None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"amount_minor": 1},
+        {"amount_minor": "100"},
+        {"wallet": 0},
+        {"prev_hash": "AB" * 32},
+        {"prev_hash": None},
+        {"prev_hash": "ab" * 32 + "\n"},
+        {"hash": "00" * 32},
+        {"envelope": "v2.other"},
+        {"envelope": 5},
+        {"envelope": None},
+        {"reference": "bad \ud800 surrogate"},
+        {"received_at": "extra keys are ignored"},
+    ],
+)
+def test_row_error_says_what_verify_chain_says_of_one_row(change):
+    from protocol.chain import row_error
+
+    row = {**_row(3, "cd" * 32), **change}
+    assert row_error(row) == _single_row_code(row)
+
+
+def test_row_error_of_a_row_without_a_field_and_of_a_non_row():
+    from protocol.chain import row_error
+
+    row = _row(3, "cd" * 32)
+    del row["token"]
+    assert row_error(row) == "bad_row" == _single_row_code(row)
+    assert row_error(["not", "a", "row"]) == "bad_row"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.envelope import (
+    MAX_CHAIN_LENGTH,
     EnvelopeError,
+    Opener,
+    Sealer,
     generate_keypair,
     load_private_key,
     load_public_key,
@@ -27,11 +32,28 @@ PAYLOAD = {
 }
 
 
+def _raw(sealed: str) -> bytes:
+    body = sealed[3:]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
+def _text(prefix: str, raw: bytes) -> str:
+    return prefix + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _eph(sealed: str) -> bytes:
+    return _raw(sealed)[:32]
+
+
+def _index(sealed: str) -> int:
+    return int.from_bytes(_raw(sealed)[32:36], "big")
+
+
 def test_head_office_opens_what_the_terminal_sealed_with_pem_keys():
     private, public = generate_keypair()
     # The terminal only has the PEM public key from enrollment; head office its PEM private key.
     sealed = seal(load_public_key(public_key_pem(public)), PAYLOAD)
-    assert sealed.startswith("v1.")
+    assert sealed.startswith("v2.")
     assert "4111111111111111" not in sealed
     assert open_sealed(load_private_key(private_key_pem(private)), sealed) == PAYLOAD
 
@@ -39,6 +61,11 @@ def test_head_office_opens_what_the_terminal_sealed_with_pem_keys():
 def test_each_envelope_is_different_even_for_the_same_card():
     _private, public = generate_keypair()
     assert seal(public, PAYLOAD) != seal(public, PAYLOAD)
+    sealer = Sealer(public)
+    try:
+        assert sealer.seal(PAYLOAD) != sealer.seal(PAYLOAD)
+    finally:
+        sealer.close()
 
 
 def test_another_key_cannot_open_it():
@@ -51,24 +78,42 @@ def test_another_key_cannot_open_it():
 
 def test_flipping_any_byte_is_detected():
     private, public = generate_keypair()
-    sealed = seal(public, PAYLOAD)
-    raw = bytearray(base64.urlsafe_b64decode(sealed[3:] + "=" * (-len(sealed[3:]) % 4)))
-    for index in (0, 31, 32, 43, 44, len(raw) // 2, len(raw) - 1):
+    sealer = Sealer(public)
+    try:
+        sealed = [sealer.seal(PAYLOAD) for _ in range(3)]
+    finally:
+        sealer.close()
+    raw = _raw(sealed[2])  # index 2 of its chain
+    # Ephemeral key, index (its low byte moves the envelope to a neighbour's key), nonce, ciphertext, tag.
+    for index in (0, 31, 32, 35, 36, 47, 48, len(raw) // 2, len(raw) - 1):
         tampered = bytearray(raw)
         tampered[index] ^= 0x01
-        text = "v1." + base64.urlsafe_b64encode(bytes(tampered)).rstrip(b"=").decode()
         with pytest.raises(EnvelopeError):
-            open_sealed(private, text)
+            Opener(private).open(_text("v2.", bytes(tampered)))
+    relabelled = "v1." + sealed[2][3:]
+    with pytest.raises(EnvelopeError):
+        open_sealed(private, relabelled)
 
 
 @pytest.mark.parametrize(
-    "sealed", ["", "v2.AAAA", "v1.", "v1.!!!!", "v1." + "A" * 40, "plain text", "v1." + "A" * 20000]
-)
+    "sealed", ["", "v3.AAAA", "v2.", "v2.!!!!", "v2." + "A" * 40, "v1.", "v1." + "A" * 40, "plain text",
+               "v2." + "A" * 20000]
+)  # fmt: skip
 def test_malformed_envelopes_give_a_typed_error(sealed):
     private, _ = generate_keypair()
     with pytest.raises(EnvelopeError) as err:
         open_sealed(private, sealed)
     assert err.value.code == "bad_envelope"
+
+
+def test_an_index_beyond_any_chain_is_refused_without_walking_to_it():
+    private, public = generate_keypair()
+    raw = bytearray(_raw(seal(public, PAYLOAD)))
+    raw[32:36] = (2**32 - 1).to_bytes(4, "big")
+    with pytest.raises(EnvelopeError) as err:
+        open_sealed(private, _text("v2.", bytes(raw)))
+    assert "index" in err.value.message
+    assert MAX_CHAIN_LENGTH <= 65536
 
 
 @pytest.mark.parametrize("data", [b"", b"x" * 31, b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
@@ -82,39 +127,25 @@ def test_non_dict_payload_is_refused():
     _private, public = generate_keypair()
     with pytest.raises(EnvelopeError):
         seal(public, ["not", "a", "dict"])  # type: ignore[arg-type]
+    sealer = Sealer(public)
+    try:
+        with pytest.raises(EnvelopeError):
+            sealer.seal(["not", "a", "dict"])  # type: ignore[arg-type]
+    finally:
+        sealer.close()
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(max_size=300))
-def test_open_never_raises_anything_but_envelope_error(text):
+@given(st.sampled_from(["v1.", "v2."]), st.text(max_size=300))
+def test_open_never_raises_anything_but_envelope_error(prefix, text):
     private, _ = generate_keypair()
     with pytest.raises(EnvelopeError):
-        open_sealed(private, "v1." + text)
+        open_sealed(private, prefix + text)
 
 
-def test_sealer_with_prepared_keys_gives_envelopes_head_office_opens():
-    from protocol.envelope import Sealer
-
+def test_a_chain_seals_in_order_and_head_office_opens_every_envelope():
     private, public = generate_keypair()
-    sealer = Sealer(public_key_pem(public), reserve=4, uses_per_key=1)
-    try:
-        sealed = [sealer.seal({**PAYLOAD, "n": i}) for i in range(20)]  # more than the reserve: inline fallback too
-    finally:
-        sealer.close()
-    assert [open_sealed(private, s)["n"] for s in sealed] == list(range(20))
-    ephemeral_keys = {base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32] for s in sealed}
-    assert len(ephemeral_keys) == 20  # uses_per_key=1: one fresh ephemeral key per envelope
-
-
-def _eph(s):
-    return base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32]
-
-
-def test_sealer_rotates_its_ephemeral_key_after_the_use_limit_and_the_opener_opens_all():
-    from protocol.envelope import Opener, Sealer
-
-    private, public = generate_keypair()
-    sealer = Sealer(public, uses_per_key=8)
+    sealer = Sealer(public_key_pem(public), reserve=2, chain_length=8)
     try:
         sealed = [sealer.seal({**PAYLOAD, "n": i}) for i in range(20)]
     finally:
@@ -122,20 +153,43 @@ def test_sealer_rotates_its_ephemeral_key_after_the_use_limit_and_the_opener_ope
     keys = [_eph(s) for s in sealed]
     assert len(set(keys)) == 3  # 8 + 8 + 4
     assert keys[0] == keys[7] and keys[7] != keys[8]
-    nonces = {base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[32:44] for s in sealed}
-    assert len(nonces) == 20  # every envelope has its own nonce
+    assert [_index(s) for s in sealed] == [*range(8), *range(8), *range(4)]
+    assert len({_raw(s)[36:48] for s in sealed}) == 20  # every envelope has its own nonce
     opener = Opener(private, cache_size=2)
     assert [opener.open(s)["n"] for s in sealed] == list(range(20))
     assert [open_sealed(private, s)["n"] for s in sealed] == list(range(20))
 
 
-def test_sealer_rotates_its_ephemeral_key_after_the_age_limit():
+def test_head_office_opens_a_chain_out_of_order_and_again():
+    private, public = generate_keypair()
+    sealer = Sealer(public)
+    try:
+        sealed = [sealer.seal({"n": i}) for i in range(12)]
+    finally:
+        sealer.close()
+    opener = Opener(private)
+    order = [5, 0, 11, 3, 3, 10, 1, 2, 4, 6, 7, 8, 9, 0]
+    assert [opener.open(sealed[i])["n"] for i in order] == order
+
+
+def test_every_envelope_of_a_chain_has_its_own_message_key():
+    # Same chain, one envelope's ciphertext under another envelope's position: the key differs, so it fails.
+    private, public = generate_keypair()
+    sealer = Sealer(public)
+    try:
+        first, second = sealer.seal(PAYLOAD), sealer.seal(PAYLOAD)
+    finally:
+        sealer.close()
+    swapped = _raw(first)[:32] + _raw(second)[32:36] + _raw(first)[36:]
+    with pytest.raises(EnvelopeError):
+        open_sealed(private, _text("v2.", swapped))
+
+
+def test_sealer_starts_a_new_chain_after_the_age_limit():
     import time
 
-    from protocol.envelope import Sealer
-
     _private, public = generate_keypair()
-    sealer = Sealer(public, uses_per_key=1000, max_key_age_s=0.05)
+    sealer = Sealer(public, chain_length=1000, max_chain_age_s=0.05)
     try:
         first = sealer.seal(PAYLOAD)
         time.sleep(0.1)
@@ -143,11 +197,56 @@ def test_sealer_rotates_its_ephemeral_key_after_the_age_limit():
     finally:
         sealer.close()
     assert _eph(first) != _eph(second)
+    assert _index(second) == 0
+
+
+def test_the_sealer_keeps_no_key_that_opens_what_it_already_sealed():
+    # Forward secrecy within a chain: everything the sealer still references derives only later message keys.
+    from protocol import envelope as env
+
+    private, public = generate_keypair()
+    sealer = Sealer(public)
+    try:
+        sealed = [sealer.seal({"n": i}) for i in range(3)]
+        held = sealer._chain_key
+        later = env._step(held)[0]
+        assert open_sealed(private, sealed[2])["n"] == 2
+        for s in sealed:
+            raw = _raw(s)
+            with pytest.raises(InvalidTag):
+                env.AESGCM(later).decrypt(raw[36:48], raw[48:], b"v2." + raw[:36])
+            with pytest.raises(InvalidTag):
+                env.AESGCM(env._step(held)[1]).decrypt(raw[36:48], raw[48:], b"v2." + raw[:36])
+    finally:
+        sealer.close()
+
+
+def test_version_1_envelopes_still_open():
+    # Made the way version 0.1 sealed: HKDF straight to the AES key, prefix-only associated data.
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    private, public = generate_keypair()
+    raw_fmt = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    eph = X25519PrivateKey.generate()
+    eph_raw = eph.public_key().public_bytes(*raw_fmt)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=eph_raw + public.public_bytes(*raw_fmt),
+               info=b"smartpos-envelope-v1").derive(eph.exchange(public))
+    nonce = os.urandom(12)
+    import orjson
+
+    v1 = _text("v1.", eph_raw + nonce + AESGCM(key).encrypt(nonce, orjson.dumps(PAYLOAD), b"v1."))
+    assert open_sealed(private, v1) == PAYLOAD
+    assert Opener(private).open(v1) == PAYLOAD
+    tampered = bytearray(_raw(v1))
+    tampered[-1] ^= 1
+    with pytest.raises(EnvelopeError):
+        open_sealed(private, _text("v1.", bytes(tampered)))
 
 
 def test_opener_refuses_envelopes_for_another_key_and_tampering():
-    from protocol.envelope import Opener
-
     private, public = generate_keypair()
     other, _ = generate_keypair()
     sealed = seal(public, PAYLOAD)
@@ -160,11 +259,8 @@ def test_opener_refuses_envelopes_for_another_key_and_tampering():
         opener.open(tampered)
 
 
-def test_a_forked_child_never_reuses_the_parents_prepared_keys():
-    import os
+def test_a_forked_child_never_reuses_the_parents_chains():
     import time
-
-    from protocol.envelope import Sealer
 
     private, public = generate_keypair()
     sealer = Sealer(public, reserve=8)
@@ -183,9 +279,21 @@ def test_a_forked_child_never_reuses_the_parents_prepared_keys():
     os.close(read_fd)
     parent = [sealer.seal(PAYLOAD) for _ in range(8)]
     sealer.close()
-
-    def eph(s):
-        return base64.urlsafe_b64decode(s[3:] + "=" * (-len(s[3:]) % 4))[:32]
-
     assert open_sealed(private, child) == PAYLOAD
-    assert eph(child) not in {eph(s) for s in parent}
+    assert _eph(child) not in {_eph(s) for s in parent}
+
+
+def test_head_office_opens_a_long_chain_in_any_order_and_replays_it():
+    import random
+
+    private, public = generate_keypair()
+    sealer = Sealer(public, chain_length=300)
+    try:
+        sealed = [sealer.seal({"n": i}) for i in range(300)]
+    finally:
+        sealer.close()
+    order = list(range(300))
+    random.Random(7).shuffle(order)
+    order += list(range(300)) + list(range(150, 300)) + list(range(0, 300, 7))  # in order again, and replays
+    opener = Opener(private)
+    assert [opener.open(sealed[i])["n"] for i in order] == order

@@ -58,3 +58,22 @@ def test_load_token_key(tmp_path):
     (tmp_path / "bad.key").write_bytes(b"abc")
     with pytest.raises(ValidationError):
         load_token_key(tmp_path / "bad.key")
+
+
+def test_a_trailing_newline_is_neither_a_pan_nor_a_token():
+    with pytest.raises(ValidationError):
+        card_token(KEY_A, PAN + "\n")
+    assert is_token(card_token(KEY_A, PAN))
+    assert not is_token(card_token(KEY_A, PAN) + "\n")
+
+
+def test_card_tokens_under_one_key_are_card_token():
+    from protocol.tokens import CardTokens
+
+    tokens = CardTokens(KEY_A)
+    for pan in (PAN, "5555555555554444", "378282246310005"):
+        assert tokens(pan) == card_token(KEY_A, pan)
+    with pytest.raises(ValidationError):
+        tokens("4111")
+    with pytest.raises(ValidationError):
+        CardTokens(b"short")
