@@ -534,6 +534,9 @@ class QueueStore:
         self.terminal_id = terminal_id
         self._wlock = threading.RLock()
         self._writer: Any = engine.raw_connection()
+        # One cursor on the writer's sqlite3 connection for every write transaction (they run one at a time under
+        # the lock), rather than a new cursor through the pool's proxy each time.
+        self._wcur: sqlite3.Cursor = self._writer.driver_connection.cursor()
         self._closed = False
         self._check_card = _CardCheck()
         # (data_version, open batch, last sequence, last hash) as of this store's last recording commit; valid
@@ -603,6 +606,8 @@ class QueueStore:
                 return
             self._closed = True
             with contextlib.suppress(Exception):
+                self._wcur.close()
+            with contextlib.suppress(Exception):
                 self._writer.close()
             self._engine.dispose()
 
@@ -626,23 +631,20 @@ class QueueStore:
                 raise StoreError("store_closed", "the offline queue is closed")
             if not keep_head:
                 self._head = None
-            cur = self._writer.cursor()
+            cur = self._wcur
             try:
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _store_error(exc, self.db_path) from None
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
                     raise _store_error(exc, self.db_path) from None
-                try:
-                    yield cur
-                    cur.execute("COMMIT")
-                except BaseException as exc:
-                    with contextlib.suppress(sqlite3.Error):
-                        cur.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error):
-                        raise _store_error(exc, self.db_path) from None
-                    raise
-            finally:
-                cur.close()
+                raise
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:

@@ -308,45 +308,57 @@ class _Chain:
 
 class Opener:
     """Opens envelopes sealed to one private key. Remembers (bounded, in memory) the chains it has seen, so an
-    envelope costs two hashes and AES-GCM, and a chain one X25519 agreement. Thread-safe."""
+    envelope costs two hashes and AES-GCM, and a chain one X25519 agreement per process.
+
+    Thread-safe without a lock, so that the threads of a head-office worker opening envelopes at once never wait on
+    one another: chain key 0 of each chain is shared (a dict read or write is atomic), and each thread walks the
+    chains with cursors of its own."""
+
+    _PER_THREAD = 256  # chains a thread keeps cursors for
 
     def __init__(self, private_key: X25519PrivateKey | bytes, *, cache_size: int = 4096) -> None:
         self._private = load_private_key(private_key)
         self._recipient_raw = self._private.public_key().public_bytes(*_RAW)
-        self._chains: OrderedDict[bytes, _Chain] = OrderedDict()
-        self._v1_keys: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._roots: dict[bytes, bytes] = {}
+        self._v1_keys: dict[bytes, AESGCM] = {}
         self._cache_size = max(1, cache_size)
-        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _root(self, eph_raw: bytes) -> bytes:
+        root = self._roots.get(eph_raw)
+        if root is None:
+            root = _hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO)
+            if len(self._roots) >= self._cache_size:
+                self._roots.clear()  # simpler than LRU order, and just as bounded
+            self._roots[eph_raw] = root
+        return root
 
     def open(self, sealed: str) -> dict[str, Any]:
         version, raw = _decode(sealed)
         if version == PREFIX_V1:
             return self._open_v1(raw)
         eph_raw, index, nonce, ciphertext = _split_v2(raw)
-        with self._lock:
-            chain = self._chains.get(eph_raw)
-            if chain is not None:
-                self._chains.move_to_end(eph_raw)
-                message_key = chain.message_key(index)
+        chains: OrderedDict[bytes, _Chain] | None = getattr(self._local, "chains", None)
+        if chains is None:
+            chains = self._local.chains = OrderedDict()
+        chain = chains.get(eph_raw)
         if chain is None:
-            chain = _Chain(_hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO))
-            with self._lock:
-                chain = self._chains.setdefault(eph_raw, chain)
-                message_key = chain.message_key(index)
-                while len(self._chains) > self._cache_size:
-                    self._chains.popitem(last=False)
+            chain = chains[eph_raw] = _Chain(self._root(eph_raw))
+            if len(chains) > self._PER_THREAD:
+                chains.popitem(last=False)
+        else:
+            chains.move_to_end(eph_raw)
+        message_key = chain.message_key(index)
         return _decrypt(AESGCM(message_key), nonce, ciphertext, PREFIX.encode() + raw[:_HEADER])
 
     def _open_v1(self, raw: bytes) -> dict[str, Any]:
         eph_raw, nonce, ciphertext = _split_v1(raw)
-        with self._lock:
-            aead = self._v1_keys.get(eph_raw)
+        aead = self._v1_keys.get(eph_raw)
         if aead is None:
             aead = AESGCM(_hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO_V1))
-            with self._lock:
-                self._v1_keys[eph_raw] = aead
-                while len(self._v1_keys) > self._cache_size:
-                    self._v1_keys.popitem(last=False)
+            if len(self._v1_keys) >= self._cache_size:
+                self._v1_keys.clear()
+            self._v1_keys[eph_raw] = aead
         return _decrypt(aead, nonce, ciphertext, PREFIX_V1.encode())
 
 

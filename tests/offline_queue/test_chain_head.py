@@ -49,30 +49,18 @@ def test_a_failed_commit_forgets_the_remembered_head(queue_store, card_protectio
     from offline_queue.errors import StoreError
 
     sale(queue_store, card_protection)
-    real = queue_store._writer
+    real = queue_store._wcur
 
     class FailingCommit:
-        def __init__(self, conn):
-            self._conn = conn
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
 
-        def cursor(self):
-            cur = self._conn.cursor()
-
-            class Cur:
-                def execute(self, sql, *args):
-                    if sql == "COMMIT":
-                        raise sqlite3.OperationalError("disk I/O error")
-                    return cur.execute(sql, *args)
-
-                def __getattr__(self, name):
-                    return getattr(cur, name)
-
-            return Cur()
-
-    monkeypatch.setattr(queue_store, "_writer", FailingCommit(real))
+    monkeypatch.setattr(queue_store, "_wcur", FailingCommit())
     with pytest.raises(StoreError):
         sale(queue_store, card_protection)
     assert queue_store._head is None
-    monkeypatch.setattr(queue_store, "_writer", real)
+    monkeypatch.setattr(queue_store, "_wcur", real)
     after = sale(queue_store, card_protection)
     assert after.sequence == 2 and queue_store.verify() == 2

@@ -297,3 +297,30 @@ def test_head_office_opens_a_long_chain_in_any_order_and_replays_it():
     order += list(range(300)) + list(range(150, 300)) + list(range(0, 300, 7))  # in order again, and replays
     opener = Opener(private)
     assert [opener.open(sealed[i])["n"] for i in order] == order
+
+
+def test_threads_opening_the_same_chains_at_once_all_get_the_right_envelopes():
+    import threading
+
+    private, public = generate_keypair()
+    sealed = []
+    for chain in range(3):
+        sealer = Sealer(public, chain_length=100)
+        try:
+            sealed += [sealer.seal({"n": chain * 100 + i}) for i in range(100)]
+        finally:
+            sealer.close()
+    opener = Opener(private, cache_size=2)  # smaller than the chains in use: the shared roots are dropped too
+    errors: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in [*range(offset, 300), *range(offset)]:
+            if opener.open(sealed[i])["n"] != i:
+                errors.append(f"envelope {i}")
+
+    threads = [threading.Thread(target=work, args=(k * 37,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
