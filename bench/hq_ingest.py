@@ -5,23 +5,25 @@ Set-up (not timed): a throwaway database on the machine's PostgreSQL (loopback),
 T terminals enrolled through the real enrollment API (one-time code, Ed25519 key made here); their transactions
 built the way a terminal builds them (``CardProtection.protect`` -> token, masked PAN, sealed envelope;
 ``protocol.chain`` hashes) and serialised into pages. Timed: all T terminals POSTing their pages at once, each in
-sequence order, every request signed when it is sent (one thread and one keep-alive connection per terminal).
-Head office does all its per-transaction work: signature and nonce, chain and continuity check, content checks,
-envelope opening, PAN-to-token check, re-encryption at rest, storage. Checked: every row accepted, head office's
-count and total equal what was sent.
+sequence order with up to ``--inflight`` pages on the wire as the terminal's SyncEngine sends them (one keep-alive
+connection per page in flight), every request signed when it is sent. Head office does all its per-transaction
+work: signature and nonce, chain and continuity check, content checks, envelope opening, PAN-to-token check,
+re-encryption at rest, storage. Checked: every row accepted, head office's count and total equal what was sent.
 
-The floor: the rows head office stored in that round are read back and ``COPY``-ed into a fresh table of the same
-definition (``LIKE transactions INCLUDING ALL``), one commit per page like the uploads, once over one connection
-and once over T connections at once; the faster is the floor (``copy_rows_per_s``). Rounds alternate ingest and
-COPY so both see the same machine load; the JSON holds the medians and the ratio of the medians.
+The floor: the rows head office stored in that round are read back and ``COPY``-ed, as they came out (nothing
+formatted by the client), into a fresh table of the same definition (``LIKE transactions INCLUDING ALL``), one
+commit per page like the uploads, in the text and in the binary format, each once over one connection and once
+over T connections at once; the fastest of the four is the floor (``copy_rows_per_s``). Rounds alternate ingest
+and COPY so both see the same machine load; the JSON holds the medians and the ratio of the medians.
 
 CPU µs per transaction of head office, its PostgreSQL backends and the senders are reported from /proc (with how
 busy the machine was, and the rate that CPU would allow on an otherwise idle machine, an estimate).
 
 Also per round (``--no-uid`` skips it): the same ingest with closed-loop UID-card transactions, which carry no
-envelope, so the cost of opening one X25519 envelope per transaction shows (``ingest_uid_txn_per_s``).
+envelope, so the cost of the envelope work per transaction shows (``ingest_uid_txn_per_s``).
 
-    python bench/hq_ingest.py [--n 100000] [--terminals 4] [--page-size 1000] [--hq-workers 2] [--rounds 3]
+    python bench/hq_ingest.py [--n 100000] [--terminals 4] [--inflight 2] [--page-size 1000] [--hq-workers 2]
+                              [--rounds 3] [--envelopes-per-chain 240]
 
 Last line: one JSON object.
 """
