@@ -178,11 +178,12 @@ class Sealer:
         self.chain_length = max(1, min(chain_length, MAX_CHAIN_LENGTH))
         self.max_chain_age_s = max_chain_age_s
         self._closed = False
-        self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
-        # deque append/popleft are atomic: the background thread takes no lock that a fork could leave held.
+        # deque append/popleft are atomic: the background thread takes no lock. The lock of seal() is made anew
+        # here, so a child forked while a thread of its parent held it does not wait for it forever.
+        self._lock = threading.Lock()
         self._ready: deque[tuple[bytes, bytes]] = deque()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,9 +212,9 @@ class Sealer:
             return self._nonces.pop()
 
     def seal(self, payload: dict[str, Any]) -> str:
+        if self._pid != os.getpid():
+            self._reset()
         with self._lock:
-            if self._pid != os.getpid():
-                self._reset()
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, args=(self._ready, self._wake), name="envelope-keys", daemon=True

@@ -324,3 +324,26 @@ def test_threads_opening_the_same_chains_at_once_all_get_the_right_envelopes():
     for th in threads:
         th.join()
     assert errors == []
+
+
+def test_a_child_forked_while_the_parent_was_sealing_can_seal():
+    import signal
+
+    private, public = generate_keypair()
+    sealer = Sealer(public)
+    sealer.seal(PAYLOAD)
+    read_fd, write_fd = os.pipe()
+    with sealer._lock:  # as if another thread of the parent were in the middle of seal() at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                signal.alarm(5)  # a child stuck on the inherited lock is killed instead of hanging the suite
+                os.write(write_fd, (sealer.seal(PAYLOAD) + "\n").encode())
+            finally:
+                os._exit(0)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read_fd, 65536).decode().strip()
+    os.close(read_fd)
+    sealer.close()
+    assert os.WIFEXITED(status) and open_sealed(private, child) == PAYLOAD
