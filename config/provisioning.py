@@ -43,6 +43,8 @@ class Enrollment:
     hq_public_key: X25519PublicKey = field(repr=False)
     token_key: bytes = field(repr=False)
     deny_list: tuple[str, ...] = ()
+    # Sealed-envelope formats head office announced at enrollment; () for a head office that announced none (0.1).
+    envelope_versions: tuple[int, ...] = ()
 
     @property
     def merchant_name(self) -> str:
@@ -79,6 +81,9 @@ def load_enrollment(state_dir: Path) -> Enrollment:
         hq_public_key=hq_key,
         token_key=token_key,
         deny_list=tuple(str(t) for t in doc.get("deny_list") or ()),
+        envelope_versions=tuple(
+            v for v in doc.get("envelope_versions") or () if isinstance(v, int) and not isinstance(v, bool)
+        ),
     )
 
 

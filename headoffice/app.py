@@ -34,6 +34,7 @@ from headoffice.keystore import FileKeystore, Keystore
 from headoffice.models import Terminal
 from headoffice.settings import HQSettings
 from headoffice.terminal_auth import authenticate
+from protocol.envelope import VERSIONS as ENVELOPE_VERSIONS
 
 log = logging.getLogger("smartpos.headoffice")
 T = TypeVar("T")
@@ -197,6 +198,7 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
                 "deny_list": list(params.deny_list),
                 "parameters_version": params.version,
                 "hq_public_key": hq.keystore.envelope_public_pem(),  # type: ignore[attr-defined]
+                "envelope_versions": list(ENVELOPE_VERSIONS),
                 "token_key": _b64(hq.keystore.token_key()),
                 "server_time": time.time(),
             }
@@ -209,7 +211,8 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def ping(terminal_id: str, request: Request) -> Response:
         def work(session: Session, terminal: Any) -> dict[str, Any]:
             return {"terminal_id": terminal.id, "server_time": time.time(),
-                    "parameters_version": parameters.current_version(session)}
+                    "parameters_version": parameters.current_version(session),
+                    "envelope_versions": list(ENVELOPE_VERSIONS)}
 
         return _json(await hq.call(hq.terminal_call(request, b"", work, path_terminal=terminal_id)))
 
@@ -263,6 +266,9 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
             result = ingest.apply_page(session, terminal, prepared, wait_ahead=wait_ahead)
             # Lets the terminal notice changed parameters without asking on every sync.
             result["parameters_version"] = parameters.current_version(session)
+            # The sealed-envelope formats this head office opens: a terminal seals v2 only once it has seen 2 here
+            # (a 0.1 head office says nothing and opens only v1).
+            result["envelope_versions"] = list(ENVELOPE_VERSIONS)
             return result
 
         for _attempt in range(AHEAD_WAITS):

@@ -181,10 +181,10 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
             stop_reason = "chain_broken: bad_link"
             results.append(_result(seq, "rejected", stop_reason))
             continue
-        if p.row is None:  # prepared as a replay, yet above the head: the head moved back (rows removed by hand)
-            stop_reason = "retry: head office's chain head moved back; send the page again"
-            results.append(_result(seq, "rejected", stop_reason))
-            continue
+        if p.row is None:
+            # Prepared as a replay, yet above the head: the head moved back since the page was authenticated (rows
+            # removed by hand). Nothing of the page is kept; the terminal retries it as it retries any 5xx.
+            raise HQError(503, "retry", "head office's chain head moved back while the page was prepared; send again")
         batch_no = p.row["batch_no"]
         batch_id = batch_ids.get(batch_no)
         if batch_id is None:

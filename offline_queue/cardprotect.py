@@ -53,24 +53,54 @@ class ProtectedCard:
 class CardProtection:
     """Built once from enrollment material: token key, head office's X25519 public key, mask mode."""
 
-    def __init__(self, token_key: bytes, hq_public_key: X25519PublicKey | bytes, *, pan_mask: str = "bin6") -> None:
+    def __init__(
+        self,
+        token_key: bytes,
+        hq_public_key: X25519PublicKey | bytes,
+        *,
+        pan_mask: str = "bin6",
+        envelope_version: int = 2,
+    ) -> None:
+        """``envelope_version``: the sealed-envelope format head office opens (``protocol.envelope.newest_opened``
+        of what it announced); 1 for a head office of version 0.1."""
         if pan_mask not in PAN_MASKS:
             raise ValidationError("invalid_config", f"pan_mask must be one of {', '.join(PAN_MASKS)}")
         self._card_token = CardTokens(token_key)  # a bad key fails here, not at the first sale
         self._token_key = bytes(token_key)
-        self._sealer = envelope_mod.Sealer(hq_public_key)
+        try:
+            self._sealer = envelope_mod.Sealer(hq_public_key, version=envelope_version)
+        except envelope_mod.EnvelopeError as exc:
+            raise ValidationError("invalid_config", exc.message) from None
         self._bin8 = pan_mask == "bin8"
+
+    @property
+    def envelope_version(self) -> int:
+        return self._sealer.version
+
+    def set_envelope_version(self, version: int) -> None:
+        """Seal in ``version`` from the next card on (head office announced that it opens it)."""
+        self._sealer.set_version(version)
 
     def __repr__(self) -> str:
         return f"CardProtection(pan_mask={'bin8' if self._bin8 else 'bin6'})"
 
     @classmethod
-    def from_state_dir(cls, state_dir: str | Path, *, pan_mask: str = "bin6") -> CardProtection:
-        keys = Path(state_dir) / "keys"
+    def from_state_dir(
+        cls, state_dir: str | Path, *, pan_mask: str = "bin6", hq_envelope_versions: Any = None
+    ) -> CardProtection:
+        """From what enrollment wrote; the envelope format from ``hq_envelope_versions`` when given (what head office
+        last said, kept in the queue), else from what it announced at enrollment."""
+        from config.provisioning import load_enrollment
+
+        state = Path(state_dir)
+        keys = state / "keys"
+        if hq_envelope_versions is None:
+            hq_envelope_versions = load_enrollment(state).envelope_versions
         return cls(
             load_token_key(keys / "token.key"),
             (keys / "hq_x25519_public.pem").read_bytes(),
             pan_mask=pan_mask,
+            envelope_version=envelope_mod.newest_opened(hq_envelope_versions),
         )
 
     def close(self) -> None:

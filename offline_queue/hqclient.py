@@ -65,11 +65,20 @@ class SequenceResult:
     duplicate: bool = False
 
 
+def envelope_versions(doc: Any) -> tuple[int, ...] | None:
+    """The sealed-envelope formats an answer of head office says it opens, or None when it says nothing."""
+    versions = doc.get("envelope_versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, list):
+        return None
+    return tuple(sorted({v for v in versions if isinstance(v, int) and not isinstance(v, bool)}))
+
+
 @dataclass(frozen=True)
 class UploadResult:
     head_sequence: int
     results: list[SequenceResult] = field(default_factory=list)
     parameters_version: int | None = None
+    envelope_versions: tuple[int, ...] | None = None  # what head office says it opens (None: a 0.1 head office)
 
     @property
     def accepted(self) -> list[int]:
@@ -215,7 +224,8 @@ class HeadOfficeClient:
             SequenceResult(int(r["sequence"]), str(r["status"]), r.get("reason"), bool(r.get("duplicate")))
             for r in data.get("results", [])
         ]
-        return UploadResult(int(data.get("head_sequence", 0)), results, data.get("parameters_version"))
+        return UploadResult(int(data.get("head_sequence", 0)), results, data.get("parameters_version"),
+                            envelope_versions(data))
 
     def close_batch(self, batch: int, totals: list[dict[str, Any]], *, first_sequence: int | None = None,
                     last_sequence: int | None = None) -> dict[str, Any]:

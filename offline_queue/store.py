@@ -1217,6 +1217,20 @@ class QueueStore:
             last_contact_at=parse_time(contact[0]) if contact else None,
         )
 
+    def hq_envelope_versions(self) -> tuple[int, ...] | None:
+        """The sealed-envelope formats head office last said it opens (None: it never said so, e.g. version 0.1)."""
+        with self._raw_read() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'hq_envelope_versions'").fetchone()
+        value = _loads(row[0]) if row else None
+        return tuple(value) if isinstance(value, list) else None
+
+    def save_hq_envelope_versions(self, versions: Iterable[int]) -> None:
+        values = sorted({int(v) for v in versions})
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('hq_envelope_versions', ?)", (_dumps(values),)
+            )
+
     def record_contact(self, at: datetime | None = None) -> None:
         with self._write() as cur:
             cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_contact_at', ?)", (utcnow_iso(at),))

@@ -43,6 +43,8 @@ class SyncStore(Protocol):
     def mark_rejected(self, sequence: int, code: str, reason: str) -> None: ...
     def record_contact(self, at: datetime | None = None) -> None: ...
     def last_contact(self) -> datetime | None: ...
+    def hq_envelope_versions(self) -> tuple[int, ...] | None: ...
+    def save_hq_envelope_versions(self, versions: Any) -> None: ...
     def batches_to_report(self) -> list[Any]: ...
     def mark_batch_reported(self, number: int, hq_status: str, detail: dict[str, Any] | None = None) -> None: ...
     def save_parameters(self, version: int, parameters: dict[str, Any], deny_list: Any) -> None: ...
@@ -112,6 +114,7 @@ class SyncEngine:
         backoff_max_s: float = 60.0,
         on_progress: Callable[[SyncProgress], None] | None = None,
         on_contact: Callable[[bool], None] | None = None,
+        on_envelope_versions: Callable[[tuple[int, ...]], None] | None = None,
         rng: random.Random | None = None,
         max_rejections_listed: int = 100,
         inflight: int = 2,
@@ -125,6 +128,9 @@ class SyncEngine:
         self.backoff_max_s = backoff_max_s
         self.on_progress = on_progress
         self.on_contact = on_contact
+        self.on_envelope_versions = on_envelope_versions
+        self._envelope_versions: tuple[int, ...] | None = None  # read from the store when first needed
+        self._envelope_versions_read = False
         self._rng = rng or random.Random()
         self._max_rejections_listed = max_rejections_listed
         self._wake = threading.Event()
@@ -149,6 +155,24 @@ class SyncEngine:
                 self.on_contact(ok)
             except Exception:  # a faulty observer must not stop the sync
                 log.exception("on_contact callback failed")
+
+    def note_envelope_versions(self, versions: tuple[int, ...] | None) -> None:
+        """Head office said which sealed-envelope formats it opens: kept in the queue (for the next start) and
+        passed on, so the terminal seals in the newest format head office opens (``on_envelope_versions``)."""
+        if versions is None:
+            return
+        if not self._envelope_versions_read:
+            self._envelope_versions = self.store.hq_envelope_versions()
+            self._envelope_versions_read = True
+        if versions == self._envelope_versions:
+            return
+        self._envelope_versions = versions
+        self.store.save_hq_envelope_versions(versions)
+        if self.on_envelope_versions is not None:
+            try:
+                self.on_envelope_versions(versions)
+            except Exception:  # a faulty observer must not stop the sync
+                log.exception("on_envelope_versions callback failed")
 
     def status(self) -> dict[str, Any]:
         last = self.store.last_contact()
@@ -316,6 +340,7 @@ class SyncEngine:
                 self._progress(progress, result)
                 continue
             self.note_contact(True)
+            self.note_envelope_versions(upload.envelope_versions)
             attempt = 0
             page_size = self.page_size
             result.pages += 1

@@ -43,7 +43,7 @@ _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 _HEADER = 32 + 4  # ephemeral public key, index
 # A chain seals at most this many envelopes: bounds what head office derives to reach an index (an envelope cannot
 # make it hash a billion times) and what one snapshot of a running terminal's memory could open from then on.
-MAX_CHAIN_LENGTH = 4096
+MAX_CHAIN_LENGTH = 1024
 # Envelopes carry one card's clearing data: anything much larger is not an envelope of ours.
 MAX_SEALED_CHARS = 16384
 
@@ -112,12 +112,12 @@ def _step(chain_key: bytes) -> tuple[bytes, bytes]:
     return out[:32], out[32:]
 
 
-def _new_chain(recipient: X25519PublicKey, recipient_raw: bytes) -> tuple[bytes, bytes]:
-    """A fresh ephemeral key agreed with the recipient: (its public key, chain key 0). The ephemeral private key
-    is dropped here; only the recipient can compute chain key 0 again."""
+def _new_chain(recipient: X25519PublicKey, recipient_raw: bytes, info: bytes = _INFO) -> tuple[bytes, bytes]:
+    """A fresh ephemeral key agreed with the recipient: (its public key, chain key 0 -- or, with the v1 ``info``,
+    the v1 AES key). The ephemeral private key is dropped here; only the recipient can compute the key again."""
     ephemeral = X25519PrivateKey.generate()
     eph_raw = ephemeral.public_key().public_bytes(*_RAW)
-    return eph_raw, _hkdf(ephemeral.exchange(recipient), eph_raw, recipient_raw, _INFO)
+    return eph_raw, _hkdf(ephemeral.exchange(recipient), eph_raw, recipient_raw, info)
 
 
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -149,58 +149,118 @@ def seal(public_key: X25519PublicKey | bytes, payload: dict[str, Any]) -> str:
     return _encrypt(eph_raw, 0, _step(chain_key)[0], payload, os.urandom(12))
 
 
+# Format v1, still written for a head office that has not announced v2 (see Sealer.set_version): one AES key per
+# ephemeral key, for at most this many envelopes and seconds.
+V1_USES_PER_KEY = 64
+V1_MAX_KEY_AGE_S = 60.0
+VERSIONS = (1, 2)
+
+def newest_opened(versions: Any) -> int:
+    """The envelope format to seal in for a head office that announced ``versions`` (1 when it announced none:
+    version 0.1 opens v1 only)."""
+    announced = set(versions or ())
+    return max((v for v in VERSIONS if v in announced), default=1)
+
+
+# Taken only to re-create a Sealer's lock in a forked child; re-created itself in every child.
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Sealer:
-    """Seals to one recipient along key chains (see the module docstring).
+    """Seals to one recipient: along key chains (format v2, see the module docstring), or in format v1 for a head
+    office that opens only v1 (``version=1``; switched with :meth:`set_version` once it announces v2).
 
     A chain is used for at most ``chain_length`` envelopes (default 1024) and ``max_chain_age_s`` (default 3600 s),
     then a new one is started. The key agreement that starts a chain (X25519 + HKDF, ~0.1 ms) is done ahead of time
-    by a background thread, so sealing at the counter costs two hashes and AES-GCM.
+    by a background thread (``reserve`` of them, default 1), so sealing at the counter costs two hashes and AES-GCM.
 
     What a snapshot of this process's memory gives away: the current chain key, which derives the message keys of
-    the envelopes this chain will still seal (at most ``chain_length``, within ``max_chain_age_s``), and the
-    prepared chain keys waiting in reserve; not the keys of envelopes already sealed, which are no longer
-    referenced. (Python does not zero freed memory: bytes of a recent key may sit in a freed block until the
-    allocator reuses it, which for these small objects is soon.) Nothing of the keys is written to disk, and a
-    forked child discards its parent's.
+    the envelopes this chain will still seal (at most ``chain_length``, within ``max_chain_age_s``), and the key of
+    each chain prepared in reserve (discarded unused once older than ``max_chain_age_s``); not the keys of envelopes
+    already sealed, which are no longer referenced. (Python does not zero freed memory: bytes of a recent key may
+    sit in a freed block until the allocator reuses it, which for these small objects is soon.) In v1 the current
+    AES key opens the up to 64 envelopes of the last minute. Nothing of the keys is written to disk, and a forked
+    child discards its parent's.
     """
 
     def __init__(
         self,
         public_key: X25519PublicKey | bytes,
         *,
-        reserve: int = 4,
+        version: int = 2,
+        reserve: int = 1,
         chain_length: int = 1024,
         max_chain_age_s: float = 3600.0,
     ) -> None:
+        if version not in VERSIONS:
+            raise EnvelopeError("bad_version", f"envelope format must be one of {VERSIONS}")
         self._recipient = load_public_key(public_key)
         self._recipient_raw = self._recipient.public_bytes(*_RAW)
+        self._version = version
         self._reserve = max(1, reserve)
         self.chain_length = max(1, min(chain_length, MAX_CHAIN_LENGTH))
         self.max_chain_age_s = max_chain_age_s
         self._closed = False
         self._reset()
 
+    @property
+    def version(self) -> int:
+        return self._version
+
     def _reset(self) -> None:
         # deque append/popleft are atomic: the background thread takes no lock. The lock of seal() is made anew
         # here, so a child forked while a thread of its parent held it does not wait for it forever.
         self._lock = threading.Lock()
-        self._ready: deque[tuple[bytes, bytes]] = deque()
+        self._ready: deque[tuple[int, bytes, bytes, float]] = deque()  # (version, eph, key, made at)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._eph_raw = b""
-        self._chain_key = b""
-        self._index = 0
-        self._since = 0.0
+        self._forget_current()
         self._nonces: list[bytes] = []
 
-    def _run(self, ready: deque[tuple[bytes, bytes]], wake: threading.Event) -> None:
+    def _forget_current(self) -> None:
+        self._eph_raw = b""
+        self._chain_key = b""
+        self._v1_aead: AESGCM | None = None
+        self._index = 0
+        self._since = 0.0
+
+    def _prepare(self, version: int) -> tuple[int, bytes, bytes, float]:
+        eph_raw, key = _new_chain(self._recipient, self._recipient_raw, _INFO if version == 2 else _INFO_V1)
+        return version, eph_raw, key, time.monotonic()
+
+    def _run(self, ready: deque[tuple[int, bytes, bytes, float]], wake: threading.Event) -> None:
         while not self._closed and ready is self._ready:
-            while len(ready) < self._reserve and not self._closed:
-                ready.append(_new_chain(self._recipient, self._recipient_raw))
+            while len(ready) < self._reserve and not self._closed and ready is self._ready:
+                ready.append(self._prepare(self._version))
                 time.sleep(0)  # hand the GIL back after every key: a sale waits one key at most
             wake.wait(1.0)
             wake.clear()
+
+    def _take(self, now: float) -> tuple[bytes, bytes]:
+        """A prepared (ephemeral public key, key) of the current version and not too old, or a fresh one."""
+        fresh = None
+        while fresh is None and self._ready:
+            try:
+                version, eph_raw, key, made = self._ready.popleft()
+            except IndexError:
+                break
+            if version == self._version and now - made <= self.max_chain_age_s:
+                fresh = eph_raw, key
+        if len(self._ready) <= self._reserve // 2:
+            self._wake.set()
+        if fresh is None:
+            _version, eph_raw, key, _made = self._prepare(self._version)
+            fresh = eph_raw, key
+        return fresh
 
     def _nonce(self) -> bytes:
         """A random 96-bit nonce, drawn from the OS in blocks (one system call per 256 envelopes)."""
@@ -211,9 +271,25 @@ class Sealer:
             self._nonces = [block[i : i + 12] for i in range(0, len(block), 12)]
             return self._nonces.pop()
 
+    def set_version(self, version: int) -> None:
+        """Seal in ``version`` from now on (keys prepared for the other one are dropped)."""
+        if version not in VERSIONS:
+            raise EnvelopeError("bad_version", f"envelope format must be one of {VERSIONS}")
+        with self._lock:
+            if version == self._version:
+                return
+            self._version = version
+            self._ready.clear()
+            self._forget_current()
+            self._wake.set()
+
     def seal(self, payload: dict[str, Any]) -> str:
+        if not isinstance(payload, dict):
+            raise EnvelopeError("bad_envelope", "the sealed payload must be a dict")
         if self._pid != os.getpid():
-            self._reset()
+            with _fork_lock:
+                if self._pid != os.getpid():
+                    self._reset()
         with self._lock:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
@@ -221,26 +297,33 @@ class Sealer:
                 )
                 self._thread.start()
             now = time.monotonic()
-            if not self._chain_key or self._index >= self.chain_length or now - self._since > self.max_chain_age_s:
-                try:
-                    self._eph_raw, self._chain_key = self._ready.popleft()
-                except IndexError:
-                    self._eph_raw, self._chain_key = _new_chain(self._recipient, self._recipient_raw)
-                self._index = 0
-                self._since = now
-                if len(self._ready) <= self._reserve // 2:
-                    self._wake.set()
-            eph_raw, index = self._eph_raw, self._index
-            message_key, self._chain_key = _step(self._chain_key)
-            self._index = index + 1
             nonce = self._nonce()
+            if self._version == 1:
+                if self._v1_aead is None or self._index >= V1_USES_PER_KEY or now - self._since > V1_MAX_KEY_AGE_S:
+                    self._eph_raw, key = self._take(now)
+                    self._v1_aead, self._index, self._since = AESGCM(key), 0, now
+                self._index += 1
+                eph_raw, v1_aead = self._eph_raw, self._v1_aead
+            else:
+                if (not self._chain_key or self._index >= self.chain_length
+                        or now - self._since > self.max_chain_age_s):
+                    self._eph_raw, self._chain_key = self._take(now)
+                    self._index, self._since = 0, now
+                eph_raw, index, v1_aead = self._eph_raw, self._index, None
+                message_key, self._chain_key = _step(self._chain_key)
+                self._index = index + 1
+        if v1_aead is not None:
+            ciphertext = v1_aead.encrypt(nonce, orjson.dumps(payload), PREFIX_V1.encode())
+            return PREFIX_V1 + _b64url(eph_raw + nonce + ciphertext)
         return _encrypt(eph_raw, index, message_key, payload, nonce)
 
     def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        self._ready.clear()
-        self._chain_key = b""
+        with self._lock:
+            self._closed = True
+            old, self._ready = self._ready, deque()  # the key thread sees a new deque and stops
+            old.clear()
+            self._forget_current()
+            self._wake.set()
 
 
 def _decode(sealed: str) -> tuple[str, bytes]:
@@ -277,9 +360,10 @@ def _split_v1(raw: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 class _Chain:
-    """Head office's view of one key chain: a cursor (next index, its chain key) and the chain key of every 64th
-    index reached so far, so that an envelope behind the cursor (a replay, or pages opened out of order) is
-    reached in at most 63 steps from the mark below it, and the envelopes after it in one step each."""
+    """One thread's view of one key chain at head office: a cursor (next index, its chain key) and the chain key of
+    every 64th index this view has reached, so that an envelope behind the cursor (a replay, or pages opened out
+    of order) is reached in at most 63 steps from the mark below it, and the envelopes after it in one step each.
+    A view new to a chain walks from chain key 0 (at most MAX_CHAIN_LENGTH - 1 steps, ≈ 0.5 ms)."""
 
     __slots__ = ("marks", "next_index", "next_key")
 
@@ -325,15 +409,6 @@ class Opener:
         self._cache_size = max(1, cache_size)
         self._local = threading.local()
 
-    def _root(self, eph_raw: bytes) -> bytes:
-        root = self._roots.get(eph_raw)
-        if root is None:
-            root = _hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO)
-            if len(self._roots) >= self._cache_size:
-                self._roots.clear()  # simpler than LRU order, and just as bounded
-            self._roots[eph_raw] = root
-        return root
-
     def open(self, sealed: str) -> dict[str, Any]:
         version, raw = _decode(sealed)
         if version == PREFIX_V1:
@@ -343,24 +418,37 @@ class Opener:
         if chains is None:
             chains = self._local.chains = OrderedDict()
         chain = chains.get(eph_raw)
+        known = chain is not None
         if chain is None:
-            chain = chains[eph_raw] = _Chain(self._root(eph_raw))
+            root = self._roots.get(eph_raw)
+            if root is None:
+                root = _hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO)
+            chain = _Chain(root)
+        payload = _decrypt(AESGCM(chain.message_key(index)), nonce, ciphertext, PREFIX.encode() + raw[:_HEADER])
+        if known:
+            chains.move_to_end(eph_raw)
+        else:
+            # Remembered only once an envelope of the chain has opened: forged ephemeral keys fill no cache.
+            if eph_raw not in self._roots:
+                if len(self._roots) >= self._cache_size:
+                    self._roots.clear()  # simpler than LRU order, and just as bounded
+                self._roots[eph_raw] = chain.marks[0]
+            chains[eph_raw] = chain
             if len(chains) > self._PER_THREAD:
                 chains.popitem(last=False)
-        else:
-            chains.move_to_end(eph_raw)
-        message_key = chain.message_key(index)
-        return _decrypt(AESGCM(message_key), nonce, ciphertext, PREFIX.encode() + raw[:_HEADER])
+        return payload
 
     def _open_v1(self, raw: bytes) -> dict[str, Any]:
         eph_raw, nonce, ciphertext = _split_v1(raw)
         aead = self._v1_keys.get(eph_raw)
-        if aead is None:
-            aead = AESGCM(_hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO_V1))
-            if len(self._v1_keys) >= self._cache_size:
-                self._v1_keys.clear()
-            self._v1_keys[eph_raw] = aead
-        return _decrypt(aead, nonce, ciphertext, PREFIX_V1.encode())
+        if aead is not None:
+            return _decrypt(aead, nonce, ciphertext, PREFIX_V1.encode())
+        aead = AESGCM(_hkdf(_agree(self._private, eph_raw), eph_raw, self._recipient_raw, _INFO_V1))
+        payload = _decrypt(aead, nonce, ciphertext, PREFIX_V1.encode())
+        if len(self._v1_keys) >= self._cache_size:  # remembered only once it opened, as for v2
+            self._v1_keys.clear()
+        self._v1_keys[eph_raw] = aead
+        return payload
 
 
 def open_sealed(private_key: X25519PrivateKey | bytes, sealed: str) -> dict[str, Any]:

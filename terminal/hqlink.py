@@ -41,7 +41,8 @@ class HeadOfficeLink:
         # Retry at most every 3 sync intervals while head office is away, so its return is noticed soon even
         # when no payment (whose online attempt also wakes the sync) comes along.
         sync = SyncEngine(ledger.store, client, page_size=settings.sync.page_size,
-                          backoff_max_s=min(60.0, max(1.0, 3 * settings.sync.interval_s)))
+                          backoff_max_s=min(60.0, max(1.0, 3 * settings.sync.interval_s)),
+                          on_envelope_versions=getattr(ledger, "use_envelope_versions", None))
         link = cls(client, sync, ledger.store, online_timeout_s=settings.payments.online_timeout_s)
         link.interval_s = settings.sync.interval_s
         return link

@@ -46,8 +46,16 @@ class QueueLedger:
         except StoreError as exc:
             msg = exc.message if str(settings.db_path) in exc.message else f"queue {settings.db_path}: {exc.message}"
             raise LedgerError(msg) from None
+        from protocol.envelope import newest_opened
+
+        # Seal in the newest envelope format head office has said it opens: what it last said in a sync answer
+        # (kept in the queue), else what it announced at enrollment; v1 for a head office that said nothing (0.1).
+        announced = store.hq_envelope_versions()
         protection = CardProtection(
-            enrollment.token_key, enrollment.hq_public_key, pan_mask=settings.card_data.pan_mask
+            enrollment.token_key,
+            enrollment.hq_public_key,
+            pan_mask=settings.card_data.pan_mask,
+            envelope_version=newest_opened(announced if announced is not None else enrollment.envelope_versions),
         )
         version = enrollment.parameters_version
         if store.parameters() is None and isinstance(version, int) and not isinstance(version, bool):
@@ -59,6 +67,14 @@ class QueueLedger:
             if enrolled is not None:
                 store.record_contact(enrolled)
         return cls(store, protection, settings, enrollment)
+
+    def use_envelope_versions(self, versions: Any) -> None:
+        """Head office announced the envelope formats it opens (``SyncEngine.on_envelope_versions``)."""
+        from protocol.envelope import newest_opened
+
+        setter = getattr(self.protection, "set_envelope_version", None)
+        if setter is not None:
+            setter(newest_opened(versions))
 
     def close(self) -> None:
         close = getattr(self.protection, "close", None)

@@ -79,3 +79,44 @@ def test_a_token_that_is_not_the_envelopes_card_is_refused_with_its_reason(keyst
     prepared = ingest.prepare_page(page, "T-1", keystore)
     assert (prepared[0].status, prepared[1].status, prepared[1].reason) == ("accepted", "rejected", "envelope_mismatch")
     assert prepared[1].row["card_data"] is None and prepared[1].row["token"] is None  # nothing of it is kept
+
+
+def test_a_page_prepared_against_a_head_that_then_moved_back_is_refused_whole_for_a_retry(keystore, tmp_path):
+    # Heads only grow unless someone removes rows by hand; if that happens between authentication and the locked
+    # apply, rows prepared as replays would be neither checked nor stored: the page is answered 503 instead.
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from headoffice import enrollment
+    from headoffice.db import make_engine, session_factory, upgrade
+    from headoffice.errors import HQError
+    from headoffice.models import Terminal, Transaction
+    from protocol.signing import public_key_to_text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hq.sqlite'}")
+    upgrade(engine)
+    sessions = session_factory(engine)
+    with sessions() as s, s.begin():
+        enrollment.upsert_merchant(s, "M-1", name="Shop")
+        code = enrollment.create_code(s, "M-1", "T-1", timedelta(hours=1))
+    with sessions() as s, s.begin():
+        enrollment.enroll(s, code.code, public_key_to_text(Ed25519PrivateKey.generate().public_key()))
+    page = _page(keystore, 4)
+    with sessions() as s, s.begin():
+        result = ingest.apply_page(s, s.get(Terminal, "T-1"), ingest.prepare_page(page, "T-1", keystore))
+        assert result["accepted"] == 4
+    prepared = ingest.prepare_page(page, "T-1", keystore, known_head=4)  # all four are replays now
+    with sessions() as s, s.begin():  # ...and then rows 3 and 4 are removed by hand
+        s.query(Transaction).filter(Transaction.sequence > 2).delete()
+        terminal = s.get(Terminal, "T-1")
+        terminal.head_sequence, terminal.head_hash = 2, page["transactions"][1]["hash"]
+    with sessions() as s:
+        with pytest.raises(HQError) as err, s.begin():
+            ingest.apply_page(s, s.get(Terminal, "T-1"), prepared)
+        assert err.value.status == 503
+        assert s.query(Transaction).count() == 2
+        retried = ingest.apply_page(s, s.get(Terminal, "T-1"), ingest.prepare_page(page, "T-1", keystore,
+                                                                                    known_head=2))
+        assert [r["duplicate"] for r in retried["results"]] == [True, True, False, False]
+    engine.dispose()

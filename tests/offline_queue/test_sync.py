@@ -242,3 +242,40 @@ def test_batch_missing_at_head_office_is_reported_out_of_balance_with_the_missin
         assert reported.hq_detail["missing_sequences"] == [3, 4, 5]
         (diff,) = reported.hq_detail["differences"]
         assert (diff["terminal_count"], diff["hq_count"]) == (5, 2)
+
+
+def test_a_terminal_enrolled_at_a_head_office_without_v2_seals_v1_until_told_otherwise(terminal_env: TerminalEnv):
+    # Enrolled at a 0.1 head office (its answer named no envelope formats): v1 envelopes, which any head office
+    # opens. The first sync answer of a 0.2 head office announces v2; the terminal keeps that and switches.
+    import json
+
+    from offline_queue.cardprotect import CardProtection
+    from tests.harness.headoffice import emv_card
+
+    enrollment = terminal_env.state_dir / "enrollment.json"
+    doc = json.loads(enrollment.read_text())
+    assert doc["envelope_versions"] == [1, 2]  # what this head office announced at enrollment
+    del doc["envelope_versions"]
+    enrollment.write_text(json.dumps(doc))
+    old = CardProtection.from_state_dir(terminal_env.state_dir)
+    assert old.envelope_version == 1
+    seen = []
+    with terminal_env.store() as store, terminal_env.client() as client:
+        assert store.hq_envelope_versions() is None
+        first = store.record(type="sale", amount_minor=100, currency="EUR", card=old.protect(emv_card()),
+                             auth={"mode": "offline"})
+        assert first.envelope.startswith("v1.")
+        result = SyncEngine(store, client, on_envelope_versions=seen.append).run_once()
+        assert result.ok and result.accepted == 1  # head office opened the v1 envelope
+        assert seen == [(1, 2)] and store.hq_envelope_versions() == (1, 2)
+        # What the daemon does with it: the live protection switches, and the next start reads it back.
+        old.set_envelope_version(2)
+        again = CardProtection.from_state_dir(terminal_env.state_dir, hq_envelope_versions=store.hq_envelope_versions())
+        for protection in (old, again):
+            txn = store.record(type="sale", amount_minor=200, currency="EUR", card=protection.protect(emv_card()),
+                               auth={"mode": "offline"})
+            assert txn.envelope.startswith("v2.")
+        assert SyncEngine(store, client).run_once().accepted == 2
+        old.close()
+        again.close()
+    assert terminal_env.hq_rows()[:2] == (3, 3)

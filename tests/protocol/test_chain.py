@@ -271,3 +271,23 @@ def test_row_error_of_a_row_without_a_field_and_of_a_non_row():
     del row["token"]
     assert row_error(row) == "bad_row" == _single_row_code(row)
     assert row_error(["not", "a", "row"]) == "bad_row"
+
+
+def test_the_chain_hash_is_the_one_version_0_1_wrote():
+    # A known answer, computed with the chain module of version 0.1: chains already in queues and at head office
+    # must verify the same through every path (the general encoding, the uploaded-row one, the sorted-dict one).
+    from protocol.chain import SORTED_CHAINED_FIELDS, chain_hash_sorted, row_error
+
+    row = {
+        "uuid": "01a23468-8b27-70e5-880c-364e0bc8c7df", "terminal_id": "T-0001", "sequence": 42, "batch": 3,
+        "type": "sale", "created_at": "2026-11-23T12:00:00.000000Z", "amount_minor": 1250, "currency": "EUR",
+        "scheme": "visa", "masked_pan": "411111******1111", "pan_last4": "1111", "token": "ab" * 32,
+        "aid": "A0000000031010", "label": "VISA CRÉDIT €", "entry_mode": "contactless", "wallet": True,
+        "auth_mode": "offline", "auth_code": None, "auth_reason": None, "auth_id": None, "reference": 'R-"42"\n',
+        "void_of": None, "envelope_sha256": "cd" * 32,
+    }  # fmt: skip
+    expected = "b791b3c1be76ae4b900c01b076dd5d47f4be10344b1943ea50407d7cfa9e8243"
+    assert chain_hash("ef" * 32, row) == expected
+    assert chain_hash_sorted("ef" * 32, {name: row[name] for name in SORTED_CHAINED_FIELDS}) == expected
+    uploaded = {**row, "prev_hash": "ef" * 32, "hash": expected, "envelope": None}
+    assert row_error(uploaded) is None and verify_chain([uploaded], "ef" * 32) == expected

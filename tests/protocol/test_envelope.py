@@ -6,7 +6,6 @@ import base64
 import os
 
 import pytest
-from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,12 +107,31 @@ def test_malformed_envelopes_give_a_typed_error(sealed):
 
 def test_an_index_beyond_any_chain_is_refused_without_walking_to_it():
     private, public = generate_keypair()
-    raw = bytearray(_raw(seal(public, PAYLOAD)))
-    raw[32:36] = (2**32 - 1).to_bytes(4, "big")
-    with pytest.raises(EnvelopeError) as err:
-        open_sealed(private, _text("v2.", bytes(raw)))
-    assert "index" in err.value.message
-    assert MAX_CHAIN_LENGTH <= 65536
+    sealer = Sealer(public, chain_length=MAX_CHAIN_LENGTH)
+    try:
+        sealed = [sealer.seal({"n": i}) for i in range(MAX_CHAIN_LENGTH)]
+    finally:
+        sealer.close()
+    last = MAX_CHAIN_LENGTH - 1
+    assert _index(sealed[-1]) == last and open_sealed(private, sealed[-1]) == {"n": last}
+    for index in (MAX_CHAIN_LENGTH, 2**32 - 1):
+        raw = bytearray(_raw(sealed[-1]))
+        raw[32:36] = index.to_bytes(4, "big")
+        with pytest.raises(EnvelopeError) as err:
+            open_sealed(private, _text("v2.", bytes(raw)))
+        assert "index" in err.value.message
+
+
+def test_a_forged_envelope_fills_no_cache():
+    private, public = generate_keypair()
+    opener = Opener(private)
+    for _ in range(5):
+        raw = bytearray(_raw(seal(public, PAYLOAD)))
+        raw[-1] ^= 1  # the tag no longer matches
+        with pytest.raises(EnvelopeError):
+            opener.open(_text("v2.", bytes(raw)))
+    assert opener._roots == {} and not getattr(opener._local, "chains", {})
+    assert opener.open(seal(public, PAYLOAD)) == PAYLOAD and len(opener._roots) == 1
 
 
 @pytest.mark.parametrize("data", [b"", b"x" * 31, b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
@@ -201,24 +219,57 @@ def test_sealer_starts_a_new_chain_after_the_age_limit():
 
 
 def test_the_sealer_keeps_no_key_that_opens_what_it_already_sealed():
-    # Forward secrecy within a chain: everything the sealer still references derives only later message keys.
+    # Forward secrecy within a chain: from everything the sealer still holds (its chain key and the chains
+    # prepared in reserve), no walk down any chain reaches a key of an envelope already sealed.
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
     from protocol import envelope as env
 
     private, public = generate_keypair()
-    sealer = Sealer(public)
+    sealer = Sealer(public, reserve=2)
     try:
-        sealed = [sealer.seal({"n": i}) for i in range(3)]
-        held = sealer._chain_key
-        later = env._step(held)[0]
-        assert open_sealed(private, sealed[2])["n"] == 2
-        for s in sealed:
-            raw = _raw(s)
-            with pytest.raises(InvalidTag):
-                env.AESGCM(later).decrypt(raw[36:48], raw[48:], b"v2." + raw[:36])
-            with pytest.raises(InvalidTag):
-                env.AESGCM(env._step(held)[1]).decrypt(raw[36:48], raw[48:], b"v2." + raw[:36])
+        sealed = [sealer.seal({"n": i}) for i in range(5)]
+        time.sleep(0.3)  # let the reserve fill
+        held = [sealer._chain_key, *(entry[2] for entry in list(sealer._ready))]
+        assert len(held) == 3
+        # What head office can compute for the envelopes sealed so far: their chain keys and message keys.
+        recipient_raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        eph = _eph(sealed[0])
+        chain_key = env._hkdf(env._agree(private, eph), eph, recipient_raw, env._INFO)
+        past_chain, past_message = set(), set()
+        for _ in sealed:
+            past_chain.add(chain_key)
+            message, chain_key = env._step(chain_key)
+            past_message.add(message)
+        assert chain_key == sealer._chain_key  # the sealer holds exactly the next chain key...
+        for key in held:
+            assert key not in past_chain
+            for _ in range(MAX_CHAIN_LENGTH):  # ...from which no key of the past can be reached
+                message, key = env._step(key)
+                assert message not in past_message and key not in past_chain
+        assert [open_sealed(private, s)["n"] for s in sealed] == list(range(5))
     finally:
         sealer.close()
+
+
+def test_a_sealer_for_a_head_office_without_v2_seals_v1_and_switches_when_told():
+    private, public = generate_keypair()
+    sealer = Sealer(public, version=1)
+    try:
+        old = [sealer.seal({"n": i}) for i in range(70)]
+        sealer.set_version(2)
+        new = [sealer.seal({"n": i}) for i in range(3)]
+    finally:
+        sealer.close()
+    assert all(s.startswith("v1.") for s in old) and all(s.startswith("v2.") for s in new)
+    assert len({_raw(s)[:32] for s in old}) == 2  # one key for at most 64 envelopes
+    opener = Opener(private)
+    assert [opener.open(s)["n"] for s in old] == list(range(70))
+    assert [opener.open(s)["n"] for s in new] == [0, 1, 2]
+    with pytest.raises(EnvelopeError):
+        Sealer(public, version=3)
 
 
 def test_version_1_envelopes_still_open():
