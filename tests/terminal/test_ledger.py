@@ -152,3 +152,20 @@ def test_deny_list_from_enrollment_applies_before_the_first_sync(tmp_path):
     finally:
         led.close()
 
+
+
+def test_the_ledger_seals_in_the_newest_format_head_office_has_announced(tmp_path):
+    # Enrolled where head office named no formats (a 0.1 head office): v1, which any head office opens.
+    first = make_ledger(tmp_path)
+    try:
+        assert first.protection.envelope_version == 1
+        first.store.save_hq_envelope_versions([1, 2])  # what the sync engine keeps from an upload answer
+        first.use_envelope_versions((1, 2))  # ...and tells the running daemon
+        assert first.protection.envelope_version == 2
+    finally:
+        first.close()
+    again = make_ledger(tmp_path)  # the next start reads it back from the queue
+    try:
+        assert again.protection.envelope_version == 2
+    finally:
+        again.close()
