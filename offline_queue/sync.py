@@ -129,8 +129,7 @@ class SyncEngine:
         self.on_progress = on_progress
         self.on_contact = on_contact
         self.on_envelope_versions = on_envelope_versions
-        self._envelope_versions: tuple[int, ...] | None = None  # read from the store when first needed
-        self._envelope_versions_read = False
+        self._envelope_versions: tuple[int, ...] | None = None  # as last passed to on_envelope_versions
         self._rng = rng or random.Random()
         self._max_rejections_listed = max_rejections_listed
         self._wake = threading.Event()
@@ -158,16 +157,13 @@ class SyncEngine:
 
     def note_envelope_versions(self, versions: tuple[int, ...] | None) -> None:
         """Head office said which sealed-envelope formats it opens: kept in the queue (for the next start) and
-        passed on, so the terminal seals in the newest format head office opens (``on_envelope_versions``)."""
-        if versions is None:
-            return
-        if not self._envelope_versions_read:
-            self._envelope_versions = self.store.hq_envelope_versions()
-            self._envelope_versions_read = True
-        if versions == self._envelope_versions:
+        passed on, so the terminal seals in the newest format head office opens (``on_envelope_versions``). The
+        observer hears it once per engine even when another process (`smartpos sync`) stored it already."""
+        if versions is None or versions == self._envelope_versions:
             return
         self._envelope_versions = versions
-        self.store.save_hq_envelope_versions(versions)
+        if self.store.hq_envelope_versions() != versions:
+            self.store.save_hq_envelope_versions(versions)
         if self.on_envelope_versions is not None:
             try:
                 self.on_envelope_versions(versions)

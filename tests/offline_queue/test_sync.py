@@ -279,3 +279,16 @@ def test_a_terminal_enrolled_at_a_head_office_without_v2_seals_v1_until_told_oth
         old.close()
         again.close()
     assert terminal_env.hq_rows()[:2] == (3, 3)
+
+
+def test_the_daemon_hears_the_announced_formats_even_when_a_technicians_sync_stored_them_first(
+        terminal_env: TerminalEnv):
+    terminal_env.record(2)
+    heard = []
+    with terminal_env.store() as store, terminal_env.client() as client:
+        store.save_hq_envelope_versions([1, 2])  # e.g. `smartpos sync` in another process, moments before
+        engine = SyncEngine(store, client, on_envelope_versions=heard.append)
+        engine.run_once()
+        terminal_env.record(1)
+        engine.run_once()
+    assert heard == [(1, 2)]  # once per engine, not once per answer
