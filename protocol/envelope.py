@@ -12,9 +12,11 @@ Format v2 (written since 0.2):
   as associated data) under message key Mi, where ``Mi | Ci+1 = BLAKE2b-512(key=Ci)`` (keyed BLAKE2b is a PRF,
   RFC 7693; personalised for this use). The sealer keeps only the next chain key: it cannot go back, so the memory
   of a running terminal does not hold what opens the envelopes it already sealed (forward secrecy within a chain).
-- Head office does one X25519 agreement per chain, then two cheap hashes per envelope.
+- Head office does one X25519 agreement per chain, then one BLAKE2b call and AES-GCM per envelope.
 
-Format v1 (0.1): one AES key per ephemeral key for up to 64 envelopes; still opened, no longer written.
+Format v1 (0.1): ``"v1." + base64url(ephemeral public key (32) | nonce (12) | ciphertext+tag)``, one AES key
+(X25519 + HKDF-SHA256) for up to 64 envelopes within 60 s. Still opened, and still written for a head office that
+has not announced that it opens v2 (head office announces ``VERSIONS``; see ``newest_opened``).
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ V1_USES_PER_KEY = 64
 V1_MAX_KEY_AGE_S = 60.0
 VERSIONS = (1, 2)
 
+
 def newest_opened(versions: Any) -> int:
     """The envelope format to seal in for a head office that announced ``versions`` (1 when it announced none:
     version 0.1 opens v1 only)."""
@@ -180,7 +183,7 @@ class Sealer:
 
     A chain is used for at most ``chain_length`` envelopes (default 1024) and ``max_chain_age_s`` (default 3600 s),
     then a new one is started. The key agreement that starts a chain (X25519 + HKDF, ~0.1 ms) is done ahead of time
-    by a background thread (``reserve`` of them, default 1), so sealing at the counter costs two hashes and AES-GCM.
+    by a background thread (``reserve`` of them, default 1), so sealing at the counter costs one BLAKE2b call and AES-GCM.
 
     What a snapshot of this process's memory gives away: the current chain key, which derives the message keys of
     the envelopes this chain will still seal (at most ``chain_length``, within ``max_chain_age_s``), and the key of
@@ -393,7 +396,7 @@ class _Chain:
 
 class Opener:
     """Opens envelopes sealed to one private key. Remembers (bounded, in memory) the chains it has seen, so an
-    envelope costs two hashes and AES-GCM, and a chain one X25519 agreement per process.
+    envelope costs one BLAKE2b call and AES-GCM, and a chain one X25519 agreement per process.
 
     Thread-safe without a lock, so that the threads of a head-office worker opening envelopes at once never wait on
     one another: chain key 0 of each chain is shared (a dict read or write is atomic), and each thread walks the
