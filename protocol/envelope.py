@@ -183,7 +183,8 @@ class Sealer:
 
     A chain is used for at most ``chain_length`` envelopes (default 1024) and ``max_chain_age_s`` (default 3600 s),
     then a new one is started. The key agreement that starts a chain (X25519 + HKDF, ~0.1 ms) is done ahead of time
-    by a background thread (``reserve`` of them, default 1), so sealing at the counter costs one BLAKE2b call and AES-GCM.
+    by a background thread (``reserve`` of them, default 1), so sealing at the counter costs one BLAKE2b call and
+    AES-GCM.
 
     What a snapshot of this process's memory gives away: the current chain key, which derives the message keys of
     the envelopes this chain will still seal (at most ``chain_length``, within ``max_chain_age_s``), and the key of
