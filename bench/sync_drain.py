@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/queue.py would shadow the standard library's queue module: keep bench/ off sys.path, the project on it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from protocol.envelope import DEFAULT_CHAIN_AGE_S  # noqa: E402 (the project is importable only from here)
+from protocol.envelope import MAX_CHAIN_LENGTH as MAX_ENVELOPES_PER_CHAIN  # noqa: E402
+
 BIN = Path(sys.executable).parent
 # Luhn-valid public test numbers only.
 TEST_PANS = ("4111111111111111", "5555555555554444", "4012888888881881", "378282246310005")
@@ -360,8 +364,7 @@ def amount_of(i: int) -> int:
 
 
 # The terminal's Sealer (protocol.envelope): a key chain seals at most 1024 envelopes, for at most 60 minutes.
-MAX_ENVELOPES_PER_CHAIN = 1024
-CHAIN_MINUTES = 60
+CHAIN_MINUTES = round(DEFAULT_CHAIN_AGE_S / 60)
 SALES_PER_MINUTE = 4  # a steady till
 DEFAULT_PER_CHAIN = min(SALES_PER_MINUTE * CHAIN_MINUTES, MAX_ENVELOPES_PER_CHAIN)
 

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from protocol.envelope import announced_versions
+
 TERMINAL_KEY = Path("keys/terminal_ed25519.pem")
 HQ_PUBLIC_KEY = Path("keys/hq_x25519_public.pem")
 TOKEN_KEY = Path("keys/token.key")
@@ -81,9 +83,7 @@ def load_enrollment(state_dir: Path) -> Enrollment:
         hq_public_key=hq_key,
         token_key=token_key,
         deny_list=tuple(str(t) for t in doc.get("deny_list") or ()),
-        envelope_versions=tuple(
-            v for v in doc.get("envelope_versions") or () if isinstance(v, int) and not isinstance(v, bool)
-        ),
+        envelope_versions=announced_versions(doc) or (),
     )
 
 

@@ -18,7 +18,7 @@ from protocol import envelope as envelope_mod
 from protocol.carddata import has_track2, last4, luhn_ok, mask_pan, validate_pan
 from protocol.chain import envelope_digest
 from protocol.errors import ValidationError
-from protocol.tokens import CardTokens, load_token_key, uid_token
+from protocol.tokens import CardTokens, uid_token
 
 PAN_MASKS = ("bin6", "bin8")
 
@@ -92,13 +92,12 @@ class CardProtection:
         last said, kept in the queue), else from what it announced at enrollment."""
         from config.provisioning import load_enrollment
 
-        state = Path(state_dir)
-        keys = state / "keys"
+        enrollment = load_enrollment(Path(state_dir))
         if hq_envelope_versions is None:
-            hq_envelope_versions = load_enrollment(state).envelope_versions
+            hq_envelope_versions = enrollment.envelope_versions
         return cls(
-            load_token_key(keys / "token.key"),
-            (keys / "hq_x25519_public.pem").read_bytes(),
+            enrollment.token_key,
+            enrollment.hq_public_key,
             pan_mask=pan_mask,
             envelope_version=envelope_mod.newest_opened(hq_envelope_versions),
         )
@@ -194,12 +193,6 @@ def _pan_shaped(text: str) -> bool:
         if luhn_ok(digits):
             return True
     return False
-
-
-def might_be_card_data(text: str) -> bool:
-    """Cheap necessary condition for :func:`looks_like_card_data` on a string: a run of 12 digits (a PAN has 13+,
-    track 2 starts with the PAN). False means the text is certainly not card data."""
-    return _DIGIT_RUN12.search(text) is not None
 
 
 def looks_like_card_data(value: Any) -> bool:

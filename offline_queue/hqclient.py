@@ -17,6 +17,7 @@ import httpx
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocol.envelope import announced_versions
 from protocol.signing import sign_request
 
 USER_AGENT = "smartpos-terminal/1"
@@ -63,14 +64,6 @@ class SequenceResult:
     status: str  # accepted | rejected
     reason: str | None = None
     duplicate: bool = False
-
-
-def envelope_versions(doc: Any) -> tuple[int, ...] | None:
-    """The sealed-envelope formats an answer of head office says it opens, or None when it says nothing."""
-    versions = doc.get("envelope_versions") if isinstance(doc, dict) else None
-    if not isinstance(versions, list):
-        return None
-    return tuple(sorted({v for v in versions if isinstance(v, int) and not isinstance(v, bool)}))
 
 
 @dataclass(frozen=True)
@@ -225,7 +218,7 @@ class HeadOfficeClient:
             for r in data.get("results", [])
         ]
         return UploadResult(int(data.get("head_sequence", 0)), results, data.get("parameters_version"),
-                            envelope_versions(data))
+                            announced_versions(data))
 
     def close_batch(self, batch: int, totals: list[dict[str, Any]], *, first_sequence: int | None = None,
                     last_sequence: int | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 
 from offline_queue import tables as t
-from offline_queue.cardprotect import ProtectedCard, looks_like_card_data, might_be_card_data
+from offline_queue.cardprotect import ProtectedCard, looks_like_card_data
 from offline_queue.errors import (
     RECOVERY_HINT,
     SchemaTooNewError,
@@ -203,10 +203,9 @@ def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
         raise ValidationError("invalid_auth", "auth must be an Authorization or a dict with mode/code/reason/auth_id")
     if auth.mode not in AUTH_MODES:
         raise ValidationError("invalid_auth", f"authorization mode must be one of {', '.join(AUTH_MODES)}")
-    if auth.code is not None or auth.reason is not None or auth.auth_id is not None:
-        _check_text("auth_code", auth.code, 16)
-        _check_text("auth_reason", auth.reason, 200)
-        _check_text("auth_id", auth.auth_id, 64)
+    _check_text("auth_code", auth.code, 16)
+    _check_text("auth_reason", auth.reason, 200)
+    _check_text("auth_id", auth.auth_id, 64)
     return auth
 
 
@@ -226,7 +225,7 @@ class _CardCheck:
     def _is_card_data(self, text: str) -> bool:
         if text in self._clean:
             return False
-        if might_be_card_data(text) and looks_like_card_data(text):
+        if looks_like_card_data(text):
             return True
         if len(self._clean) >= self._MAX_REMEMBERED:
             self._clean.clear()
@@ -250,11 +249,7 @@ class _CardCheck:
                 continue
             if value.__class__ is not str or len(value) > 64:
                 raise ValidationError("invalid_card", f"card field {name} is not acceptable")
-            if repeats:
-                suspect = self._is_card_data(value)
-            else:
-                suspect = might_be_card_data(value) and looks_like_card_data(value)
-            if suspect:
+            if self._is_card_data(value) if repeats else looks_like_card_data(value):
                 raise ValidationError("invalid_card", f"card field {name} is not acceptable")
         return card
 

@@ -46,6 +46,7 @@ _HEADER = 32 + 4  # ephemeral public key, index
 # A chain seals at most this many envelopes: bounds what head office derives to reach an index (an envelope cannot
 # make it hash a billion times) and what one snapshot of a running terminal's memory could open from then on.
 MAX_CHAIN_LENGTH = 1024
+DEFAULT_CHAIN_AGE_S = 3600.0  # a chain is used for at most this long (and MAX_CHAIN_LENGTH envelopes)
 # Envelopes carry one card's clearing data: anything much larger is not an envelope of ours.
 MAX_SEALED_CHARS = 16384
 
@@ -158,6 +159,15 @@ V1_MAX_KEY_AGE_S = 60.0
 VERSIONS = (1, 2)
 
 
+def announced_versions(doc: Any) -> tuple[int, ...] | None:
+    """The envelope formats a head-office answer (or a stored enrollment) says head office opens; None when it
+    says nothing, as version 0.1 does."""
+    versions = doc.get("envelope_versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, list | tuple):
+        return None
+    return tuple(sorted({v for v in versions if isinstance(v, int) and not isinstance(v, bool)}))
+
+
 def newest_opened(versions: Any) -> int:
     """The envelope format to seal in for a head office that announced ``versions`` (1 when it announced none:
     version 0.1 opens v1 only)."""
@@ -201,8 +211,8 @@ class Sealer:
         *,
         version: int = 2,
         reserve: int = 1,
-        chain_length: int = 1024,
-        max_chain_age_s: float = 3600.0,
+        chain_length: int = MAX_CHAIN_LENGTH,
+        max_chain_age_s: float = DEFAULT_CHAIN_AGE_S,
     ) -> None:
         if version not in VERSIONS:
             raise EnvelopeError("bad_version", f"envelope format must be one of {VERSIONS}")

@@ -131,9 +131,9 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
 
     from config.loading import ConfigError, config_path, parse_settings
     from config.provisioning import ENROLLMENT, HQ_PUBLIC_KEY, TERMINAL_KEY, TOKEN_KEY
-    from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable, envelope_versions
+    from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
     from offline_queue.hqclient import enroll as hq_enroll
-    from protocol.envelope import EnvelopeError, load_public_key, public_key_pem
+    from protocol.envelope import EnvelopeError, announced_versions, load_public_key, public_key_pem
     from protocol.signing import public_key_to_text
 
     hq_url = hq_url.rstrip("/")
@@ -199,7 +199,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
         "parameters": answer.get("parameters") or {},
         "deny_list": answer.get("deny_list") or [],
         "parameters_version": answer.get("parameters_version"),
-        "envelope_versions": list(envelope_versions(answer) or ()),
+        "envelope_versions": list(announced_versions(answer) or ()),
         "enrolled_at": datetime.now(UTC).isoformat(),
     }
     _write_private(state / HQ_PUBLIC_KEY, public_key_pem(hq_public))
