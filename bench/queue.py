@@ -7,7 +7,10 @@
    - raw stdlib ``sqlite3`` inserting one row of the same size (the wire JSON of a recorded sale) per commit;
    - persist-queue's ``SQLiteAckQueue.put`` of the same dict (its connection set to synchronous=FULL too);
    - persist-queue doing the same work: the caller protects the card, builds and chains the transaction, then
-     ``put`` s it (``PersistQueueSameWork``): what picking persist-queue instead would cost under the same rules.
+     ``put`` s it (``PersistQueueSameWork``): what picking persist-queue instead would cost under the same rules;
+   - the SQL alone (``SqlFloor``): the four statements ``record()`` sends for a sale, with the row's values made
+     in advance. What this schema's durable write costs with no work around it: the ceiling of any implementation
+     of the queue, in any language, against which ``put`` can be compared.
 2. Drain of a 100,000-transaction backlog: ``pending_page(500)`` -> ``orjson.dumps`` (the upload body) ->
    ``mark_accepted`` (one durable commit per page, envelopes wiped with secure_delete). Per-page cost compared
    between the first and last fifth of the pages (medians) to show it stays flat as the backlog drains.
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 
 from offline_queue.cardprotect import CardProtection
-from offline_queue.store import QueueStore, utcnow_iso
+from offline_queue.store import _INSERT_COLUMNS, _INSERT_SQL, QueueStore, utcnow_iso
 from protocol.chain import GENESIS, chain_hash
 from protocol.envelope import generate_keypair
 from protocol.ids import uuid7
@@ -107,14 +110,38 @@ class PersistQueueSameWork:
         self.queue.put(wire)
 
 
+class SqlFloor:
+    """The statements ``record()`` sends for a sale (BEGIN IMMEDIATE, PRAGMA data_version, the INSERT, COMMIT) on a
+    store of its own, each row's values (a copy of a recorded sale, with its own sequence and UUID) made in advance:
+    the cost of this schema's indexes, row size and durable commit, with no Python work around them."""
+
+    def __init__(self, store: QueueStore, count: int) -> None:
+        self.cur = store._wcur  # bench-only: the store's writer cursor, as record() uses it
+        columns = ", ".join(_INSERT_COLUMNS)
+        sample = self.cur.execute(f"SELECT {columns} FROM transactions ORDER BY sequence DESC LIMIT 1").fetchone()
+        at_seq, at_uuid = _INSERT_COLUMNS.index("sequence"), _INSERT_COLUMNS.index("uuid")
+        self.rows = []
+        for i in range(count, 0, -1):  # popped from the end: in sequence order
+            values = list(sample)
+            values[at_seq], values[at_uuid] = sample[at_seq] + i, uuid7()
+            self.rows.append(tuple(values))
+
+    def write(self) -> None:
+        cur, values = self.cur, self.rows.pop()
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("PRAGMA data_version").fetchone()
+        cur.execute(_INSERT_SQL, values)
+        cur.execute("COMMIT")
+
+
 def interleaved_round(store: QueueStore, protection: CardProtection, raw: sqlite3.Connection, row: bytes, queue,
-                      item: dict, same_work: PersistQueueSameWork, n: int,
-                      latencies: list[float]) -> tuple[float, float, float, float]:
+                      item: dict, same_work: PersistQueueSameWork, floor: SqlFloor, n: int,
+                      latencies: list[float]) -> tuple[float, float, float, float, float]:
     """``n`` durable writes of each kind, taken in turns (ours, raw, persist-queue, persist-queue doing the same
-    work, ours, ...) so that a change in the disk's fsync speed, which drifts by the second on a shared machine,
-    hits all of them alike. Returns the rates (writes per second of time spent in each)."""
+    work, the SQL alone, ours, ...) so that a change in the disk's fsync speed, which drifts by the second on a
+    shared machine, hits all of them alike. Returns the rates (writes per second of time spent in each)."""
     card = BenchCard()
-    spent = [0.0, 0.0, 0.0, 0.0]
+    spent = [0.0, 0.0, 0.0, 0.0, 0.0]
     clock = time.perf_counter
     for i in range(n):
         t0 = clock()
@@ -133,12 +160,15 @@ def interleaved_round(store: QueueStore, protection: CardProtection, raw: sqlite
         t3 = clock()
         same_work.record(card, 100 + i, f"R-{i}")
         t4 = clock()
+        floor.write()
+        t5 = clock()
         latencies.append(t1 - t0)
         spent[0] += t1 - t0
         spent[1] += t2 - t1
         spent[2] += t3 - t2
         spent[3] += t4 - t3
-    return n / spent[0], n / spent[1], n / spent[2], n / spent[3]
+        spent[4] += t5 - t4
+    return n / spent[0], n / spent[1], n / spent[2], n / spent[3], n / spent[4]
 
 
 def fill_backlog(store: QueueStore, protection: CardProtection, n: int) -> None:
@@ -208,27 +238,36 @@ def main() -> None:
         pq_work._putter.execute("PRAGMA synchronous=FULL")
         same_work = PersistQueueSameWork(pq_work, CardProtection(os.urandom(32), public))
 
+        floor_store = QueueStore.open(workdir / "floor.sqlite", terminal_id="T-BENCH")
+        floor_store.record(type="sale", amount_minor=1250, currency="EUR", card=protection.protect(BenchCard()),
+                           auth={"mode": "offline"}, reference="R-sample")  # fmt: skip
+        floor = SqlFloor(floor_store, (args.warmup_rounds + args.rounds) * args.per_round)
+
         # Warm-up, not counted: until each WAL has filled once and been checkpointed (raw sqlite3 writes ~1.7
         # frames per row, so ~600 rows to its first 1,000-page checkpoint), a writer whose WAL file still grows
         # pays for the growth in every fsync, and the writers reach that point at different times.
         for _ in range(args.warmup_rounds):
-            interleaved_round(store, protection, raw, row, pq, item, same_work, args.per_round, [])
-        ours, raws, pqs, pq_same, latencies = [], [], [], [], []
+            interleaved_round(store, protection, raw, row, pq, item, same_work, floor, args.per_round, [])
+        ours, raws, pqs, pq_same, floors, latencies = [], [], [], [], [], []
         for _ in range(args.rounds):
-            o, r, q, w = interleaved_round(store, protection, raw, row, pq, item, same_work, args.per_round,
-                                           latencies)
+            o, r, q, w, f = interleaved_round(store, protection, raw, row, pq, item, same_work, floor,
+                                              args.per_round, latencies)
             ours.append(o)
             raws.append(r)
             pqs.append(q)
             pq_same.append(w)
+            floors.append(f)
         raw.close()
         pq.close()
         pq_work.close()
+        floor_store.close()
         store.close()
 
         ratio_raw = statistics.median(o / r for o, r in zip(ours, raws, strict=True))
         ratio_pq = statistics.median(o / q for o, q in zip(ours, pqs, strict=True))
         ratio_pq_same = statistics.median(o / w for o, w in zip(ours, pq_same, strict=True))
+        floor_vs_pq = statistics.median(f / q for f, q in zip(floors, pqs, strict=True))
+        ratio_floor = statistics.median(o / f for o, f in zip(ours, floors, strict=True))
         record_per_s = statistics.median(ours)
         raw_per_s = statistics.median(raws)
         pq_per_s = statistics.median(pqs)
@@ -237,6 +276,8 @@ def main() -> None:
         print(f"persist-queue SQLiteAckQueue.put: {pq_per_s:8.0f}/s  rounds {[round(x) for x in pqs]}")
         print(f"persist-queue, same work:         {statistics.median(pq_same):8.0f}/s  "
               f"rounds {[round(x) for x in pq_same]}")
+        print(f"our SQL alone, values made ahead: {statistics.median(floors):8.0f}/s  "
+              f"rounds {[round(x) for x in floors]}")
         print(f"per-round ratios vs raw {[round(o / r, 2) for o, r in zip(ours, raws, strict=True)]}")
 
         backlog_path = workdir / "backlog.sqlite"
@@ -262,6 +303,9 @@ def main() -> None:
             "ratio_vs_persist_queue": round(ratio_pq, 3),
             "persist_queue_same_work_per_s": round(statistics.median(pq_same)),
             "ratio_vs_persist_queue_same_work": round(ratio_pq_same, 3),
+            "sql_floor_per_s": round(statistics.median(floors)),
+            "ratio_vs_sql_floor": round(ratio_floor, 3),
+            "sql_floor_over_persist_queue": round(floor_vs_pq, 3),
             "record_p50_ms": round(pct(latencies, 50) * 1000, 3),
             "record_p99_ms": round(pct(latencies, 99) * 1000, 3),
             "row_bytes": len(row),
