@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from headoffice.cardfields import is_masked
 
@@ -22,7 +22,7 @@ class AuthRequest(BaseModel):
 
     idempotency_key: str = Field(min_length=1, max_length=100)
     type: str = Field(pattern="^(sale|refund)$")
-    amount_minor: int = Field(gt=0, le=1_000_000_000)
+    amount_minor: StrictInt = Field(gt=0, le=1_000_000_000)
     currency: str = Field(pattern="^[A-Z]{3}$")
     token: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     masked_pan: str | None = Field(default=None, max_length=19)

@@ -23,8 +23,13 @@ def _hash(token: str) -> str:
 def create_token(session: Session, name: str) -> str:
     if not name or len(name) > 100:
         raise HQError(400, "invalid_name", "token name must be 1-100 characters")
-    if session.execute(select(ApiToken.id).where(ApiToken.name == name)).first():
-        raise HQError(409, "token_exists", f"a token named {name!r} exists; revoke it or pick another name")
+    existing = session.execute(select(ApiToken).where(ApiToken.name == name)).scalar_one_or_none()
+    if existing is not None:
+        if existing.revoked_at is None:
+            raise HQError(409, "token_exists", f"a token named {name!r} exists; revoke it or pick another name")
+        # Rotating a leaked token under its name: the revoked one keeps its row (and its history) under a new name.
+        existing.name = f"{name[:70]} (revoked #{existing.id})"
+        session.flush()
     token = PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(name=name, token_hash=_hash(token), created_at=utcnow()))
     session.flush()

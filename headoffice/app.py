@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headoffice import apitokens, authorization, batches, enrollment, exports, ingest, parameters
 from headoffice.acquirer import AcquirerConnector, AuthRequest
@@ -79,6 +80,7 @@ def _parse(body: bytes) -> Any:
 
 
 MAX_BODY = 64 * 1024 * 1024
+MAX_ID = 2**63 - 1  # ids and batch numbers are BIGINT columns
 # A pipelined page that overtook its predecessor waits this long (in total) for it before it is answered "gap".
 AHEAD_WAITS = 40
 AHEAD_WAIT_S = 0.025
@@ -159,9 +161,21 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _json({"error": {"code": "invalid_json", "message": "request body is not valid JSON"}}, 400)
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _json({"error": {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}},
                      422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown paths, wrong methods: the same error shape as every other answer.
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        response = _json({"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}},
+                         exc.status_code)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(PydanticValidationError)
     async def _pyd_validation(_request: Request, exc: PydanticValidationError) -> Response:
@@ -280,7 +294,7 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
 
     @app.post("/api/v1/terminals/{terminal_id}/batches/{batch_no}/close", tags=["terminals"],
               openapi_extra=_body_schema(batches.CloseRequest))
-    async def close_batch(terminal_id: str, batch_no: int, request: Request) -> Response:
+    async def close_batch(terminal_id: str, request: Request, batch_no: int = Path(ge=1, le=MAX_ID)) -> Response:
         body = await _body(request)
 
         def work(session: Session, terminal: Any) -> dict[str, Any]:
@@ -300,20 +314,27 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         return run
 
     @app.get("/api/v1/batches", tags=["staff"])
-    async def list_batches(request: Request, status: str | None = None, since: datetime | None = None,
-                           terminal: str | None = None) -> Response:
-        docs = await hq.call(staff(request, lambda s: batches.list_batches(s, status=status, since=since,
-                                                                            terminal_id=terminal)))
-        return _json({"batches": docs})
+    async def list_batches(
+        request: Request,
+        status: str | None = Query(None, description="open, balanced or out_of_balance"),
+        since: datetime | None = Query(None, description="closed (or opened, if open) at or after; no offset = UTC"),
+        terminal: str | None = None,
+        after: int | None = Query(None, ge=0, le=MAX_ID, description="only batches with an id above this one"),
+        limit: int = Query(batches.MAX_LIST, ge=1, le=batches.MAX_LIST),
+    ) -> Response:
+        docs = await hq.call(staff(request, lambda s: batches.list_batches(
+            s, status=status, since=since, terminal_id=terminal, after=after, limit=limit)))
+        # A full page may have more behind it: ask again with after=next_after.
+        return _json({"batches": docs, "next_after": docs[-1]["id"] if len(docs) == limit else None})
 
     @app.get("/api/v1/batches/{batch_id:int}.csv", tags=["staff"], response_class=Response)
-    async def batch_csv(batch_id: int, request: Request) -> Response:
+    async def batch_csv(request: Request, batch_id: int = Path(ge=1, le=MAX_ID)) -> Response:
         doc = await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id)))
         return Response(exports.batch_csv(doc), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}.csv"'})
 
     @app.get("/api/v1/batches/{batch_id:int}", tags=["staff"])
-    async def batch_detail(batch_id: int, request: Request) -> Response:
+    async def batch_detail(request: Request, batch_id: int = Path(ge=1, le=MAX_ID)) -> Response:
         return _json(await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id))))
 
     return app

@@ -22,6 +22,7 @@ from headoffice.acquirer import (
     rules_from_setting,
 )
 from headoffice.clock import utcnow
+from headoffice.errors import HQError
 from headoffice.models import Authorization, Setting, Terminal
 
 
@@ -44,9 +45,19 @@ def lookup(session: Session, terminal: Terminal, request: AuthRequest) -> tuple[
     """(the earlier answer for this idempotency key or None, whether the card's token is deny-listed)."""
     existing = find_existing(session, terminal.id, request.idempotency_key)
     if existing is not None:
+        _same_request(existing, request)
         return result_doc(existing), False
     denied = bool(request.token) and request.token in set(parameters.current(session).deny_list)
     return None, denied
+
+
+def _same_request(row: Authorization, request: AuthRequest) -> None:
+    """A retry carries the same key *and* the same payment; another payment under a used key is refused, not
+    answered with the first payment's approval."""
+    if (row.type, row.amount_minor, row.currency, row.token) != (
+            request.type, request.amount_minor, request.currency, request.token):
+        raise HQError(409, "idempotency_key_reused",
+                      "this idempotency key was used for another authorization (type, amount, currency or card)")
 
 
 def record(session: Session, terminal_id: str, request: AuthRequest, result: AcquirerResult) -> dict[str, Any]:
@@ -73,5 +84,6 @@ def record(session: Session, terminal_id: str, request: AuthRequest, result: Acq
         again = find_existing(session, terminal_id, request.idempotency_key)
         if again is None:
             raise
+        _same_request(again, request)
         return result_doc(again)
     return result_doc(row)

@@ -8,17 +8,19 @@ Closing compares the terminal's totals per (type, scheme, currency) with what he
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from headoffice.clock import utcnow
+from headoffice.clock import as_utc, utcnow
 from headoffice.errors import HQError
 from headoffice.models import Batch, Terminal, Transaction
+from offline_queue.totals import compute_totals
 
 MAX_MISSING_LISTED = 1000
 
@@ -28,15 +30,15 @@ class TotalLine(BaseModel):
     type: str = Field(pattern="^(sale|refund|void)$")
     scheme: str | None = None
     currency: str = Field(pattern="^[A-Z]{3}$")
-    count: int = Field(ge=0)
-    amount_minor: int = Field(ge=0)
+    count: StrictInt = Field(ge=0)
+    amount_minor: StrictInt = Field(ge=0)
 
 
 class CloseRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     totals: list[TotalLine]
-    first_sequence: int | None = Field(default=None, ge=1)
-    last_sequence: int | None = Field(default=None, ge=1)
+    first_sequence: StrictInt | None = Field(default=None, ge=1, le=2**63 - 1)
+    last_sequence: StrictInt | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 def batch_id_for(session: Session, terminal: Terminal, batch_no: int) -> int:
@@ -83,7 +85,24 @@ def close(session: Session, terminal: Terminal, batch_no: int, request: CloseReq
         key = _key(line.type, line.scheme, line.currency)
         n, a = terminal_side.get(key, (0, 0))
         terminal_side[key] = (n + line.count, a + line.amount_minor)
-    ours = hq_totals(session, batch_id)
+    batch.closed_at = utcnow()
+    batch.terminal_totals = totals_list(terminal_side)
+    first, last = request.first_sequence, request.last_sequence
+    batch.first_sequence, batch.last_sequence = (first, last) if first and last and last >= first else (None, None)
+    ours = reconcile(session, batch)
+    return {
+        "batch_id": batch.id, "terminal_id": terminal.id, "batch": batch_no, "status": batch.status,
+        "differences": batch.differences, "missing_sequences": batch.missing, "hq_totals": totals_list(ours),
+    }
+
+
+def reconcile(session: Session, batch: Batch) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Compare the totals the terminal closed ``batch`` with against what head office holds for it now, and set its
+    status, differences and missing sequences (those of the closed range not received into this batch). Run at
+    close and again whenever a transaction of a closed batch arrives later. Returns head office's totals."""
+    terminal_side = {_key(t["type"], t["scheme"], t["currency"]): (t["count"], t["amount_minor"])
+                     for t in batch.terminal_totals or []}
+    ours = hq_totals(session, batch.id)
     differences = []
     for key in sorted(set(terminal_side) | set(ours)):
         tn, ta = terminal_side.get(key, (0, 0))
@@ -95,29 +114,31 @@ def close(session: Session, terminal: Terminal, batch_no: int, request: CloseReq
                 "count_difference": tn - hn, "amount_difference_minor": ta - ha,
             })
     missing: list[int] = []
-    if request.first_sequence and request.last_sequence and request.last_sequence >= request.first_sequence:
+    if batch.first_sequence is not None and batch.last_sequence is not None:
         have = set(session.execute(
             select(Transaction.sequence).where(
-                Transaction.terminal_id == terminal.id,
-                Transaction.sequence.between(request.first_sequence, request.last_sequence),
+                Transaction.batch_id == batch.id,
+                Transaction.sequence.between(batch.first_sequence, batch.last_sequence),
             )
         ).scalars())
-        for seq in range(request.first_sequence, request.last_sequence + 1):
+        for seq in range(batch.first_sequence, batch.last_sequence + 1):
             if seq not in have:
                 missing.append(seq)
                 if len(missing) >= MAX_MISSING_LISTED:
                     break
-    status = "balanced" if not differences and not missing else "out_of_balance"
-    batch.status = status
-    batch.closed_at = utcnow()
-    batch.terminal_totals = totals_list(terminal_side)
+    batch.status = "balanced" if not differences and not missing else "out_of_balance"
     batch.differences = differences
     batch.missing = missing
     session.flush()
-    return {
-        "batch_id": batch.id, "terminal_id": terminal.id, "batch": batch_no, "status": status,
-        "differences": differences, "missing_sequences": missing, "hq_totals": totals_list(ours),
-    }
+    return ours
+
+
+def reconcile_closed(session: Session, batch_ids: Iterable[int]) -> None:
+    """``reconcile`` each of these batches that has been closed (a late upload into it changes the answer)."""
+    for batch in session.execute(
+        select(Batch).where(Batch.id.in_(list(batch_ids)), Batch.closed_at.is_not(None)).with_for_update()
+    ).scalars():
+        reconcile(session, batch)
 
 
 def summary(batch: Batch) -> dict[str, Any]:
@@ -128,21 +149,32 @@ def summary(batch: Batch) -> dict[str, Any]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    from headoffice.clock import as_utc
-
     return as_utc(value).isoformat() if value else None
 
 
+BATCH_STATUSES = ("open", "balanced", "out_of_balance")
+MAX_LIST = 1000
+
+
 def list_batches(session: Session, *, status: str | None = None, since: datetime | None = None,
-                 terminal_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+                 terminal_id: str | None = None, after: int | None = None,
+                 limit: int = MAX_LIST) -> list[dict[str, Any]]:
+    """Batches in id order (the order they were opened), at most ``limit``, those with an id above ``after``: a
+    caller pages with ``after`` = the last id it got. ``since``: closed (or, when open, opened) at or after it; a
+    time without an offset is UTC."""
+    if status is not None and status not in BATCH_STATUSES:
+        raise HQError(400, "invalid_status", f"status must be one of {', '.join(BATCH_STATUSES)}")
     query = select(Batch).order_by(Batch.id)
     if status:
         query = query.where(Batch.status == status)
     if since:
-        query = query.where(func.coalesce(Batch.closed_at, Batch.opened_at) >= since)
+        # SQLite keeps these columns as UTC text without an offset: compare in UTC whatever offset was given.
+        query = query.where(func.coalesce(Batch.closed_at, Batch.opened_at) >= as_utc(since).astimezone(UTC))
     if terminal_id:
         query = query.where(Batch.terminal_id == terminal_id)
-    rows = session.execute(query.limit(limit)).scalars()
+    if after is not None:
+        query = query.where(Batch.id > after)
+    rows = session.execute(query.limit(max(1, min(limit, MAX_LIST)))).scalars()
     out = []
     for batch in rows:
         doc = summary(batch)
@@ -182,11 +214,20 @@ def batch_doc(session: Session, batch_id: int) -> dict[str, Any]:
     for (type_, scheme, currency), (n, a) in totals.items():
         entry = by_scheme_currency.setdefault((scheme, currency), {
             "scheme": scheme or None, "currency": currency, "count": 0, "sale_minor": 0, "refund_minor": 0,
-            "void_minor": 0})
+            "void_minor": 0, "net_minor": 0})
         entry["count"] += n
         entry[f"{type_}_minor"] += a
+    # The net by the terminal's own rule (offline_queue.totals): a void reverses what it voided, so a void of a
+    # refund adds to it and a void of a sale takes away; void_minor alone cannot tell them apart.
+    computed = compute_totals({"uuid": t.uuid, "type": t.type, "scheme": t.scheme, "currency": t.currency,
+                               "amount_minor": t.amount_minor, "void_of": t.void_of} for t in txns)
+    for line in computed["by_scheme"]:
+        # compute_totals names a missing scheme "unknown"
+        entry = by_scheme_currency.get((line["scheme"], line["currency"])) or by_scheme_currency[("", line["currency"])]
+        entry["net_minor"] = line["net_amount_minor"]
     doc["totals"] = totals_list(totals)
     doc["totals_by_scheme_currency"] = [by_scheme_currency[k] for k in sorted(by_scheme_currency)]
+    doc["net_by_currency"] = {line["currency"]: line["net_amount_minor"] for line in computed["by_currency"]}
     doc["terminal_totals"] = batch.terminal_totals
     doc["differences"] = batch.differences
     doc["missing_sequences"] = batch.missing

@@ -39,9 +39,20 @@ def _db_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _session_run(settings: Any, work: Callable[[Any], Any]) -> Any:
+def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = False) -> Any:
+    """``work(session)`` in one transaction, the schema upgraded first. ``reading``: a command that only shows
+    what is there refuses a SQLite file that does not exist (a mistyped --database-url or --home) instead of
+    creating an empty database and showing nothing."""
+    from sqlalchemy.engine import make_url
+
     from headoffice.db import make_engine, session_factory, upgrade
 
+    url = make_url(settings.database_url)
+    if reading and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        raise click.ClickException(
+            f"no head-office database at {url.database} (check --home / --database-url; `smartpos-hq serve` or "
+            "`smartpos-hq db upgrade` creates it)")
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -209,7 +220,7 @@ def terminals_list(settings: Any, as_json: bool) -> None:
                  "head_sequence": t.head_sequence, "last_seen_at": str(t.last_seen_at or "")}
                 for t in session.execute(select(Terminal).order_by(Terminal.id)).scalars()]
 
-    rows = _session_run(settings, work)
+    rows = _session_run(settings, work, reading=True)
     if as_json:
         _print_json(rows)
         return
@@ -252,7 +263,7 @@ def tokens_list(settings: Any) -> None:
 
     rows = _session_run(settings, lambda s: [
         {"name": t.name, "created_at": str(t.created_at), "revoked_at": str(t.revoked_at or "")}
-        for t in apitokens.list_tokens(s)])
+        for t in apitokens.list_tokens(s)], reading=True)
     _table(["name", "created_at", "revoked_at"], rows)
 
 
@@ -267,13 +278,20 @@ def batches() -> None:
 @batches.command("list")
 @click.option("--status", type=click.Choice(["open", "balanced", "out_of_balance"]))
 @click.option("--terminal")
+@click.option("--after", type=click.IntRange(0, 2**63 - 1), help="Only batches with an id above this one.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @_db_options
-def batches_list(settings: Any, status: str | None, terminal: str | None, as_json: bool) -> None:
+def batches_list(settings: Any, status: str | None, terminal: str | None, after: int | None, limit: int,
+                 as_json: bool) -> None:
+    """Batches in the order they were opened, LIMIT at a time (the next ones with --after LAST_ID)."""
     from headoffice import batches as batch_service
     from protocol.amounts import format_amount
 
-    docs = _session_run(settings, lambda s: batch_service.list_batches(s, status=status, terminal_id=terminal))
+    docs = _session_run(settings, lambda s: batch_service.list_batches(s, status=status, terminal_id=terminal,
+                                                                         after=after, limit=limit), reading=True)
+    if len(docs) == limit:
+        click.echo(f"{limit} batches shown; there may be more: --after {docs[-1]['id']}", err=True)
     if as_json:
         _print_json(docs)
         return
@@ -287,7 +305,7 @@ def batches_list(settings: Any, status: str | None, terminal: str | None, as_jso
 
 
 @batches.command("pull")
-@click.argument("batch_id", type=int)
+@click.argument("batch_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (default stdout).")
 @_db_options
@@ -296,7 +314,7 @@ def batches_pull(settings: Any, batch_id: int, fmt: str, out: Path | None) -> No
     from headoffice import batches as batch_service
     from headoffice import exports
 
-    doc = _session_run(settings, lambda s: batch_service.batch_doc(s, batch_id))
+    doc = _session_run(settings, lambda s: batch_service.batch_doc(s, batch_id), reading=True)
     text = exports.batch_csv(doc) if fmt == "csv" else json.dumps(doc, indent=2, sort_keys=True) + "\n"
     if out is None:
         click.echo(text, nl=False)
@@ -325,7 +343,7 @@ def parameters_group() -> None:
 def parameters_show(settings: Any) -> None:
     from headoffice import parameters
 
-    _print_json(_session_run(settings, lambda s: parameters.document(parameters.current(s))))
+    _print_json(_session_run(settings, lambda s: parameters.document(parameters.current(s)), reading=True))
 
 
 @parameters_group.command("set")
@@ -400,7 +418,7 @@ def deny_remove(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> None
 def deny_list(settings: Any) -> None:
     from headoffice import parameters
 
-    for token in _session_run(settings, lambda s: list(parameters.current(s).deny_list)):
+    for token in _session_run(settings, lambda s: list(parameters.current(s).deny_list), reading=True):
         click.echo(token)
 
 
@@ -419,7 +437,7 @@ def acquirer_show(settings: Any) -> None:
         row = session.get(Setting, SETTING_KEY)
         return rules_from_setting(row.value if row else None).model_dump()
 
-    _print_json(_session_run(settings, work))
+    _print_json(_session_run(settings, work, reading=True))
 
 
 @acquirer.command("set")

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+MAX_DURATION_S = 3650 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -23,4 +24,7 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match or int(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than the longest duration allowed (3650d)")
+    return timedelta(seconds=seconds)

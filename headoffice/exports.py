@@ -10,7 +10,6 @@ import csv
 import io
 from typing import Any
 
-from offline_queue.totals import compute_totals
 from protocol.amounts import format_amount
 
 COLUMNS = (
@@ -27,6 +26,17 @@ def _amount(minor: int, currency: str) -> str:
         return str(minor)
 
 
+# A cell a spreadsheet would read as a formula (OWASP "CSV injection"): text a terminal sent (reference, auth code,
+# entry mode, scheme) is written with a leading apostrophe when it starts with one of these.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str | None) -> str:
+    if not value:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def batch_csv(doc: dict[str, Any]) -> str:
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\r\n")
@@ -35,15 +45,14 @@ def batch_csv(doc: dict[str, Any]) -> str:
     for txn in doc["transactions"]:
         out.writerow([
             "txn", doc["id"], doc["merchant_id"], doc["terminal_id"], txn["sequence"], txn["uuid"], txn["type"],
-            txn["amount_minor"], _amount(txn["amount_minor"], txn["currency"]), txn["currency"], txn["scheme"] or "",
-            txn["masked_pan"] or "", txn["auth_code"] or "", txn["auth_mode"] or "", txn["entry_mode"] or "",
-            txn["reference"] or "", txn["created_at"], txn["received_at"], "",
+            txn["amount_minor"], _amount(txn["amount_minor"], txn["currency"]), txn["currency"], _text(txn["scheme"]),
+            txn["masked_pan"] or "", _text(txn["auth_code"]), txn["auth_mode"] or "", _text(txn["entry_mode"]),
+            _text(txn["reference"]), _text(txn["created_at"]), txn["received_at"], "",
         ])
         entry = per.setdefault((txn["currency"], txn["type"]), [0, 0])
         entry[0] += 1
         entry[1] += txn["amount_minor"]
-    # The net is the terminal's own rule (offline_queue.totals): a void reverses what it voided.
-    net = {entry["currency"]: entry["net_amount_minor"] for entry in compute_totals(doc["transactions"])["by_currency"]}
+    net = doc["net_by_currency"]  # the terminal's own rule: a void reverses what it voided
     currencies = sorted({c for c, _t in per})
     for currency in currencies:
         count = 0

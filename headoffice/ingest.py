@@ -193,10 +193,13 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         results.append({"sequence": seq, "status": p.status, "reason": p.reason, "duplicate": False})
         head_seq, head_hash = seq, p.hash
 
+    if any(p.status == "accepted" and p.row["type"] == "void" for p, _b in rows):  # type: ignore[index]
+        rows = _check_voids(session, rows, results)
     if rows:
         _insert(session, terminal, rows, now)
         terminal.head_sequence = head_seq
         terminal.head_hash = head_hash
+        batch_service.reconcile_closed(session, set(batch_ids.values()))
     session.flush()
     accepted = sum(1 for r in results if r["status"] == "accepted")
     return {
@@ -206,6 +209,59 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         "rejected": len(results) - accepted,
         "results": results,
     }
+
+
+def _check_voids(session: Session, rows: list[tuple[PreparedRow, int]],
+                 results: list[dict[str, Any]]) -> list[tuple[PreparedRow, int]]:
+    """A void must reverse an accepted sale or refund of the same batch (the open batch on the terminal), with the
+    same amount and currency, that no other void has reversed: the terminal checks this too, and head office does
+    not take its word for it. A void that fails is stored rejected (its chain position kept), like any row whose
+    content fails. Targets are looked up among the batch's stored rows and the page's rows before the void."""
+    by_batch: dict[int, set[str]] = {}
+    for p, batch_id in rows:
+        if p.status == "accepted" and p.row["type"] == "void":  # type: ignore[index]
+            by_batch.setdefault(batch_id, set()).add(p.row["void_of"])  # type: ignore[index]
+    known: dict[tuple[int, str], tuple[str, int, str]] = {}  # (batch, uuid) -> (type, amount, currency)
+    voided: set[tuple[int, str]] = set()
+    for batch_id, targets in by_batch.items():
+        for uuid_, type_, amount, currency, void_of in session.execute(
+            select(Transaction.uuid, Transaction.type, Transaction.amount_minor, Transaction.currency,
+                   Transaction.void_of)
+            .where(Transaction.batch_id == batch_id, Transaction.status == "accepted",
+                   (Transaction.uuid.in_(targets)) | (Transaction.void_of.in_(targets)))
+        ):
+            if uuid_ in targets:
+                known[(batch_id, uuid_)] = (type_, amount, currency)
+            if type_ == "void" and void_of in targets:
+                voided.add((batch_id, void_of))
+    status_at = {r["sequence"]: r for r in results}
+    checked = []
+    for p, batch_id in rows:
+        row = p.row
+        assert row is not None
+        if p.status == "accepted":
+            reason = None
+            if row["type"] == "void":
+                target = known.get((batch_id, row["void_of"]))
+                if target is None:
+                    reason = "void_target_unknown: no accepted transaction of this batch with that uuid"
+                elif target[0] == "void":
+                    reason = "void_of_void"
+                elif (batch_id, row["void_of"]) in voided:
+                    reason = "already_voided"
+                elif (target[1], target[2]) != (row["amount_minor"], row["currency"]):
+                    reason = "void_mismatch: amount and currency must equal the voided transaction's"
+                else:
+                    voided.add((batch_id, row["void_of"]))
+            if reason is not None:
+                rejected = _rejected_row({"batch": row["batch_no"], "uuid": row["uuid"]}, reason)
+                p = PreparedRow(p.sequence, p.hash, p.prev_hash, p.chain_error, rejected, "rejected", reason,
+                                _ROW_VALUES(rejected))
+                status_at[p.sequence].update(status="rejected", reason=reason)
+            else:
+                known[(batch_id, row["uuid"])] = (row["type"], row["amount_minor"], row["currency"])
+        checked.append((p, batch_id))
+    return checked
 
 
 # Columns known only under the terminal's lock; all the others come from prepare_page (PreparedRow.values).
@@ -301,6 +357,11 @@ def _accepted_row(terminal_id: str, wire: dict[str, Any], keystore: Keystore) ->
     token = wire["token"]
     if token is not None and (len(token) > 64 or not _TOKEN.match(token)):
         raise _Rejected("invalid: token")
+    void_of = wire["void_of"]
+    if (type_ == "void") != (void_of is not None):
+        raise _Rejected("invalid: void_of missing" if type_ == "void" else "invalid: void_of on a " + type_)
+    if void_of is not None and (len(void_of) > 36 or not _UUID.match(void_of)):
+        raise _Rejected("invalid: void_of")
     auth_mode = wire["auth_mode"]
     if auth_mode is not None and auth_mode not in _AUTH_MODES:
         raise _Rejected("invalid: auth_mode")

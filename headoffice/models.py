@@ -100,6 +100,8 @@ class Batch(Base):
     terminal_totals: Mapped[Any] = mapped_column(JSON, nullable=True)
     differences: Mapped[Any] = mapped_column(JSON, nullable=True)
     missing: Mapped[Any] = mapped_column(JSON, nullable=True)
+    first_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # as the terminal closed it
+    last_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Transaction(Base):

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -63,6 +64,10 @@ def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
             checked = cls.model_validate(risk_fields).model_dump(mode="json")
         else:
             checked = _dataclass_dict(cls(**risk_fields))
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "parameters"
+        raise HQError(400, "invalid_parameters", f"parameter {where}: {first.get('msg', 'invalid')}") from None
     except Exception as exc:
         raise HQError(400, "invalid_parameters", f"parameters rejected: {exc}") from None
     if header is not None:

@@ -277,20 +277,21 @@ class WireTerminal:
 
     def txn(self, *, amount: int = 1250, type: str = "sale", currency: str = "EUR", batch: int = 1,
             pan: str = TEST_PANS[0], scheme: str = "visa", envelope_pan: str | None = None,
-            reference: str | None = None, advance: bool = True) -> dict[str, Any]:
+            reference: str | None = None, advance: bool = True, void_of: str | None = None) -> dict[str, Any]:
+        """A chained wire row; a void (``type="void"``) carries ``void_of`` and, as the terminal's do, no envelope."""
         from protocol import chain, envelope, tokens
         from protocol.carddata import mask_pan
 
         seq = self.sequence + 1
-        env = envelope.seal(self.hq_public, {"pan": envelope_pan or pan, "expiry": "2812"})
+        env = None if type == "void" else envelope.seal(self.hq_public, {"pan": envelope_pan or pan, "expiry": "2812"})
         wire = {
             "uuid": str(uuid.uuid4()), "terminal_id": self.terminal_id, "sequence": seq, "batch": batch,
             "type": type, "created_at": "2026-11-23T12:00:00.000000Z", "amount_minor": amount, "currency": currency,
             "scheme": scheme, "masked_pan": mask_pan(pan), "pan_last4": pan[-4:],
             "token": tokens.card_token(self.token_key, pan), "aid": "A0000000031010", "label": scheme.upper(),
             "entry_mode": "contactless", "wallet": False, "auth_mode": "offline", "auth_code": None,
-            "auth_reason": None, "auth_id": None, "reference": reference or f"R-{seq}", "void_of": None,
-            "envelope_sha256": chain.envelope_digest(env),
+            "auth_reason": None, "auth_id": None, "reference": reference or f"R-{seq}", "void_of": void_of,
+            "envelope_sha256": chain.envelope_digest(env) if env else None,
         }
         wire["prev_hash"] = self.prev_hash
         wire["hash"] = chain.chain_hash(self.prev_hash, wire)

@@ -143,8 +143,22 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     code, _, err = run("tokens", "create", "--name", "accounting")
     assert code == 1 and "exists" in err
     assert "accounting" in run("tokens", "list")[1]
+    # A revoked token's name can be given to its replacement (rotating a leaked token); the old one stays revoked.
+    assert run("tokens", "revoke", "--name", "accounting")[0] == 0
+    code, out, _ = run("tokens", "create", "--name", "accounting")
+    assert code == 0 and out.startswith("hq_")
+    listed = run("tokens", "list")[1]
+    assert "accounting (revoked #" in listed
     code, _, err = run("parameters", "set", "no_such_limit=5")
-    assert code == 1 and "parameters rejected" in err
+    assert code == 1 and "no_such_limit" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("parameters", "set", "txn_limit_minor=abc")
+    assert code == 1 and "txn_limit_minor" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("codes", "create", "--merchant", "M-1", "--terminal", "T-cli-3", "--expires", "9" * 20 + "d")
+    assert code == 2 and "longest duration" in err and "Traceback" not in err
+    # A command that only reads refuses a database file that is not there instead of creating an empty one.
+    typo = tmp_path / "typo" / "headoffice.sqlite3"
+    code, _, err = run("batches", "list", "--database-url", f"sqlite:///{typo}")
+    assert code == 1 and "no head-office database" in err and not typo.parent.exists()
     code, out, _ = run("parameters", "set", "txn_limit_minor=2500")
     assert code == 0 and "version" in out
     assert json.loads(run("parameters", "show")[1])["parameters"]["txn_limit_minor"] == 2500

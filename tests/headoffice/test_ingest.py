@@ -216,3 +216,131 @@ def test_openapi_is_published(hq: HQ):
                  "/api/v1/terminals/{terminal_id}/batches/{batch_no}/close",
                  "/api/v1/terminals/{terminal_id}/parameters", "/api/v1/batches", "/api/v1/batches/{batch_id}"):
         assert path in paths
+
+
+def _staff(hq: HQ, name: str) -> dict[str, str]:
+    return {"authorization": "Bearer " + hq.cli("tokens", "create", "--name", name).strip()}
+
+
+def _batch_of(hq: HQ, terminal_id: str, auth: dict[str, str]) -> dict:
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"terminal": terminal_id}, headers=auth).json()
+    return listed["batches"][0]
+
+
+def test_voids_are_checked_at_head_office_and_net_totals_reconcile(wire_terminal: WireTerminal):
+    """Head office does not take the terminal's word for a void: it must reverse an accepted sale or refund of the
+    batch, once, for the same amount and currency. The JSON totals give the net the CSV gives."""
+    hq, t = wire_terminal.hq, wire_terminal
+    sale = t.txn(amount=1000, reference='=HYPERLINK("http://x.example/","y")')
+    refund = t.txn(amount=450, type="refund")
+    other = t.txn(amount=500)
+    rows = [sale, refund, other,
+            t.txn(amount=450, type="void", void_of=refund["uuid"]),                    # 4 accepted (void of refund)
+            t.txn(amount=1000, type="void", void_of=sale["uuid"]),                     # 5 accepted
+            t.txn(amount=1000, type="void", void_of=sale["uuid"]),                     # 6 voided twice
+            t.txn(amount=400, type="void", void_of=other["uuid"]),                     # 7 other amount
+            t.txn(amount=500, currency="USD", type="void", void_of=other["uuid"]),     # 8 other currency
+            t.txn(amount=500, type="void", void_of="01a23542-f74c-77f3-bf8a-e1c179f93e7b"),  # 9 unknown target
+            t.txn(amount=500, type="void")]                                            # 10 void of nothing
+    answer = t.upload(rows).json()
+    reasons = {r["sequence"]: (r["status"], (r["reason"] or "").split(":")[0]) for r in answer["results"]}
+    assert reasons == {1: ("accepted", ""), 2: ("accepted", ""), 3: ("accepted", ""), 4: ("accepted", ""),
+                       5: ("accepted", ""), 6: ("rejected", "already_voided"), 7: ("rejected", "void_mismatch"),
+                       8: ("rejected", "void_mismatch"), 9: ("rejected", "void_target_unknown"),
+                       10: ("rejected", "invalid")}
+    # The chain goes on after the rejected voids.
+    assert t.upload([t.txn(amount=200)]).json()["accepted"] == 1
+
+    auth = _staff(hq, f"staff-v-{t.terminal_id}")
+    batch = _batch_of(hq, t.terminal_id, auth)
+    detail = httpx.get(f"{hq.url}/api/v1/batches/{batch['id']}", headers=auth).json()
+    # sales 1000 + 500 + 200, refund 450, void of the refund +450, void of the sale -1000
+    (line,) = detail["totals_by_scheme_currency"]
+    assert (line["sale_minor"], line["refund_minor"], line["void_minor"], line["net_minor"]) == (1700, 450, 1450, 700)
+    assert detail["net_by_currency"] == {"EUR": 700}
+    text = httpx.get(f"{hq.url}/api/v1/batches/{batch['id']}.csv", headers=auth).text
+    lines = list(csv.reader(io.StringIO(text)))
+    assert {(r[6], r[9]): r[7] for r in lines if r[0] == "trailer"}[("net", "EUR")] == "700"
+    # A reference a spreadsheet would run as a formula is written as text.
+    (first,) = [r for r in lines if r[0] == "txn" and r[4] == "1"]
+    assert first[15] == '\'=HYPERLINK("http://x.example/","y")'
+
+
+def test_closed_batch_is_evaluated_again_when_a_late_transaction_arrives(wire_terminal: WireTerminal):
+    hq, t = wire_terminal.hq, wire_terminal
+    rows = [t.txn(amount=500) for _ in range(3)]
+    t.upload(rows[:2])
+    close = f"/api/v1/terminals/{t.terminal_id}/batches/1/close"
+    totals = [{"type": "sale", "scheme": "visa", "currency": "EUR", "count": 3, "amount_minor": 1500}]
+    assert t.request("POST", close, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()[
+        "missing_sequences"] == [3]
+    auth = _staff(hq, f"staff-l-{t.terminal_id}")
+    batch_id = _batch_of(hq, t.terminal_id, auth)["id"]
+
+    t.upload(rows[2:])  # the late one: no second close needed
+    detail = httpx.get(f"{hq.url}/api/v1/batches/{batch_id}", headers=auth).json()
+    assert (detail["status"], detail["missing_sequences"], detail["differences"]) == ("balanced", [], [])
+
+    t.upload([t.txn(amount=999)])  # one the terminal's totals did not count, into the balanced batch
+    detail = httpx.get(f"{hq.url}/api/v1/batches/{batch_id}", headers=auth).json()
+    assert detail["status"] == "out_of_balance"
+    assert [(d["count_difference"], d["amount_difference_minor"]) for d in detail["differences"]] == [(-1, -999)]
+
+    # The missing sequences are those of the closed range not in *this* batch.
+    second = f"/api/v1/terminals/{t.terminal_id}/batches/2/close"
+    answer = t.request("POST", second, {"totals": [], "first_sequence": 1, "last_sequence": 2}).json()
+    assert (answer["status"], answer["missing_sequences"]) == ("out_of_balance", [1, 2])
+
+
+def test_batch_list_pages_filters_in_utc_and_answers_bad_queries_in_json(wire_terminal: WireTerminal):
+    hq, t = wire_terminal.hq, wire_terminal
+    for batch in (1, 2, 3):
+        t.upload([t.txn(amount=100, batch=batch)])
+        path = f"/api/v1/terminals/{t.terminal_id}/batches/{batch}/close"
+        t.request("POST", path, {"totals": [{"type": "sale", "scheme": "visa", "currency": "EUR", "count": 1,
+                                             "amount_minor": 100}]})
+    auth = _staff(hq, f"staff-p-{t.terminal_id}")
+    url = f"{hq.url}/api/v1/batches"
+    ids, after = [], None
+    while True:
+        page = httpx.get(url, params={"terminal": t.terminal_id, "limit": 2, **({"after": after} if after else {})},
+                         headers=auth).json()
+        ids += [b["id"] for b in page["batches"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert len(ids) == 3 and ids == sorted(ids)
+
+    closed = httpx.get(f"{url}/{ids[0]}", headers=auth).json()["closed_at"]
+    from datetime import datetime, timedelta, timezone
+
+    at = datetime.fromisoformat(closed)
+    plus_one = timezone(timedelta(hours=1))
+    before = (at - timedelta(minutes=1)).astimezone(plus_one).isoformat()  # same instant, other offset
+    later = (at + timedelta(minutes=5)).astimezone(plus_one).isoformat()
+    assert len(httpx.get(url, params={"terminal": t.terminal_id, "since": before}, headers=auth).json()[
+        "batches"]) == 3
+    assert httpx.get(url, params={"terminal": t.terminal_id, "since": later}, headers=auth).json()["batches"] == []
+
+    bad = httpx.get(url, params={"status": "BALANCED"}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_status"
+    huge = httpx.get(f"{url}/99999999999999999999999", headers=auth)
+    assert huge.status_code == 422 and huge.json()["error"]["code"] == "invalid_request"
+    assert httpx.get(f"{url}/{ids[0]}", headers=auth).status_code == 200  # the server is still fine
+    missing = httpx.get(f"{hq.url}/api/v1/nothing-here", headers=auth)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.delete(url, headers=auth)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in wrong.headers["allow"]
+
+
+def test_authorization_key_reused_for_another_payment_is_refused(wire_terminal: WireTerminal):
+    wire_terminal.hq.cli("acquirer", "set", "--approve", "--no-limit", "--delay-ms", "0")
+    doc = {"idempotency_key": "reuse-1", "type": "sale", "amount_minor": 1000, "currency": "EUR",
+           "token": "cd" * 32, "masked_pan": "411111******1111", "scheme": "visa"}
+    assert wire_terminal.request("POST", "/api/v1/authorizations", doc).json()["approved"] is True
+    other = wire_terminal.request("POST", "/api/v1/authorizations", {**doc, "amount_minor": 99999})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    text_amount = wire_terminal.request("POST", "/api/v1/authorizations",
+                                        {**doc, "idempotency_key": "reuse-2", "amount_minor": "1000"})
+    assert text_amount.status_code == 422
