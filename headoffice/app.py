@@ -164,8 +164,7 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         if first.get("type") == "json_invalid":
             return _json({"error": {"code": "invalid_json", "message": "request body is not valid JSON"}}, 400)
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _json({"error": {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}},
-                     422)
+        return _json(HQError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}").to_dict(), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -181,8 +180,7 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def _pyd_validation(_request: Request, exc: PydanticValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _json({"error": {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}},
-                     422)
+        return _json(HQError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}").to_dict(), 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from protocol.carddata import redact
+
 
 class HQError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -11,4 +13,5 @@ class HQError(Exception):
         self.message = message
 
     def to_dict(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
+        # A message may quote what was sent: whatever in it is shaped like a PAN or track data is masked.
+        return {"error": {"code": self.code, "message": redact(self.message)}}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protocol.carddata import redact
 from protocol.errors import ValidationError
 from terminal import __version__
 from terminal.events import PaymentEvents
@@ -31,6 +32,8 @@ from terminal.payment import is_final
 log = logging.getLogger("smartpos.api")
 
 MAX_BODY_BYTES = 16 * 1024
+RECEIPT_WAIT_S = 60.0  # how long an approval's event stream waits for its receipt to print or fail
+RECEIPT_POLL_S = 0.1
 _PAYMENT_FIELDS = {"type", "amount_minor", "currency", "reference", "mode"}
 
 
@@ -66,7 +69,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    # Messages may quote what the caller sent (an amount, a currency, a field name): anything in them shaped like
+    # a PAN or track data is masked, whichever field it came in.
+    return JSONResponse({"error": {"code": code, "message": redact(message)}}, status_code=status, headers=headers)
 
 
 def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI:
@@ -76,6 +81,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
         docs_url=None,
         redoc_url=None,
         description="Payments, receipts, status and batch close for the shop's POS front end.",
+        redirect_slashes=False,  # /v1/payments/ is a JSON 404, not a bodiless 307
     )
 
     app.add_middleware(_Guard, token=token)
@@ -115,7 +121,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
 
     @app.post(
         "/v1/payments",
@@ -153,7 +159,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
 
     @app.get("/v1/payments/{payment_id}/events", response_class=StreamingResponse)
     async def payment_events(payment_id: str) -> StreamingResponse:
-        await _view(payment_id)  # 404 before the stream starts
+        payment_id = (await _view(payment_id))["id"]  # 404 before the stream starts
         return StreamingResponse(
             _event_stream(payment_id),
             media_type="text/event-stream",
@@ -162,13 +168,13 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
 
     @app.post("/v1/payments/{payment_id}/cancel")
     async def cancel_payment(payment_id: str) -> JSONResponse:
-        _check_id(payment_id)
+        payment_id = _check_id(payment_id)
         payment = await run_in_threadpool(service.flow.cancel, payment_id)
         return JSONResponse(await run_in_threadpool(service.payment_view, payment["id"]))
 
     @app.post("/v1/payments/{payment_id}/void", status_code=201)
     async def void_payment(payment_id: str, request: Request) -> JSONResponse:
-        _check_id(payment_id)
+        payment_id = _check_id(payment_id)
         key = _idempotency_key(request, required=False)
         void, created = await run_in_threadpool(service.flow.void, payment_id, key)
         view = await run_in_threadpool(service.payment_view, void["id"])
@@ -176,7 +182,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
 
     @app.post("/v1/payments/{payment_id}/receipt", status_code=202)
     async def reprint(payment_id: str, request: Request) -> JSONResponse:
-        _check_id(payment_id)
+        payment_id = _check_id(payment_id)
         key = _idempotency_key(request, required=False) or uuid.uuid4().hex
         request_id = f"{payment_id}:reprint:{key}"
         await run_in_threadpool(service.flow.reprint, payment_id, request_id)
@@ -191,8 +197,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
         return JSONResponse(await run_in_threadpool(service.close_batch))
 
     async def _view(payment_id: str) -> dict[str, Any]:
-        _check_id(payment_id)
-        view = await run_in_threadpool(service.payment_view, payment_id)
+        view = await run_in_threadpool(service.payment_view, _check_id(payment_id))
         if view is None:
             raise ApiError(404, "not_found", "no payment with this id")
         return view
@@ -208,14 +213,28 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
                     seq += 1
                     last = data
                     yield b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, current["state"].encode(), data)
-                if is_final(current["state"]) or service.is_stopping():
+                if service.is_stopping():
                     return
+                if is_final(current["state"]):
+                    break
                 try:
                     raw = await asyncio.wait_for(queue.get(), timeout=10.0)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
                 current = await run_in_threadpool(service.payment_view, raw["id"])
+            # An approval's receipt follows it: the stream stays open until the receipt is printed or has failed
+            # (event "receipt"), so the front end learns of a paper-out and can offer a reprint without polling.
+            deadline = asyncio.get_running_loop().time() + RECEIPT_WAIT_S
+            while (current is not None and current.get("receipt") == "pending" and not service.is_stopping()
+                   and asyncio.get_running_loop().time() < deadline):
+                await asyncio.sleep(RECEIPT_POLL_S)
+                current = await run_in_threadpool(service.payment_view, payment_id)
+                data = orjson.dumps(current)
+                if current is not None and data != last:
+                    seq += 1
+                    last = data
+                    yield b"id: %d\nevent: receipt\ndata: %s\n\n" % (seq, data)
 
     return app
 
@@ -249,9 +268,10 @@ class _Guard:
         await self.app(scope, receive, send)
 
 
-def _check_id(payment_id: str) -> None:
+def _check_id(payment_id: str) -> str:
+    """The id in its canonical form (lower case, hyphens): an id copied in upper case finds its payment."""
     try:
-        uuid.UUID(payment_id)
+        return str(uuid.UUID(payment_id))
     except ValueError:
         raise ApiError(404, "not_found", "no payment with this id") from None
 
@@ -268,9 +288,14 @@ def _idempotency_key(request: Request, *, required: bool) -> str | None:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    # Read in pieces and stop at the limit: a chunked body announces no length, and must not be held whole.
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

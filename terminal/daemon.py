@@ -200,6 +200,9 @@ class Daemon:
             view["card"] = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
         if view is not None and self.spooler is not None:
             view["receipt"] = self.spooler.receipt_state(view.get("transaction_id"))
+            if (view["receipt"] is None and view["state"] == "approved" and self.spooler.enabled
+                    and self.flow is not None and "approved" in (self.flow.timings(payment_id) or {})):
+                view["receipt"] = "pending"  # approved by this run a moment ago: its print jobs are being recorded
         if view is not None and self.flow is not None:
             timings = self.flow.timings(payment_id)
             if timings and "approved" in timings:

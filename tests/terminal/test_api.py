@@ -215,3 +215,86 @@ def test_store_failure_is_503_with_its_code(service, client, monkeypatch):
     monkeypatch.setattr(service.ledger, "create_payment", full)
     r = post_sale(client, "full")
     assert_error(r, 503, "store_full")
+
+
+def test_chunked_body_over_the_limit_is_refused_before_it_ends(service):
+    """A chunked body announces no length: the API stops reading at the limit and answers at once, instead of
+    holding the whole body in memory (here the client never even finishes sending it)."""
+    import socket
+    import time
+
+    import uvicorn
+
+    from tests.harness.headoffice import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: chunked-1\r\n"
+                         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b" " * 8192
+            for _ in range(4):  # 32 KiB, twice the limit, and no final chunk
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            answer = sock.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 413"), answer[:200]
+        assert '"body_too_large"' in answer
+        assert service.ledger.payments == {}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("body", [
+    {**SALE, "amount_minor": 4761739001010010},
+    {**SALE, "currency": "4761739001010010=28121010000000000000"},
+    {**SALE, "4761739001010010": 1},
+    {**SALE, "mode": "4761739001010010"},
+])
+def test_error_messages_never_echo_card_data(client, body):
+    r = post_sale(client, key="echo-1", body=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert "4761739001010010" not in r.text and "=2812" not in r.text
+
+
+def test_paths_ids_and_methods_answer_like_the_contract(client):
+    assert_error(client.post("/v1/payments/", json=SALE, headers={"Idempotency-Key": "slash"}), 404, "not_found")
+    payment = post_sale(client, key="upper").json()
+    assert client.get(f"/v1/payments/{payment['id'].upper()}").json()["id"] == payment["id"]
+    wrong = client.delete("/v1/status")
+    assert_error(wrong, 405, "method_not_allowed")
+    assert "GET" in wrong.headers["allow"]
+
+
+def test_events_stream_follows_the_receipt_after_approval(service):
+    """After "approved" the stream stays open until the receipt is printed or has failed (event "receipt")."""
+    polls = {"n": 0}
+    plain_view = service.payment_view
+
+    def view_with_receipt(payment_id):
+        view = plain_view(payment_id)
+        if view is not None and view["state"] == "approved":
+            polls["n"] += 1
+            view = {**view, "receipt": "pending" if polls["n"] < 4 else "failed"}
+        return view
+
+    service.payment_view = view_with_receipt
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:
+        payment = post_sale(c, key="rcpt").json()
+        service.reader.taps.put(emv_read())
+        events = []
+        with c.stream("GET", f"/v1/payments/{payment['id']}/events") as r:
+            event = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    doc = json.loads(line[6:])
+                    events.append((event, doc["state"], doc.get("receipt")))
+    assert ("approved", "approved", "pending") in events
+    assert events[-1] == ("receipt", "approved", "failed")
