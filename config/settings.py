@@ -98,8 +98,13 @@ class PrinterSection(_Section):
     @field_validator("uri")
     @classmethod
     def _printer_uri(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("tcp://", "usb://", "serial:", "file:")):
-            raise ValueError("must start with tcp://, usb://, serial: or file:")
+        if value is not None:
+            from drivers.printer import PrinterUriError, parse_uri
+
+            try:
+                parse_uri(value)
+            except PrinterUriError as exc:
+                raise ValueError(exc.message) from None
         return value
 
 

@@ -206,6 +206,13 @@ def parse_uri(uri: str) -> PrinterUri:
         unknown = set(opts) - _USB_OPTIONS - {"status"}
         if unknown:
             raise PrinterUriError(f"printer URI {uri!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        for key in _USB_OPTIONS & set(opts):
+            try:
+                endpoint = int(opts[key], 0)
+            except ValueError:
+                endpoint = -1
+            if not 0 <= endpoint <= 0xFF:
+                raise PrinterUriError(f"printer URI {uri!r}: {key} must be an endpoint number, e.g. 0x82")
         return PrinterUri("usb", f"{vid:04x}:{pid:04x}", opts, vendor_id=vid, product_id=pid)
     if uri.startswith("serial:"):
         rest = uri[len("serial:") :]
@@ -220,6 +227,11 @@ def parse_uri(uri: str) -> PrinterUri:
             raise PrinterUriError(f"printer URI {uri!r} has no device or pyserial URL")
         if "://" not in base and not base.startswith("/"):
             raise PrinterUriError(f"printer URI {uri!r}: expected a device path or a pyserial URL such as socket://")
+        scheme, _, address = base.partition("://")
+        if scheme in ("socket", "rfc2217"):
+            host, _, port_s = address.rstrip("/").rpartition(":")
+            if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+                raise PrinterUriError(f"printer URI {uri!r}: expected serial:{scheme}://HOST:PORT")
         for key in ("baudrate", "bytesize", "stopbits"):
             if key in ours:
                 try:

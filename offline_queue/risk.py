@@ -20,7 +20,7 @@ class RiskParameters(BaseModel):
     """Field names are also the keys of head office's parameters document and of the config's ``[risk]`` table.
     A limit of 0 disables that check (except ``offline_enabled``/``offline_refunds``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "100" or "yes" is a mistake, not a value
 
     offline_enabled: bool = True
     offline_refunds: bool = True

@@ -25,14 +25,11 @@ class ReceiptDesk:
     def build(cls, settings: Settings, enrollment: Enrollment, ledger: Any) -> ReceiptDesk:
         if not settings.printer.uri:
             return cls(None, ledger)
-        from drivers.printer import load_profile, open_printer, parse_uri
+        from drivers.printer import open_printer
         from terminal.printjobs import PrintSpooler
 
         p = settings.printer
-        parse_uri(p.uri)  # a bad URI stops the start with a clear error, not the first receipt
-        profile = load_profile(p.profile, columns=p.columns, width_px=p.width_px, native_qr=p.native_qr,
-                               codepages=p.codepages) if p.profile else load_profile(
-            columns=p.columns, width_px=p.width_px, native_qr=p.native_qr, codepages=p.codepages)
+        profile = configured_profile(settings)  # a bad URI or profile stops the start, not the first receipt
         factory = functools.partial(open_printer, p.uri, profile=profile, timeout=p.timeout_s,
                                     status_timeout=p.status_timeout_s)
         merchant = dict(enrollment.merchant or {})
@@ -85,3 +82,31 @@ class ReceiptDesk:
     def close(self) -> None:
         if self.spooler is not None:
             self.spooler.stop()
+
+
+def configured_profile(settings: Settings) -> Any:
+    """The printer profile the ``[printer]`` section describes (profile name plus its overrides), after checking
+    its URI; ``ValidationError`` (``PrinterUriError`` for the URI) says what is wrong. What the daemon prints with,
+    and what ``run --check``, ``selftest`` and ``smartpos printer`` check and use."""
+    from drivers.printer import load_profile, parse_uri
+
+    p = settings.printer
+    if p.uri:
+        parse_uri(p.uri)
+    return load_profile(p.profile, columns=p.columns, width_px=p.width_px, native_qr=p.native_qr,
+                        codepages=p.codepages)
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """What would stop the daemon from starting with ``settings`` that can be told without opening a device."""
+    from protocol.errors import ValidationError
+
+    problems = []
+    if settings.printer.uri:
+        try:
+            configured_profile(settings)
+        except ValidationError as exc:
+            problems.append(f"printer: {exc.message}")
+    if not settings.readers.pcsc and not settings.readers.nfcpy:
+        problems.append("no card reader configured: set readers.pcsc = true or list readers.nfcpy paths")
+    return problems

@@ -259,13 +259,22 @@ def batch_close(config_file: str | None, url: str | None, as_json: bool) -> None
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"batch {result.get('batch')} closed")
-    for col in ("type", "scheme", "currency", "count", "amount"):
-        table.add_column(col)
-    for row in result.get("totals") or []:
-        table.add_row(str(row.get("type")), str(row.get("scheme")), str(row.get("currency")), str(row.get("count")),
-                      format_amount(int(row.get("amount_minor") or 0), str(row.get("currency"))))
-    Console().print(table)
+    totals = result.get("totals") or {}
+    table = Table(title=f"batch {result.get('batch')} closed: {totals.get('count', 0)} transactions")
+    for col in ("scheme", "currency", "sales", "refunds", "voids", "net"):
+        table.add_column(col, justify="left" if col in ("scheme", "currency") else "right")
+
+    def money(line: dict, key: str) -> str:  # the currency is in its own column
+        return format_amount(int(line.get(key) or 0), str(line.get("currency"))).split(" ")[0]
+
+    def cell(line: dict, kind: str) -> str:
+        return f"{line.get(f'{kind}_count', 0)} x {money(line, f'{kind}_amount_minor')}"
+
+    for line in [*totals.get("by_scheme", []), *({**c, "scheme": "all"} for c in totals.get("by_currency", []))]:
+        cur = str(line.get("currency"))
+        table.add_row(str(line.get("scheme")), cur, cell(line, "sale"), cell(line, "refund"), cell(line, "void"),
+                      money(line, "net_amount_minor"))
+    Console(emoji=False).print(table)
     hq = result.get("headoffice")
     if hq:
         click.echo(f"head office: {hq.get('status') or hq}")

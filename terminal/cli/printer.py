@@ -9,34 +9,44 @@ from typing import Any
 import click
 
 
-def _printer_settings(uri: str | None, config: str | None, profile: str | None) -> tuple[str, Any, float]:
-    """URI, profile and timeout from the options, else from the config file's [printer] section."""
-    from drivers.printer import DEFAULT_TIMEOUT_S, PrinterUriError, load_profile, parse_uri
+def _printer_settings(uri: str | None, config: str | None, profile: str | None,
+                      status_timeout: float | None) -> tuple[str, Any, float, float]:
+    """URI, profile, send timeout and status timeout from the options, else from the config file's [printer]
+    section (with its column, width, QR and codepage overrides, as the daemon prints)."""
+    from drivers.printer import DEFAULT_TIMEOUT_S, load_profile, parse_uri
     from protocol.errors import ValidationError
 
-    timeout = DEFAULT_TIMEOUT_S
-    if uri is None or profile is None:
+    settings = None
+    try:
+        from config.loading import ConfigError, load_settings
+    except ImportError:  # config package not part of this build
+        pass
+    else:
         try:
-            from config.loading import ConfigError, load_settings
-        except ImportError:  # config package not part of this build
-            settings = None
-        else:
-            try:
-                settings, _path = load_settings(config)
-            except ConfigError as exc:
+            settings, _path = load_settings(config)
+        except ConfigError as exc:
+            if uri is None or profile is None or status_timeout is None:
                 raise click.ClickException(str(exc)) from None
-        if settings is not None:
-            uri = uri or settings.printer.uri
-            profile = profile or settings.printer.profile
-            timeout = settings.printer.timeout_s
+    configured = settings is not None and uri is None  # the config's printer, not one named on the command line
+    uri = uri or (settings.printer.uri if settings is not None else None)
     if not uri:
         raise click.ClickException("no printer: pass --printer URI or set [printer] uri in the config")
+    timeout = settings.printer.timeout_s if settings is not None else DEFAULT_TIMEOUT_S
+    if status_timeout is None:
+        status_timeout = settings.printer.status_timeout_s if settings is not None else DEFAULT_STATUS_TIMEOUT_S
     try:
         parse_uri(uri)
-        return uri, load_profile(profile), timeout
-    except PrinterUriError as exc:
-        raise click.ClickException(exc.message) from None
-    except ValidationError as exc:
+        if configured:
+            from terminal.receipts import configured_profile
+
+            assert settings is not None
+            p = settings.printer
+            prof = configured_profile(settings.model_copy(update={"printer": p.model_copy(
+                update={"profile": profile or p.profile})}))
+        else:
+            prof = load_profile(profile)
+        return uri, prof, timeout, status_timeout
+    except ValidationError as exc:  # PrinterUriError included
         raise click.ClickException(exc.message) from None
 
 
@@ -53,15 +63,17 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
     else:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(human, highlight=False, markup=False)
+        Console(soft_wrap=True, emoji=False).print(human, highlight=False, markup=False)
 
 
 _printer_option = click.option("--printer", "uri", metavar="URI",
                                help="tcp://HOST:PORT, usb://VID:PID, serial:DEVICE[?baudrate=N], file:PATH")
 _config_option = click.option("--config", "config", metavar="FILE", help="config file (default: $SMARTPOS_CONFIG)")
 _profile_option = click.option("--profile", metavar="NAME", help="python-escpos printer profile, e.g. TM-T88V")
-_timeout_option = click.option("--status-timeout", type=float, default=0.5, show_default=True,
-                               help="seconds to wait for each status reply")
+DEFAULT_STATUS_TIMEOUT_S = 0.5
+_timeout_option = click.option("--status-timeout", type=click.FloatRange(0.05, 30), default=None,
+                               help="seconds to wait for each status reply (default: the config's "
+                                    "[printer] status_timeout_s, else 0.5)")
 
 
 @click.group()
@@ -75,14 +87,18 @@ def printer() -> None:
 @_profile_option
 @_timeout_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(uri: str | None, config: str | None, profile: str | None, status_timeout: float, as_json: bool) -> None:
+def status(uri: str | None, config: str | None, profile: str | None, status_timeout: float | None,
+           as_json: bool) -> None:
     """Online/offline and paper ok / near end / out / unknown (exit 1 unless ready to print)."""
-    from drivers.printer import query_status
+    from drivers.printer import parse_uri, query_status
 
-    uri, prof, _timeout = _printer_settings(uri, config, profile)
+    uri, prof, _timeout, status_timeout = _printer_settings(uri, config, profile, status_timeout)
     st = query_status(uri, profile=prof, timeout=status_timeout)
-    _emit({"printer": uri, "profile": prof.name, **st.to_dict()}, as_json, f"{uri}: {_status_line(st)}")
-    sys.exit(0 if st.ready else 1)
+    reports = parse_uri(uri).status_enabled
+    human = f"{uri}: {_status_line(st)}" if reports else f"{uri}: this connection cannot report status"
+    _emit({"printer": uri, "profile": prof.name, "reports_status": reports, **st.to_dict()}, as_json, human)
+    # A connection that cannot report status (file:, ?status=0) is no failure: there is nothing to ask.
+    sys.exit(0 if st.ready or not reports else 1)
 
 
 @printer.command()
@@ -91,12 +107,13 @@ def status(uri: str | None, config: str | None, profile: str | None, status_time
 @_profile_option
 @_timeout_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def test(uri: str | None, config: str | None, profile: str | None, status_timeout: float, as_json: bool) -> None:
+def test(uri: str | None, config: str | None, profile: str | None, status_timeout: float | None,
+         as_json: bool) -> None:
     """Print the test page (profile, codepages, QR, cut) and report the status after it."""
     from drivers.printer import PrinterError, open_printer
     from terminal.receipt import make_test_page, render_escpos
 
-    uri, prof, timeout = _printer_settings(uri, config, profile)
+    uri, prof, timeout, status_timeout = _printer_settings(uri, config, profile, status_timeout)
     result: dict[str, Any] = {"printer": uri, "profile": prof.name, "printed": False}
     try:
         with open_printer(uri, profile=prof, timeout=timeout, status_timeout=status_timeout) as conn:
@@ -117,9 +134,9 @@ def test(uri: str | None, config: str | None, profile: str | None, status_timeou
     result["after"] = after.to_dict()
     ok = not conn.supports_status or (after.online is True and after.paper != "out")
     result["printed"] = ok
-    human = f"{uri}: test page sent ({result['bytes']} bytes); after: {_status_line(after)}"
-    if not conn.supports_status:
-        human += " (this connection cannot report status: check the paper)"
+    after_text = f"after: {_status_line(after)}" if conn.supports_status else \
+        "this connection cannot report status: check the paper"
+    human = f"{uri}: test page sent ({result['bytes']} bytes); {after_text}"
     _emit(result, as_json, human)
     if not ok:
         sys.exit(1)

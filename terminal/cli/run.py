@@ -21,6 +21,13 @@ def run(config_file: str | None, check: bool) -> None:
         click.echo(f"smartpos: {exc}", err=True)
         sys.exit(2)
     if check:
+        from terminal.receipts import startup_problems
+
+        problems = startup_problems(settings)
+        for problem in problems:
+            click.echo(f"smartpos: config {path}: {problem}", err=True)
+        if problems:
+            sys.exit(2)
         click.echo(f"config {path}: ok")
         return
 

@@ -61,7 +61,11 @@ def run_checks(config_file: str | None, *, test_print: bool = False) -> list[Che
         settings, path = load_settings(config_file)
     except ConfigError as exc:
         return [Check("config", False, str(exc))]
-    checks.append(Check("config", True, f"{path}" + ("" if path.exists() else " (not found: defaults)")))
+    from terminal.receipts import startup_problems
+
+    problems = startup_problems(settings)
+    checks.append(Check("config", not problems, "; ".join(problems) if problems else
+                        f"{path}" + ("" if path.exists() else " (not found: defaults)")))
 
     from config.provisioning import ProvisioningError, load_enrollment
 
@@ -146,30 +150,49 @@ def _check_readers(settings: Any, daemon_status: dict[str, Any] | None) -> list[
 def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollment: Any, test_print: bool) -> Check:
     if not settings.printer.uri:
         return Check("printer", True, "none configured", warn=True)
-    if test_print:
-        from drivers.printer import load_profile, print_bytes, query_status
-        from terminal.receipt import make_test_page, render_escpos
+    from drivers.printer import parse_uri
+    from protocol.errors import ValidationError
+    from terminal.receipts import configured_profile
 
-        profile = load_profile(settings.printer.profile) if settings.printer.profile else load_profile()
+    try:
+        profile = configured_profile(settings)
+    except ValidationError as exc:
+        return Check("printer", False, exc.message)
+    reports_status = parse_uri(settings.printer.uri).status_enabled  # file: printers and ?status=0 cannot
+    no_status = "this connection does not report status"  # ... which is no failure, only unknown
+    from drivers.printer import query_status
+
+    if test_print:
         try:
-            model = make_test_page(profile, merchant=(enrollment.merchant if enrollment else {}),
-                                    terminal_id=enrollment.terminal_id if enrollment else "")
-            print_bytes(settings.printer.uri, render_escpos(model, profile), profile=profile,
-                        timeout=settings.printer.timeout_s)
+            _print_test_page(settings, profile, enrollment)
         except Exception as exc:
             return Check("printer", False, f"test page failed: {exc}")
+        if not reports_status:
+            return Check("printer", True, f"test page sent; {no_status}", warn=True)
         status = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
         return Check("printer", status.ready, f"test page sent; {status.summary} {status.detail}".strip())
+    if not reports_status:
+        return Check("printer", True, f"{settings.printer.uri}: {no_status}", warn=True)
     if daemon_status is not None:
         printer = daemon_status.get("printer") or {}
         state = printer.get("state", "unknown")
-        detail = f"{state} (from the daemon) {printer.get('detail') or ''}".strip()
+        age = printer.get("checked_age_s")
+        seen = f"from the daemon, checked {age:.0f} s ago" if isinstance(age, int | float) else "from the daemon"
+        detail = f"{state} ({seen}) {printer.get('detail') or ''}".strip()
         return Check("printer", state in ("ok", "paper_low"), detail, warn=state == "paper_low")
-    from drivers.printer import query_status
-
-    status = query_status(settings.printer.uri, timeout=settings.printer.status_timeout_s)
+    status = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
     return Check("printer", status.ready, f"{settings.printer.uri}: {status.summary} {status.detail}".strip(),
                  warn=status.summary == "paper_low")
+
+
+def _print_test_page(settings: Any, profile: Any, enrollment: Any) -> None:
+    from drivers.printer import print_bytes
+    from terminal.receipt import make_test_page, render_escpos
+
+    model = make_test_page(profile, merchant=(enrollment.merchant if enrollment else {}),
+                           terminal_id=enrollment.terminal_id if enrollment else "")
+    print_bytes(settings.printer.uri, render_escpos(model, profile), profile=profile,
+                timeout=settings.printer.timeout_s)
 
 
 def _check_headoffice(settings: Any, enrollment: Any) -> list[Check]:

@@ -39,7 +39,9 @@ def test_parses_every_connection_kind(uri, scheme, target, options):
 @pytest.mark.parametrize(
     "uri",
     ["", "lpt1", "http://x", "tcp://:9100", "tcp://host:abc", "tcp://host:70000", "usb://zz:1", "usb://04b8",
-     "serial:", "serial:ttyS0", "serial:/dev/ttyS0?baudrate=fast", "file:relative/path", "usb://04b8:0e15?speed=1"],
+     "serial:", "serial:ttyS0", "serial:/dev/ttyS0?baudrate=fast", "file:relative/path", "usb://04b8:0e15?speed=1",
+     "usb://04b8:0202?in_ep=zz", "usb://04b8:0202?out_ep=0x1ff", "serial:socket://", "serial:socket://nohost",
+     "serial:rfc2217://host:port", "tcp://"],
 )
 def test_bad_uris_give_one_clear_typed_error(uri):
     with pytest.raises(PrinterUriError) as err:

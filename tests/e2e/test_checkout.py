@@ -181,9 +181,16 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     assert checks["queue database"]["ok"] and "chain verified" in checks["queue database"]["detail"]
     assert checks["head office auth"]["ok"] and checks["clock"]["ok"]
 
-    closed = run_cli([*SMARTPOS, "batch", "close", "--json"], env=env)
+    # As a technician reads it: the totals table (sale 3.20 + wallet 2.10, the 3.20 sale voided, refund 1.00).
+    closed = run_cli([*SMARTPOS, "batch", "close"], env=env)
     assert closed.returncode == 0, closed.stderr
-    assert json.loads(closed.stdout)["count"] == 4
+    assert "batch 1 closed: 4 transactions" in closed.stdout
+    (all_eur,) = [line for line in closed.stdout.splitlines() if " all " in line and "EUR" in line]
+    assert "2 x 5.30" in all_eur and "1 x 1.00" in all_eur and "1 x 3.20" in all_eur
+    assert all_eur.rstrip(" │|").endswith(" 1.10")  # net: 5.30 - 1.00 - 3.20
+    empty = run_cli([*SMARTPOS, "batch", "close", "--json"], env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert json.loads(empty.stdout)["count"] == 0 and json.loads(empty.stdout)["batch"] == 2
 
     # Prometheus metrics on the port the daemon logged
     events = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
