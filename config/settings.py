@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DEFAULT_CONFIG_PATH = Path("/etc/smartpos/smartpos.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/smartpos")
+QUEUE_FILE = "queue.sqlite"  # the offline queue, in the state directory
 
 PaymentMode = Literal["prefer-online", "require-online", "force-offline"]
 PAYMENT_MODES: tuple[str, ...] = ("prefer-online", "require-online", "force-offline")
@@ -188,7 +189,7 @@ class Settings(_Section):
 
     @property
     def db_path(self) -> Path:
-        return self.terminal.state_dir / "queue.sqlite"
+        return self.terminal.state_dir / QUEUE_FILE
 
 
 def risk_parameter_fields() -> set[str] | None:

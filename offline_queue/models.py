@@ -31,6 +31,9 @@ class Authorization:
     code: str | None = None
     reason: str | None = None
     auth_id: str | None = None
+    # Why a prefer-online payment was decided offline (e.g. "timeout"): kept with the payment for the front end
+    # and the technician; not part of the transaction's chained fields.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def _check_text(name: str, value: object, max_len: int, *, card_check: bool = Tr
     return value
 
 
-_AUTH_KEYS = frozenset({"mode", "code", "reason", "auth_id"})
+_AUTH_KEYS = frozenset({"mode", "code", "reason", "auth_id", "fallback"})
 
 
 def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
@@ -197,7 +197,8 @@ def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
             names = ", ".join(sorted(map(repr, auth.keys() - _AUTH_KEYS)))
             raise ValidationError("invalid_auth", f"unknown authorization fields: {names}")
         auth = Authorization(
-            mode=auth.get("mode"), code=auth.get("code"), reason=auth.get("reason"), auth_id=auth.get("auth_id")
+            mode=auth.get("mode"), code=auth.get("code"), reason=auth.get("reason"), auth_id=auth.get("auth_id"),
+            fallback=auth.get("fallback"),
         )
     if not isinstance(auth, Authorization):
         raise ValidationError("invalid_auth", "auth must be an Authorization or a dict with mode/code/reason/auth_id")
@@ -206,6 +207,7 @@ def _check_auth(auth: Authorization | dict[str, Any] | None) -> Authorization:
     _check_text("auth_code", auth.code, 16)
     _check_text("auth_reason", auth.reason, 200)
     _check_text("auth_id", auth.auth_id, 64)
+    _check_text("auth_fallback", auth.fallback, 64)
     return auth
 
 
@@ -1525,4 +1527,5 @@ def _wire(row: Any) -> dict[str, Any]:
 
 
 def _auth_dict(auth: Authorization) -> dict[str, Any]:
-    return {"mode": auth.mode, "code": auth.code, "reason": auth.reason, "auth_id": auth.auth_id}
+    return {"mode": auth.mode, "code": auth.code, "reason": auth.reason, "auth_id": auth.auth_id,
+            "fallback": auth.fallback}

@@ -310,6 +310,7 @@ class PaymentFlow:
 
     def _authorize(self, payment: Payment, card: EmvCardRead) -> None:
         pid = payment["id"]
+        self.last_error = self._last_error_payment = None  # a good read: the reader's last problem is over
         timings = {"card_detected": card.detected_at, "card_read": card.read_at}
         public = {k: v for k, v in card.to_public_dict().items() if k in
                   ("scheme", "masked_pan", "entry_mode", "aid", "label", "wallet", "reader")}

@@ -182,7 +182,8 @@ class QueueLedger:
             amount_minor=payment["amount_minor"],
             currency=payment["currency"],
             card=protected,
-            auth=StoredAuth(mode=auth.method, code=auth.code, reason=auth.reason, auth_id=auth.auth_id),
+            auth=StoredAuth(mode=auth.method, code=auth.code, reason=auth.reason, auth_id=auth.auth_id,
+                            fallback=auth.fallback),
             reference=payment.get("reference"),
             idempotency_key=payment["id"],
             payment_id=payment["id"],
@@ -202,6 +203,10 @@ class QueueLedger:
                 raise FlowError(422, "idempotency_key_reused", "this Idempotency-Key was used for another request")
             if existing["state"] == State.APPROVED:
                 return existing, False
+            if existing["state"] == State.FAILED and existing.get("error"):
+                # A retry of a void that was refused is refused again for the same reason (a void is final).
+                error = existing["error"]
+                raise FlowError(409, str(error.get("code")), str(error.get("message")))
         original = self.store.transaction_for_payment(payment["id"])
         if original is None:
             raise FlowError(409, "not_voidable", "this payment has no recorded transaction")

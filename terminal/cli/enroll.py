@@ -72,6 +72,56 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
 CLOCK_WARN_S = 60
 
 
+def _queue_owner(db_path: Path) -> tuple[str | None, int, int]:
+    """(terminal id, transactions, of them not yet accepted by head office) of an existing queue, read-only."""
+    import sqlite3
+
+    from offline_queue.tables import UNSYNCED_SQL
+
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'terminal_id'").fetchone()
+            total, unsynced = conn.execute(
+                f"SELECT count(*), coalesce(sum({UNSYNCED_SQL}), 0) FROM transactions").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"queue {db_path} cannot be read ({exc}); re-enrolling would lose it: "
+                                   "move it aside first") from None
+    return (row[0] if row else None), int(total), int(unsynced)
+
+
+def _check_queue_before_reenroll(db_path: Path) -> None:
+    """Re-enrolling replaces the key that signs uploads: transactions still queued under the old key would never
+    reach head office. Refused until they are synced."""
+    if not db_path.exists():
+        return
+    owner, _total, unsynced = _queue_owner(db_path)
+    if unsynced:
+        raise click.ClickException(
+            f"queue {db_path} holds {unsynced} transaction(s) of terminal {owner} not yet accepted by head office; "
+            "run `smartpos sync --wait` before enrolling again (the new key could not upload them)")
+
+
+def _set_aside_other_terminals_queue(db_path: Path, terminal_id: str) -> str | None:
+    """A fully synced queue of the terminal this one was enrolled as before is kept, renamed, so the new terminal
+    starts with its own queue. Returns a note for the technician."""
+    if not db_path.exists():
+        return None
+    owner, total, _unsynced = _queue_owner(db_path)
+    if owner in (None, terminal_id) or not total:
+        return None
+    import time
+
+    kept = db_path.with_name(f"{db_path.name}.{owner}.{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{db_path}{suffix}")
+        if source.exists():
+            source.rename(f"{kept}{suffix}")
+    return f"the synced queue of terminal {owner} was kept as {kept}"
+
+
 def _create_queue(db_path: Path, terminal_id: str) -> str | None:
     """Create the offline queue at enrollment, so the daemon finds it at the packaged schema: it then opens it
     without loading Alembic (~10 MB it would otherwise keep resident for its whole life). Best effort: the daemon
@@ -131,6 +181,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
 
     from config.loading import ConfigError, config_path, parse_settings
     from config.provisioning import ENROLLMENT, HQ_PUBLIC_KEY, TERMINAL_KEY, TOKEN_KEY
+    from config.settings import QUEUE_FILE
     from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
     from offline_queue.hqclient import enroll as hq_enroll
     from protocol.envelope import EnvelopeError, announced_versions, load_public_key, public_key_pem
@@ -143,6 +194,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     state = (state_dir or _default_state_dir(cfg_path)).expanduser().absolute()
     if (state / ENROLLMENT).exists() and not force:
         raise click.ClickException(f"{state} is already enrolled; use --force to enroll it again")
+    _check_queue_before_reenroll(state / QUEUE_FILE)  # before the code is spent
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state, 0o700)
     (state / KEYS_DIR).mkdir(mode=0o700, exist_ok=True)
@@ -189,7 +241,9 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
             "headoffice": {"url": hq_url},
         })
         settings = parse_settings(tomllib.loads(new_text), path=cfg_path)
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
+    except ConfigError as exc:  # its message already names the file
+        raise click.ClickException(str(exc)) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"config {cfg_path}: {exc}") from None
 
     enrollment_doc: dict[str, Any] = {
@@ -209,10 +263,12 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     pending_code.unlink(missing_ok=True)
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     _write_private(cfg_path, new_text.encode("utf-8"))
+    aside_note = _set_aside_other_terminals_queue(settings.db_path, terminal_id)
     queue_note = _create_queue(settings.db_path, terminal_id)
 
-    if queue_note:
-        click.echo(f"smartpos: note: {queue_note}", err=True)
+    for note in (aside_note, queue_note):
+        if note:
+            click.echo(f"smartpos: note: {note}", err=True)
     if as_json:
         click.echo(json.dumps({"terminal_id": terminal_id, "merchant": enrollment_doc["merchant"],
                                "state_dir": str(state), "config": str(cfg_path), "hq_url": hq_url}))
@@ -226,5 +282,6 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     console.print(f"keys and enrollment in {state} (0700/0600); config {cfg_path} updated")
     offset = _clock_offset(answer)
     if offset is not None and abs(offset) > CLOCK_WARN_S:
-        console.print(f"[yellow]warning[/yellow]: this terminal's clock is {offset:+.0f} s off head office's; "
+        ahead = f"{-offset:.0f} s ahead of" if offset < 0 else f"{offset:.0f} s behind"
+        console.print(f"[yellow]warning[/yellow]: this terminal's clock is {ahead} head office's; "
                       "signed requests more than 300 s off are refused — fix the clock (NTP)")

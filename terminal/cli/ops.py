@@ -6,6 +6,7 @@ Exit status: 0 when the thing asked for happened (payment approved, batch closed
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from protocol.amounts import exponent, format_amount, validate_amount, validate_currency
+from protocol.amounts import MAX_AMOUNT_MINOR, exponent, format_amount, validate_amount, validate_currency
 from protocol.errors import ValidationError
 
 CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="config file")
@@ -61,6 +62,11 @@ def parse_amount(text: str, currency: str) -> int:
     minor = value.scaleb(exponent(currency))
     if minor != minor.to_integral_value():
         raise ValidationError("invalid_amount", f"{currency} has {exponent(currency)} decimals; {text} has more")
+    if minor <= 0:
+        raise ValidationError("invalid_amount", f"the amount must be greater than zero, got {text}")
+    if minor > MAX_AMOUNT_MINOR:
+        raise ValidationError("invalid_amount", f"{text} {currency} is above the maximum of "
+                                                f"{format_amount(MAX_AMOUNT_MINOR, currency)}")
     return validate_amount(int(minor))
 
 
@@ -141,6 +147,15 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
                     last = update["state"]
             except ApiCallError as exc:
                 _fail(exc.message if as_json else f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
+            except KeyboardInterrupt:
+                # Ctrl-C: the payment must not stay armed on the terminal (a tap would still be charged).
+                try:
+                    payment = api.cancel(payment["id"])
+                except ApiCallError:  # e.g. approved in that instant: show what it became, do not hide it
+                    with contextlib.suppress(ApiCallError):
+                        payment = api.payment(payment["id"])
+                if not as_json:
+                    click.echo(f"  interrupted: payment {payment['state']}", err=True)
     if as_json:
         click.echo(orjson.dumps(payment).decode())
     else:

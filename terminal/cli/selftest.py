@@ -214,6 +214,7 @@ def _check_headoffice(settings: Any, enrollment: Any) -> list[Check]:
             checks.append(Check("head office auth", True, f"signed request as {enrollment.terminal_id} accepted"))
         except HeadOfficeError as exc:
             checks.append(Check("head office auth", False, f"{exc.code}: {exc.message}"))
+    # offset = head office - terminal: a terminal clock that runs fast is ahead (+) of head office
     checks.append(Check("clock", abs(offset) <= MAX_CLOCK_SKEW_S,
-                        f"{offset:+.2f} s vs head office (limit ±{MAX_CLOCK_SKEW_S:.0f} s)"))
+                        f"terminal {-offset:+.2f} s vs head office (limit ±{MAX_CLOCK_SKEW_S:.0f} s)"))
     return checks

@@ -247,3 +247,29 @@ def test_daemon_refuses_a_corrupt_queue_and_loose_key_permissions(tmp_path):
     result = run_cli([*SMARTPOS, "run", "--config", str(config)])
     assert result.returncode == 1 and "token.key" in result.stderr and "chmod 600" in result.stderr
 
+
+
+def test_ctrl_c_during_smartpos_pay_cancels_the_payment(pos_stack):
+    """A technician who interrupts `smartpos pay` must not leave the payment armed: a tap would still charge."""
+    import signal
+    import subprocess
+
+    stack = pos_stack
+    stack.start_daemon()
+    env = {"SMARTPOS_CONFIG": str(stack.config_path)}
+    import os
+
+    proc = subprocess.Popen([*SMARTPOS, "pay", "4.00", "--json"], env={**os.environ, **env}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with stack.api() as client:
+        wait_until(lambda: (client.get("/v1/status").json().get("payment") or {}).get("state") == "waiting_for_card",
+                   timeout=10, what="the payment to wait for a card")
+        proc.send_signal(signal.SIGINT)
+        out, _err = proc.communicate(timeout=10)
+        payment = json.loads(out.strip().splitlines()[-1])
+        assert payment["state"] == "cancelled" and proc.returncode == 1
+        assert client.get(f"/v1/payments/{payment['id']}").json()["state"] == "cancelled"
+        # The terminal takes the next payment at once (no terminal_busy until the card timeout).
+        again = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
+                            headers={"Idempotency-Key": "after-ctrl-c"})
+        assert again.status_code == 201, again.text

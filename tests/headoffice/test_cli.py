@@ -168,3 +168,29 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     assert code == 1 and not (tmp_path / "x.csv").exists()
     # The installed script is the same entry point.
     assert _run(str(BIN / "smartpos-hq"), "--version").stdout.startswith("smartpos-hq")
+
+
+def test_enroll_again_refuses_to_strand_unsynced_transactions(hq: HQ, tmp_path: Path):
+    """Re-enrolling replaces the key that signs uploads: with transactions still queued it is refused (the code is
+    not spent); once they are synced it goes ahead and keeps the old terminal's queue under another name."""
+    terminal = TerminalEnv.enroll(hq, tmp_path)
+    terminal.record(2)
+    code, new_id = hq.new_code()
+    args = (str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(terminal.config),
+            "--state-dir", str(terminal.state_dir), "--force")
+    refused = _run(*args)
+    assert refused.returncode == 1 and "2 transaction(s)" in refused.stderr and "smartpos sync" in refused.stderr
+    assert json.loads((terminal.state_dir / "enrollment.json").read_text())["terminal_id"] == terminal.terminal_id
+
+    synced = _run(str(BIN / "smartpos"), "sync", "--wait", "--config", str(terminal.config))
+    assert synced.returncode == 0, synced.stderr
+    done = _run(*args)  # the same code: it was not spent by the refusal
+    assert done.returncode == 0, done.stderr
+    assert f"synced queue of terminal {terminal.terminal_id} was kept" in done.stderr
+    assert json.loads((terminal.state_dir / "enrollment.json").read_text())["terminal_id"] == new_id
+    kept = list(terminal.state_dir.glob(f"queue.sqlite.{terminal.terminal_id}.*"))
+    assert any(not p.name.endswith(("-wal", "-shm")) for p in kept), kept
+    from offline_queue.store import QueueStore
+
+    with QueueStore.open(terminal.db_path, terminal_id=new_id) as store:  # the new terminal's own, empty queue
+        assert store.stats().unsynced_count == 0 and store.last_transaction() is None

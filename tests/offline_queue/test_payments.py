@@ -35,7 +35,8 @@ def test_record_with_payment_id_approves_in_the_same_commit(queue_store, card_pr
     )
     approved = queue_store.get_payment(pay.id)
     assert (approved.state, approved.txn_uuid) == ("approved", txn.uuid)
-    assert approved.authorization == {"mode": "online", "code": "123456", "reason": None, "auth_id": None}
+    assert approved.authorization == {"mode": "online", "code": "123456", "reason": None, "auth_id": None,
+                                      "fallback": None}
     assert queue_store.transaction_for_payment(pay.id).uuid == txn.uuid
     # Recording again for the same payment returns the same transaction (retry after a crash).
     again = queue_store.record(

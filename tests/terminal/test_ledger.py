@@ -107,7 +107,10 @@ def test_void_in_open_batch_once(flow, ledger):
     assert eur["net_amount_minor"] == 700
     with pytest.raises(FlowError) as info:
         flow.void(kept["id"])  # its batch is closed now
-    assert info.value.status == 409
+    assert (info.value.status, info.value.code) == (409, "void_not_allowed")
+    with pytest.raises(FlowError) as retried:  # the same request again: the same answer, not "already failed"
+        flow.void(kept["id"])
+    assert (retried.value.status, retried.value.code) == (409, "void_not_allowed")
 
 
 def test_restart_resolves_recorded_and_unrecorded(ledger):
@@ -169,3 +172,26 @@ def test_the_ledger_seals_in_the_newest_format_head_office_has_announced(tmp_pat
         assert again.protection.envelope_version == 2
     finally:
         again.close()
+
+
+def test_an_offline_fallback_approval_says_why_it_was_offline(ledger):
+    """prefer-online with head office down: the stored payment tells the front end it was a fallback."""
+    from terminal.authorization import OnlineUnavailable
+
+    def down(request):
+        raise OnlineUnavailable("timeout", "head office did not answer in time")
+
+    reader = ScriptedReader()
+    flow = PaymentFlow(ledger, reader, online=down, receipts=ReceiptLog(), publish=lambda *_: None,
+                       settings=FlowSettings(default_mode="prefer-online", card_timeout_s=5))
+    flow.start()
+    try:
+        payment, _ = flow.create("fb-1", {"amount_minor": 1250, "currency": "EUR"})
+        reader.taps.put(tap())
+        view = wait_final(ledger, payment["id"])
+    finally:
+        flow.shutdown(2)
+    assert view["state"] == "approved"
+    assert (view["authorization"]["method"], view["authorization"]["fallback"]) == ("offline", "timeout")
+    # Not part of the chained transaction: the chain still verifies as before.
+    assert ledger.store.verify() == 1

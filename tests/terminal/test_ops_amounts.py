@@ -20,3 +20,11 @@ def test_bad_amounts_are_typed_errors(text, currency, code):
     with pytest.raises(ValidationError) as info:
         parse_amount(text, currency)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(("text", "said"), [("-5", "-5"), ("0", "0"), ("99999999999", "99999999999 EUR")])
+def test_amount_errors_speak_in_the_units_typed(text, said):
+    """The technician typed major units: the message quotes them, not the minor units the API would get."""
+    with pytest.raises(ValidationError) as info:
+        parse_amount(text, "EUR")
+    assert said in info.value.message and "amount_minor" not in info.value.message
