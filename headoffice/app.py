@@ -36,6 +36,7 @@ from headoffice.models import Terminal
 from headoffice.settings import HQSettings
 from headoffice.terminal_auth import authenticate
 from protocol.envelope import VERSIONS as ENVELOPE_VERSIONS
+from protocol.openapi import describe_errors
 
 log = logging.getLogger("smartpos.headoffice")
 T = TypeVar("T")
@@ -335,6 +336,19 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def batch_detail(request: Request, batch_id: int = Path(ge=1, le=MAX_ID)) -> Response:
         return _json(await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id))))
 
+    describe_errors(
+        app, statuses=(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
+        schemes={
+            "staffToken": {"type": "http", "scheme": "bearer",
+                           "description": "an API token from `smartpos-hq tokens create`"},
+            "terminalSignature": {"type": "apiKey", "in": "header", "name": "X-Signature",
+                                  "description": "Ed25519 signature of the terminal over method, path, body digest, "
+                                                 "X-Timestamp and X-Nonce, with X-Terminal-Id (docs/headoffice.md)"},
+        },
+        security_for=lambda path: (["staffToken"] if path.startswith("/api/v1/batches") else
+                                   ["terminalSignature"] if path.startswith(("/api/v1/terminals",
+                                                                             "/api/v1/authorizations")) else []),
+    )
     return app
 
 

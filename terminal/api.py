@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.carddata import redact
 from protocol.errors import ValidationError
+from protocol.openapi import describe_errors
 from terminal import __version__
 from terminal.events import PaymentEvents
 from terminal.flow import FlowError, PaymentFlow
@@ -236,6 +237,12 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
                     last = data
                     yield b"id: %d\nevent: receipt\ndata: %s\n\n" % (seq, data)
 
+    describe_errors(
+        app, statuses=(400, 401, 404, 409, 413, 422, 503),
+        schemes={"bearerToken": {"type": "http", "scheme": "bearer",
+                                 "description": "[api] token, required when it is set (always beyond loopback)"}},
+        security_for=lambda path: [] if path == "/openapi.json" else ["bearerToken"],
+    )
     return app
 
 

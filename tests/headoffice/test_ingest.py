@@ -216,6 +216,13 @@ def test_openapi_is_published(hq: HQ):
                  "/api/v1/terminals/{terminal_id}/batches/{batch_no}/close",
                  "/api/v1/terminals/{terminal_id}/parameters", "/api/v1/batches", "/api/v1/batches/{batch_id}"):
         assert path in paths
+    spec = httpx.get(f"{hq.url}/openapi.json").json()
+    assert "HTTPValidationError" not in str(spec)
+    assert paths["/api/v1/batches"]["get"]["security"] == [{"staffToken": []}]
+    assert paths["/api/v1/terminals/{terminal_id}/transactions"]["post"]["security"] == [{"terminalSignature": []}]
+    assert "security" not in paths["/api/v1/enrollments"]["post"]
+    assert paths["/api/v1/batches/{batch_id}"]["get"]["responses"]["404"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 def _staff(hq: HQ, name: str) -> dict[str, str]:

@@ -176,6 +176,16 @@ def test_openapi_documents_the_contract(client):
                  "/v1/payments/{payment_id}/cancel", "/v1/payments/{payment_id}/void",
                  "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close"):
         assert path in spec["paths"]
+    # The error object the API really sends, not FastAPI's {"detail": [...]}; and the bearer token.
+    assert "HTTPValidationError" not in json.dumps(spec)
+    error = spec["components"]["schemas"]["Error"]
+    assert error["properties"]["error"]["required"] == ["code", "message"]
+    create = spec["paths"]["/v1/payments"]["post"]
+    for status in ("400", "409", "413", "422"):
+        assert create["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+    assert create["security"] == [{"bearerToken": []}]
+    assert spec["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
 
 
 json_values = st.recursive(
