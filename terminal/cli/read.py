@@ -109,7 +109,7 @@ def read(reader: str | None, timeout: float, as_json: bool, nfc: tuple[str, ...]
         _fail("reader_unavailable", "no reader configured (PC/SC disabled and no nfcpy reader)", as_json=as_json,
               status=EXIT_FAILED)  # fmt: skip
     multi = MultiReader(readers)
-    _fail_fast_without_pcscd(readers, min(timeout, 2.0), as_json)
+    _fail_fast_without_pcscd(readers, min(timeout, 2.0), as_json, reader)
     td = TerminalData(amount_minor=0, currency=settings.payments.currency)
     if not as_json:
         click.echo(f"Waiting up to {timeout:g} s for a tap on {multi.name} ...", err=True)
@@ -130,8 +130,9 @@ def read(reader: str | None, timeout: float, as_json: bool, nfc: tuple[str, ...]
         _show(result)
 
 
-def _fail_fast_without_pcscd(readers: list[Any], wait: float, as_json: bool) -> None:
-    """With PC/SC as the only reader stack and pcscd down, say so now instead of after the whole timeout."""
+def _fail_fast_without_pcscd(readers: list[Any], wait: float, as_json: bool, name: str | None = None) -> None:
+    """With PC/SC as the only reader stack, say now (not after the whole timeout) that pcscd is down, or that no
+    reader matches the ``--reader`` name asked for (a mistyped name; without one, a reader may still be plugged in)."""
     from drivers.pcsc import PcscReaders
 
     if len(readers) != 1 or not isinstance(readers[0], PcscReaders):
@@ -142,6 +143,10 @@ def _fail_fast_without_pcscd(readers: list[Any], wait: float, as_json: bool) -> 
     if status["state"] == "error":
         pcsc.close()
         _fail("reader_unavailable", f"PC/SC not usable: {status['detail']}", as_json=as_json, status=EXIT_FAILED)
+    if name is not None and status["state"] == "absent":
+        pcsc.close()
+        _fail("reader_unavailable", f"no PC/SC reader matches {name!r} (`smartpos selftest` lists the readers)",
+              as_json=as_json, status=EXIT_FAILED)
 
 
 def _unavailable_detail(multi: Any) -> str:

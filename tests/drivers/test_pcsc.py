@@ -201,6 +201,10 @@ def test_cli_read_failure_and_timeout(private_pcscd, tap, tmp_path):
     assert out.returncode == 3
     assert "no card presented" in out.stderr and "Traceback" not in out.stderr
 
+    # A reader name that matches nothing is a failed read said at once (exit 1), not a timeout (exit 3) after 60 s.
+    out = _smartpos("read", "--reader", "NO SUCH READER", "--timeout", "60", env=env)
+    assert out.returncode == 1 and "no PC/SC reader matches 'NO SUCH READER'" in out.stderr
+
 
 def test_reader_layer_survives_pcscd_restart(private_pcscd, readers, tap):
     private_pcscd.stop()
