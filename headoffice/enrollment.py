@@ -69,6 +69,13 @@ def create_code(session: Session, merchant_id: str, terminal_id: str, ttl: timed
     raw = "".join(secrets.choice(_ALPHABET) for _ in range(12))
     code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
     now = utcnow()
+    # The newest code is the one that counts: earlier unused codes for this terminal stop working (expire now).
+    session.execute(
+        update(EnrollmentCode)
+        .where(EnrollmentCode.terminal_id == terminal_id, EnrollmentCode.used_at.is_(None),
+               EnrollmentCode.expires_at > now)
+        .values(expires_at=now)
+    )
     session.add(EnrollmentCode(code_hash=_hash(code), merchant_id=merchant_id, terminal_id=terminal_id,
                                created_at=now, expires_at=now + ttl))
     session.flush()

@@ -110,6 +110,8 @@ def _write(
         params = dict(latest.parameters) if latest else {}
         deny = list(latest.deny_list) if latest else []
         new_params, new_deny = change(params, deny)
+        if latest is not None and new_params == params and sorted(set(new_deny)) == sorted(set(deny)):
+            return latest  # nothing changes: no new version for terminals to fetch
         row = ParameterSet(
             version=(latest.version + 1) if latest else 1,
             parameters=new_params,

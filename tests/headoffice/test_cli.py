@@ -162,6 +162,9 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     code, out, _ = run("parameters", "set", "txn_limit_minor=2500")
     assert code == 0 and "version" in out
     assert json.loads(run("parameters", "show")[1])["parameters"]["txn_limit_minor"] == 2500
+    version = json.loads(run("parameters", "show")[1])["version"]
+    run("parameters", "set", "txn_limit_minor=2500")  # no change: no new version for every terminal to fetch
+    assert json.loads(run("parameters", "show")[1])["version"] == version
     code, _, err = run("batches", "pull", "999999")
     assert code == 1 and "no batch 999999" in err
     code, _, _ = run("batches", "pull", "999999", "--out", str(tmp_path / "x.csv"))

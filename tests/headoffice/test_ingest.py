@@ -55,6 +55,12 @@ def test_unknown_and_expired_codes_are_refused(hq: HQ):
     assert r.status_code == 410 and r.json()["error"]["code"] == "code_expired"
     bad = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": code, "public_key": "not-a-key" * 6})
     assert bad.status_code == 400
+    # A new code for a terminal replaces the earlier unused one.
+    first, other_terminal = hq.new_code()
+    second, _ = hq.new_code(other_terminal)
+    r = httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": first, "public_key": public})
+    assert r.status_code == 410 and r.json()["error"]["code"] == "code_expired"
+    assert httpx.post(f"{hq.url}/api/v1/enrollments", json={"code": second, "public_key": public}).status_code == 201
 
 
 def test_upload_is_idempotent_on_terminal_and_sequence(wire_terminal: WireTerminal):
