@@ -482,7 +482,8 @@ def _table(columns: list[str], rows: list[dict[str, Any]]) -> None:
     table = Table(*columns)
     for row in rows:
         table.add_row(*(str(row.get(c, "")) for c in columns))
-    Console().print(table)
+    # Piped into a file or another program there is no terminal width to fit: keep whole timestamps and ids.
+    Console(width=None if sys.stdout.isatty() else 250, emoji=False).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,7 +145,9 @@ def test_batch_close_balanced_then_csv_and_json_exports(wire_terminal: WireTermi
         text.replace("\r\n", "\n")
     pulled = hq.cli("batches", "pull", str(batch["id"]), "--format", "json")
     assert '"count": 3' in pulled
-    assert wire_terminal.terminal_id in hq.cli("batches", "list")
+    table = hq.cli("batches", "list")  # piped: whole ids and timestamps, not cut to 80 columns
+    (line,) = [line for line in table.splitlines() if wire_terminal.terminal_id in line]
+    assert batch["closed_at"] in line
 
 
 def test_batch_close_out_of_balance_lists_differences_and_missing(wire_terminal: WireTerminal):
