@@ -63,6 +63,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 class VpcdCard:
     """One simulated card tapping on a vpcd reader at ``host:port``."""
 
+    WAITING_NOTE_S = 3.0
+
     def __init__(
         self,
         profile: CardProfile | str | Path,
@@ -91,6 +93,7 @@ class VpcdCard:
         self.stop_event = threading.Event()
         self.results: list[TapResult] = []
         self.on_tap: Callable[[int, TapResult], None] | None = None
+        self.on_waiting: Callable[[str], None] | None = None  # told once per tap when no reader answers for a while
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -137,11 +140,15 @@ class VpcdCard:
 
     def _connect(self) -> socket.socket | None:
         delay = 0.05
+        since = time.monotonic()
         while not self.stop_event.is_set():
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=2.0)
-            except OSError:
+            except OSError as exc:
                 # pcscd not (yet) listening, or another card holds this reader: try again shortly.
+                if self.on_waiting is not None and time.monotonic() - since >= self.WAITING_NOTE_S:
+                    self.on_waiting(f"no vpcd reader answers on {self.host}:{self.port} yet ({exc.strerror or exc})")
+                    since = float("inf")  # said once per tap
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, 0.5)
                 continue

@@ -55,6 +55,9 @@ def card(profile: str, host: str, port: int | None, taps: int | None, mode: str 
     what = f"{prof.name}" + (f" (mode {mode})" if mode else "")
     click.echo(f"card {what} tapping on vpcd {host}:{port or DEFAULT_PORT}" + (f", {taps} tap(s)" if taps else ""))
     sim.on_tap = _print_tap
+    sim.on_waiting = lambda why: click.echo(
+        f"{why}: is pcscd running with the vpcd driver? (`smartpos sim pcscd` starts a private one and prints its "
+        "port for --port); still trying", err=True)
     sys.stdout.flush()
     sim.run()
 

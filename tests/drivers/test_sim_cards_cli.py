@@ -99,3 +99,22 @@ def test_sim_phone_and_tag_read_by_smartpos_read_over_nfcpy_udp(procs, tmp_path)
     ]  # fmt: skip
     tag.wait(10)
     assert "tap 1:" in procs.log_text("sim-tag")
+
+
+def test_sim_card_with_no_reader_listening_says_what_it_waits_for():
+    """No vpcd on the port: the card keeps trying (pcscd may come up) but says why nothing happens."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*CLI, "sim", "card", "--profile", "visa", "--port", str(port), "--taps", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(30, proc.kill)  # if the note never comes, readline returns at the kill
+    guard.start()
+    try:
+        line = proc.stderr.readline()  # blocks until the note (after a few seconds of trying)
+        assert f"no vpcd reader answers on 127.0.0.1:{port}" in line and "smartpos sim pcscd" in line
+        assert proc.poll() is None  # still trying
+    finally:
+        guard.cancel()
+        proc.terminate()
+        proc.wait(10)
