@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 
 from config.settings import Settings
+from terminal.payment import FINAL
 
 API_FILE = "api.json"
+_FINAL_STATES = frozenset(state.value for state in FINAL)
 
 
 class ApiCallError(Exception):
@@ -124,6 +126,9 @@ class LocalApi:
                     raise ApiCallError("http_error", f"HTTP {response.status_code}", response.status_code)
                 for line in response.iter_lines():
                     if line.startswith("data: "):
-                        yield json.loads(line[6:])
+                        doc = json.loads(line[6:])
+                        yield doc
+                        if doc.get("state") in _FINAL_STATES:
+                            return  # the stream goes on with the receipt's progress; the caller has its answer
         except httpx.TransportError as exc:
             raise ApiCallError("daemon_unreachable", f"event stream broke ({type(exc).__name__})") from None
