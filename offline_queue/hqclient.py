@@ -46,6 +46,12 @@ class HeadOfficeRejected(HeadOfficeError):
         """The terminal itself is refused (unknown, bad signature, clock): no transaction is at fault."""
         return self.status in (401, 403)
 
+    @property
+    def is_content(self) -> bool:
+        """The request's content is refused (malformed, too large, invalid): something in what was sent is at
+        fault. Any other 4xx (404, 405, 409, 415, ...) says nothing about the transactions in it."""
+        return self.status in (400, 413, 422)
+
 
 @dataclass(frozen=True)
 class AuthorizationResult:
@@ -98,8 +104,12 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
         return f"http_{response.status_code}", response.reason_phrase or "error"
 
 
+# 4xx answers about the moment, not the request: a timeout at a proxy, "too early", rate limiting. Retried like 5xx.
+_TRANSIENT_4XX = (408, 425, 429)
+
+
 def _check(response: httpx.Response) -> httpx.Response:
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in _TRANSIENT_4XX:
         code, message = _error_of(response)
         raise HeadOfficeUnreachable(code, f"head office error {response.status_code}: {message}")
     if response.status_code >= 400:

@@ -5,8 +5,12 @@ sent; head office answers per sequence. ``accepted`` (also when it was a replay 
 had) -> the row is accepted and its sealed envelope wiped; ``rejected`` -> that row is dead-lettered with head
 office's reason and the rest goes on. A network error, timeout or 5xx leaves the rows as they were: the same page
 is sent again after an exponential backoff with jitter, and head office acknowledges what it already stored.
-A 400/413/422 for a whole page halves the page until the one bad transaction is found and dead-lettered;
-401/403 (the terminal itself is refused) stops the pass without touching any row.
+408/425/429 (a proxy timeout, rate limiting) are retried the same way. A 400/413/422 for a whole page halves the
+page until the one bad transaction is found and dead-lettered; 401/403 (the terminal itself is refused) and any
+other 4xx stop the pass without touching any row, and a refused terminal is not a successful contact (the offline
+rules' "time since last contact" keeps running). A "gap" answer never dead-letters: the rows are fine and stay
+queued; for the first page it means head office lacks a transaction this terminal no longer sends, and the pass
+stops with ``headoffice_behind`` for a technician (``smartpos sync --requeue SEQ`` sends a dead letter again).
 
 Up to ``inflight`` pages are on the wire at once (the terminal reads and marks while head office works), but answers
 are applied strictly in order, and a "gap" answer for a page that overtook an unanswered one is not trusted: such
@@ -88,6 +92,16 @@ class SyncResult:
 
 class _Stopped(Exception):
     pass
+
+
+class HeadOfficeBehind(Exception):
+    """Head office answered "gap" for the first page: it expects an earlier sequence than any this terminal still
+    sends. Nothing is dead-lettered for it; the pass stops so a technician can look (see docs/headoffice.md)."""
+
+    def __init__(self, sequence: int, reason: str) -> None:
+        super().__init__(reason)
+        self.sequence = sequence
+        self.reason = reason
 
 
 @dataclass
@@ -199,7 +213,13 @@ class SyncEngine:
             except HeadOfficeUnreachable as exc:
                 result.error, result.error_code = exc.message, exc.code
             except HeadOfficeRejected as exc:
-                result.error, result.error_code = f"head office refused the terminal: {exc.message}", exc.code
+                who = "the terminal" if exc.is_auth else "the request"
+                result.error, result.error_code = f"head office refused {who}: {exc.message}", exc.code
+            except HeadOfficeBehind as exc:
+                result.error = (f"head office is missing earlier transactions ({exc.reason}; this terminal's next "
+                                f"queued one is #{exc.sequence}): nothing was dead-lettered; see `smartpos sync "
+                                "--requeue`")
+                result.error_code = "headoffice_behind"
             try:
                 result.remaining = int(self.store.stats().unsynced_count)
             except Exception:  # stats are informative only
@@ -261,17 +281,24 @@ class SyncEngine:
                 else:
                     time.sleep(delay)
                 continue
-            except HeadOfficeRejected:
-                # Head office answered: it is reachable, it refused this request.
-                self.note_contact(True)
+            except HeadOfficeRejected as exc:
+                # Head office answered and refused this request: reachable, but refusing the terminal itself
+                # (401/403: unknown, bad signature, clock) is no successful contact.
+                self.note_contact(not exc.is_auth)
                 raise
             self.note_contact(True)
             return value
 
     def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         self._refresh_parameters(result, wait=wait, stop=stop)
-        with ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="sync-upload") as pool:
-            self._upload_all(result, pool, wait=wait, stop=stop)
+        try:
+            with ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="sync-upload") as pool:
+                self._upload_all(result, pool, wait=wait, stop=stop)
+        except HeadOfficeBehind:
+            # Closed batches are still reported: head office staff then see them out of balance, with what is
+            # missing, while the technician looks into the stuck upload.
+            self._report_batches(result, wait=wait, stop=stop)
+            raise
         self._report_batches(result, wait=wait, stop=stop)
         result.online = True
 
@@ -319,11 +346,11 @@ class SyncEngine:
                     time.sleep(delay)
                 continue
             except HeadOfficeRejected as exc:
-                self.note_contact(True)
+                self.note_contact(not exc.is_auth)
                 self._settle(window, result, progress)
                 after = 0
-                if exc.is_auth:
-                    raise
+                if not exc.is_content:
+                    raise  # the terminal is refused, or the request is: no transaction is at fault
                 if len(current.page) > 1:
                     # Something in this page makes head office refuse the whole request: narrow it down.
                     page_size = max(1, len(current.page) // 2)
@@ -347,7 +374,11 @@ class SyncEngine:
             # A "gap" for a page sent while an earlier one was still unanswered only means it overtook it.
             untrusted_gap = current.behind_another and any(
                 r.status == "rejected" and (r.reason or "").startswith("gap") for r in upload.results)
-            self._apply(upload, result, progress, trust_gaps=not untrusted_gap)
+            try:
+                self._apply(upload, result, progress, trust_gaps=not untrusted_gap)
+            except HeadOfficeBehind:
+                self._settle(window, result, progress)
+                raise
             if untrusted_gap:
                 self._settle(window, result, progress)
                 after = 0
@@ -363,9 +394,17 @@ class SyncEngine:
         result.accepted += len(accepted)
         result.duplicates += sum(1 for r in upload.results if r.duplicate and r.status == "accepted")
         judged = len(accepted)
+        behind = None
         for rej in upload.rejected:
             is_gap = (rej.reason or "").startswith("gap")
-            if not trust_rejections or (is_gap and not trust_gaps):
+            if is_gap:
+                # Head office is behind what this terminal holds: the rows are fine, they stay queued. From a page
+                # that overtook another it only means that; from the first page it means head office lacks a
+                # transaction this terminal no longer sends (a dead letter, or head office restored from a backup).
+                if trust_gaps and trust_rejections and behind is None:
+                    behind = rej
+                continue
+            if not trust_rejections:
                 continue
             code = (rej.reason or "rejected").split(":", 1)[0]
             self.store.mark_rejected(rej.sequence, code, rej.reason or "rejected by head office")
@@ -374,6 +413,8 @@ class SyncEngine:
             judged += 1
         progress.done += judged
         self._progress(progress, result)
+        if behind is not None:
+            raise HeadOfficeBehind(behind.sequence, behind.reason or "gap")
 
     def _settle(self, window: deque[_InFlight], result: SyncResult, progress: _Counter) -> None:
         """Wait for what is still on the wire; keep its acceptances (head office stored those), not its
@@ -385,8 +426,8 @@ class SyncEngine:
             except HeadOfficeUnreachable:
                 self.note_contact(False)
                 continue
-            except HeadOfficeRejected:
-                self.note_contact(True)
+            except HeadOfficeRejected as exc:
+                self.note_contact(not exc.is_auth)
                 continue
             self.note_contact(True)
             self._apply(upload, result, progress, trust_rejections=False)

@@ -60,6 +60,7 @@ class HeadOfficeLink:
         except HeadOfficeRejected as exc:
             code = str(getattr(exc, "code", None) or "rejected")
             self._last_auth_error = code
+            self._note_contact(not exc.is_auth)  # a refused terminal is no successful contact
             raise OnlineRefused(code, str(exc)) from None
         self._last_auth_ok = time.time()
         self._last_auth_error = None

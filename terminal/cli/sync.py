@@ -22,7 +22,11 @@ import click
 @click.option("--page-size", type=click.IntRange(1, 5000), help="Transactions per upload (default [sync] page_size).")
 @click.option("--compress", is_flag=True, help="gzip the uploads (slow uplinks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, no progress bar.")
-def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: bool, as_json: bool) -> None:
+@click.option("--requeue", "requeue", type=click.IntRange(1), multiple=True, metavar="SEQ",
+              help="Send this dead-lettered (rejected) transaction again, e.g. once head office is fixed "
+                   "(repeatable; `smartpos status` shows rejected ones).")
+def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: bool, as_json: bool,
+         requeue: tuple[int, ...]) -> None:
     """Upload queued transactions to head office and report closed batches."""
     from config.loading import ConfigError, load_settings
     from config.provisioning import ProvisioningError, load_enrollment
@@ -43,6 +47,16 @@ def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: 
         store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
     except StoreError as exc:
         raise click.ClickException(f"queue {settings.db_path}: {exc.message}") from None
+    from protocol.errors import ValidationError
+
+    for sequence in requeue:
+        try:
+            store.requeue(sequence)
+        except ValidationError as exc:
+            store.close()
+            raise click.ClickException(exc.message) from None
+        if not as_json:
+            click.echo(f"transaction #{sequence} queued again", err=True)
     client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
                               timeout=settings.headoffice.timeout_s, compress=compress)
     stop = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -58,19 +59,46 @@ def test_head_office_rejects_an_unreadable_envelope_alone(terminal_env: Terminal
         assert answer.results[1].reason == "envelope_unreadable"
 
 
-def test_engine_dead_letters_rejections_and_continues(hq: HQ, terminal_env: TerminalEnv):
+def test_gap_answers_never_dead_letter_and_a_requeued_dead_letter_heals_the_chain(hq: HQ, terminal_env: TerminalEnv):
+    """Head office lacks #3, which this terminal dead-lettered: the rows after it are fine and stay queued (a gap
+    is no verdict on them), the pass stops with headoffice_behind, and requeueing #3 drains everything."""
     terminal_env.record(5)
     with terminal_env.store() as store, terminal_env.client() as client:
-        # Make head office see a gap: upload 1-2 then pretend 3 was lost for good.
         client.upload(store.pending_page(2))
         store.mark_accepted([1, 2])
         store.mark_rejected(3, "lost", "lost in a test")
+        result = SyncEngine(store, client).run_once(wait=True)  # no retry loop either: it stops
+        assert not result.ok and result.error_code == "headoffice_behind"
+        assert {t.sequence for t in store.rejected()} == {3}
+        assert store.stats().unsynced_count == 2 and result.rejected == 0
+        store.requeue(3)
         result = SyncEngine(store, client).run_once()
-        assert result.ok and result.accepted == 0 and result.rejected == 2
-        assert [r["sequence"] for r in result.rejections] == [4, 5]
-        assert all(r["reason"].startswith("gap") for r in result.rejections)
-        assert store.stats().unsynced_count == 0
-        assert {t.sequence for t in store.rejected()} == {3, 4, 5}
+        assert result.ok and result.accepted == 3 and store.stats().unsynced_count == 0
+    assert terminal_env.hq_rows()[0] == 5
+
+
+def test_transient_4xx_are_retried_not_dead_lettered(hq: HQ, terminal_env: TerminalEnv):
+    """A rate-limiting proxy (429) or a proxy timeout (408) in front of head office is weather, not a verdict."""
+    import httpx
+
+    answers = iter([429, 408, 429])
+
+    class Flaky(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/transactions"):
+                status = next(answers, None)
+                if status is not None:
+                    return httpx.Response(status, json={"error": {"code": "rate_limited", "message": "slow down"}})
+            return super().handle_request(request)
+
+    terminal_env.record(6)
+    with terminal_env.store() as store, terminal_env.client(transport=Flaky()) as client:
+        engine = SyncEngine(store, client, page_size=2, backoff_base_s=0.01, backoff_max_s=0.02)
+        result = engine.run_once(wait=True)
+        assert result.ok and result.accepted == 6 and result.rejected == 0 and result.retries >= 1
+        assert store.rejected() == [] and store.stats().unsynced_count == 0
+        assert next(answers, None) is None  # all three refusals were met (and retried)
+    assert terminal_env.hq_rows()[0] == 6
 
 
 def test_parameters_change_reaches_the_terminal_on_next_sync(hq: HQ, terminal_env: TerminalEnv):
@@ -187,9 +215,14 @@ def test_refused_terminal_stops_without_touching_rows(hq: HQ, terminal_env: Term
         with pytest.raises(HeadOfficeRejected) as err:
             client.ping()
         assert err.value.is_auth
-        result = SyncEngine(store, client).run_once()
+        store.record_contact(datetime(2026, 1, 1, tzinfo=UTC))
+        engine = SyncEngine(store, client)
+        result = engine.run_once()
         assert not result.ok and result.error_code == "bad_signature"
         assert store.stats().unsynced_count == 4 and store.rejected() == []
+        # A head office that refuses the terminal is no successful contact: the offline age rule keeps counting.
+        assert store.last_contact() == datetime(2026, 1, 1, tzinfo=UTC)
+        assert engine.status()["online"] is False
 
 
 def test_run_forever_syncs_on_wake_and_stops_promptly(terminal_env: TerminalEnv):
@@ -234,9 +267,9 @@ def test_batch_missing_at_head_office_is_reported_out_of_balance_with_the_missin
         closed = store.close_batch()
         client.upload(store.pending_page(2))
         store.mark_accepted([1, 2])
-        store.mark_rejected(3, "lost", "lost in a test")  # never reaches head office: 4 and 5 become a gap
+        store.mark_rejected(3, "lost", "lost in a test")  # never reaches head office: 4 and 5 wait behind it
         result = SyncEngine(store, client).run_once()
-        assert result.batches_reported == 1
+        assert result.error_code == "headoffice_behind" and result.batches_reported == 1
         reported = store.batch(closed.number)
         assert reported.hq_status == "out_of_balance"
         assert reported.hq_detail["missing_sequences"] == [3, 4, 5]
