@@ -1408,7 +1408,9 @@ class QueueStore:
             body = orjson.dumps(payload).decode()
         except TypeError as exc:
             raise ValidationError("invalid_print_job", f"payload is not JSON-serializable: {exc}") from None
-        if looks_like_card_data(payload):
+        # The merchant block (name, address, ids as head office sent them at enrollment) is printed on every receipt
+        # and is not card data: a phone number that happens to pass the Luhn check must not stop all printing.
+        if looks_like_card_data({k: v for k, v in payload.items() if k != "merchant"}):
             raise ValidationError("card_data_in_payload", "print payloads carry the last 4 digits only, never a PAN")
         now = utcnow_iso()
         with self._write() as cur:

@@ -128,6 +128,7 @@ class PrintSpooler:
         self._last_error = ""
         self._attempts: dict[Any, int] = {}
         self._first_failed: dict[Any, float] = {}
+        self._unrecorded: dict[str, str] = {}  # txn uuid -> why its receipt job could not be recorded
         self._next_probe = 0.0
         self._prepare = threading.Event()
         self._prepared = False
@@ -177,6 +178,10 @@ class PrintSpooler:
             except Exception as exc:  # the store's typed errors; a receipt must never fail the sale
                 self._last_error = redact(f"store: {exc}")
                 log.error("could not record print job for request %s: %s", request_id, self._last_error)
+                if txn_uuid is not None and not reprint:
+                    self._unrecorded[txn_uuid] = self._last_error  # its receipt state is "failed", not pending
+                    while len(self._unrecorded) > 256:
+                        self._unrecorded.pop(next(iter(self._unrecorded)))
                 continue
             ids.append(job.id)
         self._wake.set()
@@ -221,7 +226,7 @@ class PrintSpooler:
         """printed | pending | failed for a transaction's receipts (None: none submitted)."""
         jobs = [j for j in self.store.print_jobs_for_txn(txn_uuid) if not (j.payload or {}).get("reprint")]
         if not jobs:
-            return None
+            return "failed" if txn_uuid in self._unrecorded else None
         states = {j.state for j in jobs}
         if states & {"failed", "unknown"}:
             return "failed"

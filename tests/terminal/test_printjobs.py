@@ -226,3 +226,23 @@ def test_receipts_from_real_recorded_transactions(tmp_path, tcp_printer, printer
     finally:
         spooler.stop()
         st.close()
+
+
+def test_a_luhn_valid_phone_number_in_the_merchant_header_still_prints(store, tcp_printer, printer_profile):
+    """The merchant block comes from head office and is on every receipt: a phone number that passes the Luhn
+    check is not card data, and must not stop printing."""
+    from protocol.carddata import luhn_ok
+
+    phone = "Tel 0049 30 1234 5671"
+    assert luhn_ok(phone[4:].replace(" ", ""))
+    factory = functools.partial(open_printer, tcp_printer.uri, profile=printer_profile, timeout=WRITE_TIMEOUT,
+                                status_timeout=STATUS_TIMEOUT)
+    spooler = PrintSpooler(store, factory, profile=printer_profile, terminal_id="T-0001", retry_interval_s=0.1,
+                           merchant={**s.MERCHANT, "address": [*s.MERCHANT.get("address", []), phone]}).start()
+    try:
+        assert len(spooler.submit("sale", s.sale(), "pay-phone")) == 2
+        assert spooler.wait_idle(5)
+        assert spooler.receipt_state(s.TXN_UUID) == "printed"
+        assert phone in tcp_printer.wait_receipts(2)[0].text
+    finally:
+        spooler.stop()
