@@ -268,7 +268,8 @@ class PrintSpooler:
         raise ValidationError("invalid_receipt", f"unknown receipt kind {kind!r}")
 
     def _with_original(self, txn: object) -> object:
-        """A void's receipt names the voided sale by its sequence number; the record only holds its uuid."""
+        """A void's receipt names the voided sale (or refund) by its sequence number; the record only holds its
+        uuid."""
         void_of = txn.get("void_of") if isinstance(txn, Mapping) else getattr(txn, "void_of", None)
         lookup = getattr(self.store, "transaction", None)
         if not void_of or lookup is None:
@@ -282,7 +283,7 @@ class PrintSpooler:
         base = dict(txn) if isinstance(txn, Mapping) else {
             f: getattr(txn, f) for f in getattr(txn, "__dataclass_fields__", {})
         }
-        return {**base, "original_sequence": original.sequence}
+        return {**base, "original_sequence": original.sequence, "original_type": original.type}
 
     def _set_status(self, status: PrinterStatus) -> None:
         with self._lock:

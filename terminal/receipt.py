@@ -75,7 +75,8 @@ class TxnInfo:
     atc: str = ""
     tvr: str = ""
     cvm: str = "none"
-    original_sequence: int | None = None  # void: the sequence of the voided sale
+    original_sequence: int | None = None  # void: the sequence of the voided sale or refund
+    original_type: str = "sale"  # void: what it voids (a void of a refund gives the money back to the shop)
 
     def __post_init__(self) -> None:
         if self.type not in ("sale", "refund", "void"):
@@ -245,6 +246,7 @@ def txn_info_from_record(txn: object) -> TxnInfo:
         tvr=clean_text(_get(txn, "tvr", default=None) or (emv.get("tvr") if isinstance(emv, Mapping) else "") or ""),
         cvm=str(_get(txn, "cvm", default="none")),
         original_sequence=_get(txn, "original_sequence", "void_of_sequence", default=None),
+        original_type="refund" if _get(txn, "original_type", default="sale") == "refund" else "sale",
     )
 
 
@@ -363,7 +365,7 @@ def _txn_layout(model: ReceiptModel, columns: int) -> list[Element]:
     if model.reprint:
         out += _lines("*** DUPLICATE ***", columns, align="center", bold=True)
     if t.type == "void" and t.original_sequence is not None:
-        out += _pair("Voids sale", f"#{t.original_sequence:06d}", columns)
+        out += _pair(f"Voids {t.original_type}", f"#{t.original_sequence:06d}", columns)
     out.append(_rule(columns))
     if t.scheme:
         out += _pair("Scheme", t.scheme.upper(), columns)
@@ -383,7 +385,10 @@ def _txn_layout(model: ReceiptModel, columns: int) -> list[Element]:
     if t.reference:
         out += _pair("Reference", t.reference, columns)
     out.append(_rule(columns))
-    signed = t.amount_minor if t.type == "sale" else -t.amount_minor
+    # What the customer gets or pays: a sale charges, a refund and a void of a sale give back, a void of a refund
+    # takes the refunded amount back.
+    signed = t.amount_minor if t.type == "sale" or (t.type == "void" and t.original_type == "refund") \
+        else -t.amount_minor
     amount = format_amount(signed, t.currency)
     half = columns // 2
     if display_width("TOTAL") + display_width(amount) + 1 <= half:
@@ -392,7 +397,8 @@ def _txn_layout(model: ReceiptModel, columns: int) -> list[Element]:
         out += _pair("TOTAL", amount, columns, bold=True)
     out.append(_rule(columns))
     if t.auth_mode == "offline":
-        reference = t.local_reference or t.auth_code or f"{model.terminal_id}-{t.batch:03d}-{t.sequence:06d}"
+        # Not the auth code: offline it is the EMV response code ("Y1"), the same on every offline approval.
+        reference = t.local_reference or f"{model.terminal_id}-{t.batch:03d}-{t.sequence:06d}"
         out += _pair("Authorization", "OFFLINE", columns, bold=True)
         out += _pair("Local reference", reference, columns)
     else:
@@ -425,7 +431,9 @@ def _settlement_layout(model: ReceiptModel, columns: int) -> list[Element]:
         out += _lines(f"{row.scheme.upper()} {row.currency}", columns, bold=True)
         out += _pair(f"Sales    {row.sale_count:4d}", format_amount(row.sale_amount, row.currency), columns)
         out += _pair(f"Refunds  {row.refund_count:4d}", format_amount(-row.refund_amount, row.currency), columns)
-        out += _pair(f"Voids    {row.void_count:4d}", format_amount(-row.void_amount, row.currency), columns)
+        # What the voids did to the net (a void of a refund adds): so that sales + refunds + voids = net on paper.
+        voids_effect = row.net - row.sale_amount + row.refund_amount
+        out += _pair(f"Voids    {row.void_count:4d}", format_amount(voids_effect, row.currency), columns)
         out += _pair("Net", format_amount(row.net, row.currency), columns, bold=True)
         total = nets.setdefault(row.currency, [0, 0])
         total[0] += row.sale_count + row.refund_count + row.void_count
@@ -614,6 +622,26 @@ def _settlement_row(row: Mapping[str, Any]) -> SettlementRow:
     )
 
 
+MISSING_LISTED = 10  # sequence numbers head office lacks, listed on the settlement report
+
+
+def _difference_line(diff: Mapping[str, Any]) -> str:
+    """Head office's difference for one (type, scheme, currency), as a line a shop reads: counts and amounts on
+    both sides, in the currency's units."""
+    currency = str(diff.get("currency") or "")
+
+    def money(key: str) -> str:
+        value = int(diff.get(key) or 0)
+        try:
+            return format_amount(value, currency)
+        except Exception:  # an unknown currency still prints, in minor units
+            return f"{value} {currency}"
+
+    what = " ".join(str(x) for x in (diff.get("type"), (diff.get("scheme") or "").upper(), currency) if x)
+    return (f"{what}: terminal {diff.get('terminal_count', 0)} x {money('terminal_amount_minor')}, "
+            f"head office {diff.get('hq_count', 0)} x {money('hq_amount_minor')}")
+
+
 def settlement_model(batch: object, *, merchant: Mapping[str, Any] | Merchant, terminal_id: str,
                      when: str | None = None) -> ReceiptModel:
     """From a closed batch: the queue's ``Batch`` (number, opened_at, closed_at, totals {"by_scheme": [...]},
@@ -629,6 +657,12 @@ def settlement_model(batch: object, *, merchant: Mapping[str, Any] | Merchant, t
         detail.get("differences") if isinstance(detail, Mapping) else None) or ()
     if isinstance(differences, Mapping):
         differences = [f"{k}: {v}" for k, v in differences.items()]
+    differences = [_difference_line(d) if isinstance(d, Mapping) else d for d in differences]
+    missing = detail.get("missing_sequences") if isinstance(detail, Mapping) else None
+    if missing:
+        shown = ", ".join(f"#{int(n):06d}" for n in list(missing)[:MISSING_LISTED])
+        more = len(missing) - MISSING_LISTED
+        differences.append(f"Not at head office: {shown}" + (f" and {more} more" if more > 0 else ""))
     info = SettlementInfo(
         batch=int(_get(batch, "number", "batch", "batch_number", default=0)),
         rows=tuple(_settlement_row(r) for r in rows),

@@ -191,3 +191,34 @@ def test_png_preview_draws_the_receipt(tmp_path, profile):
 def test_merchant_from_enrollment_dict_cleans_text():
     m = Merchant.from_dict({"id": "M1", "name": "A\tB", "address": "line 1\nline 2"})
     assert m == Merchant("A B", ("line 1", "line 2"), "M1")
+
+
+def test_offline_reference_is_the_transactions_own_not_the_response_code(profile):
+    """Offline, the auth code is the EMV response code ("Y1"), the same on every offline approval: the receipt's
+    local reference is terminal-batch-sequence instead."""
+    text = render_text(_model(s.sale(auth_mode="offline", auth_code="Y1", sequence=77)), profile.columns)
+    assert re.search(r"Local reference\s+T-0001-003-000077", text)
+    assert "Y1" not in text
+
+
+def test_void_of_a_refund_names_the_refund_and_takes_the_money_back(profile):
+    void = s.sale(uuid="d00df00d-1234-4abc-8def-001122334455", sequence=46, type="void", amount_minor=500,
+                  void_of="a3c1e2d4-5b6f-4a7b-8c9d-0e1f2a3b4c5d", original_sequence=44, original_type="refund")
+    text = render_text(_model(void), profile.columns)
+    assert re.search(r"Voids refund\s+#000044", text) and "5.00 EUR" in text and "-5.00 EUR" not in text
+
+
+def test_settlement_lines_add_up_and_out_of_balance_reads_in_money(profile):
+    batch = s.closed_batch()
+    # one void of a 5.00 refund instead of a void of a sale: net = 37.40 - 5.00 + 5.00
+    batch["totals"]["by_scheme"][0].update(void_amount_minor=500, net_amount_minor=3740)
+    batch.update(hq_status="out_of_balance", hq_detail={
+        "differences": [{"type": "sale", "scheme": "visa", "currency": "EUR", "terminal_count": 3,
+                         "terminal_amount_minor": 3740, "hq_count": 2, "hq_amount_minor": 2490}],
+        "missing_sequences": [44]})
+    text = render_text(settlement_model(batch, merchant=s.MERCHANT, terminal_id="T-0001"), profile.columns)
+    assert re.search(r"Voids\s+1\s+5\.00 EUR", text) and re.search(r"Net\s+37\.40 EUR", text)
+    flat = " ".join(text.split())
+    assert "sale VISA EUR: terminal 3 x 37.40 EUR, head office 2 x 24.90 EUR" in flat
+    assert "Not at head office: #000044" in flat
+    assert "{" not in text and "_minor" not in text
