@@ -198,6 +198,8 @@ class Daemon:
             view["state"] = live["state"]
             card = live.get("card") or {}
             view["card"] = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
+            if is_final(live["state"]):  # a final state the store could not take yet (disk full): and why
+                view["error"] = live.get("error")
         if view is not None and self.spooler is not None:
             view["receipt"] = self.spooler.receipt_state(view.get("transaction_id"))
             if (view["receipt"] is None and view["state"] == "approved" and self.spooler.enabled

@@ -99,6 +99,8 @@ class PaymentFlow:
         self._thread: threading.Thread | None = None
         self._timings: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._live: dict[str, Payment] = {}
+        # Final states the store could not take (disk full): shown from memory, written once the store takes writes.
+        self._unsaved: dict[str, tuple[State, dict[str, Any]]] = {}
         self.last_error: dict[str, str] | None = None
         self._last_error_payment: str | None = None
         self.heartbeat = time.monotonic()
@@ -257,6 +259,8 @@ class PaymentFlow:
                     return
                 payment_id, self._queued = self._queued, None
                 self._current = payment_id
+            if self._unsaved:
+                self._save_unsaved()  # this payment's creation was written: the store takes writes again
             try:
                 payment = self._ledger.payment(payment_id)
                 if payment is not None and payment["state"] == State.WAITING_FOR_CARD:
@@ -267,7 +271,8 @@ class PaymentFlow:
             finally:
                 with self._lock:
                     self._current = None
-                    self._live.pop(payment_id, None)
+                    if payment_id not in self._unsaved:
+                        self._live.pop(payment_id, None)
                 self.heartbeat = time.monotonic()
 
     def _process(self, payment: Payment) -> None:
@@ -385,11 +390,38 @@ class PaymentFlow:
 
     def _forget_live(self, payment_id: str) -> None:
         with self._lock:
-            self._live.pop(payment_id, None)
+            if payment_id not in self._unsaved:
+                self._live.pop(payment_id, None)
 
     def _finish(self, payment: Payment, state: State, **fields: Any) -> None:
-        updated = self._transition(payment, state, **fields)
+        try:
+            updated = self._transition(payment, state, **fields)
+        except Exception as exc:
+            # The store cannot take even the final state (disk full, I/O error). Nothing was recorded for this
+            # payment, so it is no approval; its end is shown from memory so the cashier sees it (and why), and
+            # written when the store takes writes again (a restart would resolve it the same way).
+            log.error("payment.final_state_unsaved", extra={"payment_id": payment["id"], "state": state.value,
+                                                            "error": type(exc).__name__})
+            check_transition(payment["state"], state)
+            updated = {**payment, **{k: v for k, v in fields.items() if v is not None}, "state": state.value}
+            with self._lock:
+                self._unsaved[payment["id"]] = (state, fields)
+                self._live[payment["id"]] = updated
+            self._publish(updated["id"], updated)
         self._announce(updated, published=True)
+
+    def _save_unsaved(self) -> None:
+        """Write the final states kept in memory, now that the store may take writes again."""
+        with self._lock:
+            pending = list(self._unsaved.items())
+        for payment_id, (state, fields) in pending:
+            try:
+                self._ledger.set_state(payment_id, state, **fields)
+            except Exception:
+                return  # still failing: try again before the next payment
+            with self._lock:
+                self._unsaved.pop(payment_id, None)
+                self._live.pop(payment_id, None)
 
     def _announce(self, payment: Payment, *, published: bool = False) -> None:
         if not published:

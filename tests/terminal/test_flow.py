@@ -288,3 +288,33 @@ def test_shutdown_cancels_a_waiting_payment(running):
     with pytest.raises(FlowError) as info:
         flow.create("k2", SALE)
     assert info.value.status == 503
+
+
+def test_a_final_state_the_store_cannot_take_is_shown_and_written_later(running):
+    """Disk full between creating a payment and recording it: no approval (nothing was recorded), and the payment
+    does not hang in waiting_for_card: its failure, and why, is shown, then stored once the store takes writes."""
+    ledger = MemoryLedger(fail_record=OSError("disk full"))
+    plain_set_state = ledger.set_state
+    full = {"on": True}
+
+    def set_state(payment_id, state, **fields):
+        if full["on"] and str(getattr(state, "value", state)) == "failed":
+            raise OSError("disk full")
+        return plain_set_state(payment_id, state, **fields)
+
+    ledger.set_state = set_state
+    flow, ledger, reader, receipts, published = running(ledger=ledger)
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    deadline = time.monotonic() + 3
+    while (flow.live(payment["id"]) or {}).get("state") != "failed" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    shown = flow.live(payment["id"])
+    assert shown["state"] == "failed" and shown["error"]["code"] == "store_write_failed"
+    assert (payment["id"], "failed") in published.events and receipts.jobs == []
+    assert ledger.payment(payment["id"])["state"] != "failed"  # not stored yet
+
+    full["on"] = False  # space is back; the next payment's start writes the kept state
+    ledger.fail_record = None
+    flow.create("k2", SALE)
+    assert wait_state(ledger, payment["id"], "failed")["error"]["code"] == "store_write_failed"
