@@ -56,7 +56,7 @@ class RiskStats:
     unsynced_offline_count: int = 0
     unsynced_offline_amount_minor: dict[str, int] = field(default_factory=dict)
     last_contact_at: datetime | None = None
-    card_count_24h: int = 0  # offline-or-online sales on this token in the last 24 h, not voided
+    card_count_24h: int = 0  # offline-or-online sales and refunds on this token in the last 24 h, not voided
     card_amount_24h_minor: int = 0  # their amount in the payment's currency
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -113,7 +113,9 @@ def evaluate(
     if limit and amount > limit:
         reasons.append(Reason("over_txn_limit", f"above the offline limit per transaction ({cur})", limit, amount))
 
-    if payment.type == "sale":
+    # Refunds count as much as sales: an offline refund is money going out on the terminal's word alone, so the
+    # same caps on unsynced offline exposure and per-card activity apply to both.
+    if payment.type in ("sale", "refund"):
         total_limit = params.offline_total_limit(cur)
         total_after = stats.unsynced_offline_amount_minor.get(cur, 0) + amount
         if total_limit and total_after > total_limit:

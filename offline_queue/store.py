@@ -1043,14 +1043,16 @@ class QueueStore:
         with self._raw_read() as cur:
             per_currency = cur.execute(
                 "SELECT currency, COUNT(*), COALESCE(SUM(amount_minor), 0) FROM transactions WHERE sequence >= ? "
-                f"AND {_UNSYNCED} AND auth_mode = 'offline' AND type = 'sale' AND voided_by IS NULL GROUP BY currency",
+                f"AND {_UNSYNCED} AND auth_mode = 'offline' AND type IN ('sale', 'refund') AND voided_by IS NULL "
+                "GROUP BY currency",
                 (self._floor(cur),),
             ).fetchall()
             count_24h, amount_24h = 0, 0
             if token is not None:
                 count_24h, amount_24h = cur.execute(
                     "SELECT COUNT(*), COALESCE(SUM(CASE WHEN currency = ? THEN amount_minor ELSE 0 END), 0) "
-                    "FROM transactions WHERE token = ? AND created_at >= ? AND type = 'sale' AND voided_by IS NULL",
+                    "FROM transactions WHERE token = ? AND created_at >= ? AND type IN ('sale', 'refund') "
+                    "AND voided_by IS NULL",
                     (currency, token, since),
                 ).fetchone()
             contact = cur.execute("SELECT value FROM meta WHERE key = 'last_contact_at'").fetchone()

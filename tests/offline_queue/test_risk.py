@@ -43,6 +43,11 @@ def test_a_small_sale_with_recent_contact_is_approved():
         ({}, {"card_count_24h": 3}, pay(), False, "velocity_count"),
         ({}, {"card_amount_24h_minor": 14500}, pay(1000), False, "velocity_amount"),
         ({}, {}, pay(), True, "denied_card"),
+        # refunds are money going out: the same caps on offline exposure and per-card activity
+        ({}, {"unsynced_offline_amount_minor": {"EUR": 49500}}, pay(1000, kind="refund"), False, "over_offline_total"),
+        ({}, {"unsynced_offline_count": 100}, pay(kind="refund"), False, "over_offline_count"),
+        ({}, {"card_count_24h": 3}, pay(kind="refund"), False, "velocity_count"),
+        ({}, {"card_amount_24h_minor": 14500}, pay(1000, kind="refund"), False, "velocity_amount"),
     ],
 )
 def test_each_rule_declines_with_its_reason(params, st_kw, payment, denied, code):

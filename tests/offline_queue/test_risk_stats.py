@@ -52,3 +52,21 @@ def test_deny_list_from_parameters(queue_store, card_protection):
     assert queue_store.is_denied(card.token)
     queue_store.save_parameters(5, {}, [])
     assert not queue_store.is_denied(card.token) and queue_store.parameters().version == 5
+
+
+def test_offline_refunds_count_towards_the_caps_and_the_cards_activity(queue_store, card_protection):
+    """Five offline refunds onto one card with head office down: the count cap and the card's velocity stop them."""
+    queue_store.record_contact()
+    card = card_protection.protect(FakeEmvRead())
+    params = RiskParameters(offline_max_count=2)
+    decisions = []
+    for _ in range(5):
+        decision = evaluate(params, queue_store.risk_stats(card.token, "EUR"), card.token,
+                            RiskPayment("refund", 1900, "EUR"))
+        decisions.append(decision.reason)
+        if decision.approved:
+            queue_store.record(type="refund", amount_minor=1900, currency="EUR", card=card, auth={"mode": "offline"})
+    assert decisions == [None, None, "over_offline_count", "over_offline_count", "over_offline_count"]
+    stats = queue_store.risk_stats(card.token, "EUR")
+    assert (stats.unsynced_offline_count, stats.unsynced_offline_amount_minor) == (2, {"EUR": 3800})
+    assert (stats.card_count_24h, stats.card_amount_24h_minor) == (2, 3800)
