@@ -95,6 +95,20 @@ class PrinterSection(_Section):
     width_px: int | None = Field(default=None, ge=128, le=2048)
     native_qr: bool | None = None
     codepages: list[str] | None = None
+    # Zone receipt times are printed in (IANA name, e.g. "Europe/Berlin"); unset = the system's local time.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+        return value
 
     @field_validator("uri")
     @classmethod

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Protocol
 
 from drivers.printer import (
@@ -107,7 +108,9 @@ class PrintSpooler:
         max_attempts: int = 20,
         idle_probe_s: float = 30.0,
         copies: tuple[str, ...] = ("merchant", "customer"),
+        tz: tzinfo | None = None,
     ) -> None:
+        """``tz``: the zone receipt times are printed in; None = the system's local time (what a shop reads)."""
         self.store = store
         self.printer_factory = printer_factory
         self.profile = profile
@@ -118,6 +121,7 @@ class PrintSpooler:
         self.max_attempts = max_attempts
         self.idle_probe_s = idle_probe_s
         self.copies = copies
+        self.tz = tz
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -255,16 +259,16 @@ class PrintSpooler:
                 raise ValidationError("invalid_receipt", f"unknown receipt copy {bad[0]!r}")
             return [
                 (f":{copy}", receipt_for_transaction(txn, merchant=self.merchant, terminal_id=self.terminal_id,
-                                                     copy=copy, reprint=reprint))
+                                                     copy=copy, reprint=reprint, tz=self.tz))
                 for copy in chosen
             ]
         if kind == "settlement":
             if txn is None:
                 raise ValidationError("invalid_receipt", "a settlement report needs the closed batch")
-            return [("", settlement_model(txn, merchant=self.merchant, terminal_id=self.terminal_id))]
+            return [("", settlement_model(txn, merchant=self.merchant, terminal_id=self.terminal_id, tz=self.tz))]
         if kind == "test":
             return [("", make_test_page(self.profile, merchant=self.merchant, terminal_id=self.terminal_id,
-                                         status_before=self._status.summary))]
+                                         status_before=self._status.summary, tz=self.tz))]
         raise ValidationError("invalid_receipt", f"unknown receipt kind {kind!r}")
 
     def _with_original(self, txn: object) -> object:

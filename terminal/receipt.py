@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -250,10 +250,20 @@ def txn_info_from_record(txn: object) -> TxnInfo:
     )
 
 
+def in_zone(iso: str, tz: tzinfo | None) -> str:
+    """``iso`` (UTC as stored) as the shop's time: in ``tz``, or the system's local time when ``tz`` is None."""
+    try:
+        dt = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(tz).isoformat(timespec="seconds")
+
+
 def receipt_for_transaction(txn: object, *, merchant: Mapping[str, Any] | Merchant, terminal_id: str, copy: str,
-                            reprint: bool = False) -> ReceiptModel:
+                            reprint: bool = False, tz: tzinfo | None = UTC) -> ReceiptModel:
+    """``tz``: the zone receipt times are printed in (None: the system's local time, as the daemon prints)."""
     info = txn_info_from_record(txn)
-    when = _iso(_get(txn, "created_at", "recorded_at", "timestamp", "approved_at", default=None))
+    when = in_zone(_iso(_get(txn, "created_at", "recorded_at", "timestamp", "approved_at", default=None)), tz)
     m = merchant if isinstance(merchant, Merchant) else Merchant.from_dict(merchant)
     return ReceiptModel(info.type, m, clean_text(terminal_id), when, copy=copy, txn=info, reprint=reprint)
 
@@ -643,7 +653,7 @@ def _difference_line(diff: Mapping[str, Any]) -> str:
 
 
 def settlement_model(batch: object, *, merchant: Mapping[str, Any] | Merchant, terminal_id: str,
-                     when: str | None = None) -> ReceiptModel:
+                     when: str | None = None, tz: tzinfo | None = UTC) -> ReceiptModel:
     """From a closed batch: the queue's ``Batch`` (number, opened_at, closed_at, totals {"by_scheme": [...]},
     hq_status balanced|out_of_balance|pending, hq_detail) or a mapping with the same names."""
     totals = _get(batch, "totals", default={}) or {}
@@ -666,21 +676,21 @@ def settlement_model(batch: object, *, merchant: Mapping[str, Any] | Merchant, t
     info = SettlementInfo(
         batch=int(_get(batch, "number", "batch", "batch_number", default=0)),
         rows=tuple(_settlement_row(r) for r in rows),
-        opened_at=_iso(_get(batch, "opened_at")) if _get(batch, "opened_at") else "",
-        closed_at=_iso(_get(batch, "closed_at")) if _get(batch, "closed_at") else "",
+        opened_at=in_zone(_iso(_get(batch, "opened_at")), tz) if _get(batch, "opened_at") else "",
+        closed_at=in_zone(_iso(_get(batch, "closed_at")), tz) if _get(batch, "closed_at") else "",
         balanced=balanced,
         differences=tuple(clean_text(d if isinstance(d, str) else str(d)) for d in differences),
     )
     m = merchant if isinstance(merchant, Merchant) else Merchant.from_dict(merchant)
-    return ReceiptModel("settlement", m, clean_text(terminal_id), when or _iso(None), settlement=info)
+    return ReceiptModel("settlement", m, clean_text(terminal_id), when or in_zone(_iso(None), tz), settlement=info)
 
 
 def make_test_page(profile: Any, *, merchant: Mapping[str, Any] | Merchant | None = None, terminal_id: str = "",
-                    status_before: str = "", when: str | None = None) -> ReceiptModel:
+                    status_before: str = "", when: str | None = None, tz: tzinfo | None = UTC) -> ReceiptModel:
     info = TestInfo(profile.name, profile.model, profile.columns, profile.width_px, profile.native_qr,
                     tuple(dict.fromkeys(profile.codepages.values())), status_before)
     m = merchant if isinstance(merchant, Merchant) else Merchant.from_dict(merchant or {"name": "smartpos"})
-    return ReceiptModel("test", m, clean_text(terminal_id or "-"), when or _iso(None), test=info)
+    return ReceiptModel("test", m, clean_text(terminal_id or "-"), when or in_zone(_iso(None), tz), test=info)
 
 
 # Older name, still used by `smartpos selftest --print` ([daemon]); tests import ``make_test_page`` (pytest would

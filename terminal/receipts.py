@@ -33,8 +33,11 @@ class ReceiptDesk:
         factory = functools.partial(open_printer, p.uri, profile=profile, timeout=p.timeout_s,
                                     status_timeout=p.status_timeout_s)
         merchant = dict(enrollment.merchant or {})
+        from zoneinfo import ZoneInfo
+
         spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
-                               terminal_id=enrollment.terminal_id)
+                               terminal_id=enrollment.terminal_id,
+                               tz=ZoneInfo(p.timezone) if p.timezone else None)
         spooler.start()
         return cls(spooler, ledger)
 

@@ -68,6 +68,9 @@ def test_lookup_order_flag_then_environment_then_default(tmp_path):
         ("[payments]\ncurrency = \"EURO\"\n", "payments.currency", "ISO 4217"),
         ("[readers]\nnfcpy = [\"udp:1\", \"udp:1\"]\n", "readers.nfcpy", "twice"),
         ("[sync]\npage_size = 0\n", "sync.page_size", "greater than or equal to 1"),
+        ("[printer]\ntimezone = \"Mars/Olympus\"\n", "printer.timezone", "unknown time zone"),
+        ("[printer]\nuri = \"tcp://host:abc\"\n", "printer.uri", "port must be a number"),
+        ("[risk]\ntxn_limit_minor = \"100\"\n", "risk", "txn_limit_minor: Input should be a valid integer"),
     ],
 )
 def test_bad_key_or_value_is_one_line_naming_the_key(tmp_path, text, key, problem):

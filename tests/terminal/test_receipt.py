@@ -222,3 +222,15 @@ def test_settlement_lines_add_up_and_out_of_balance_reads_in_money(profile):
     assert "sale VISA EUR: terminal 3 x 37.40 EUR, head office 2 x 24.90 EUR" in flat
     assert "Not at head office: #000044" in flat
     assert "{" not in text and "_minor" not in text
+
+
+def test_receipt_times_are_the_shops_not_utc(profile):
+    """Stored in UTC, printed in the shop's zone ([printer] timezone, else the system's local time)."""
+    from zoneinfo import ZoneInfo
+
+    text = render_text(receipt_for_transaction(s.sale(), merchant=s.MERCHANT, terminal_id="T-0001", copy="customer",
+                                               tz=ZoneInfo("Asia/Tokyo")), profile.columns)
+    assert "2026-11-23 21:34:56 +09:00" in text and "12:34:56 UTC" not in text
+    report = render_text(settlement_model(s.closed_batch(), merchant=s.MERCHANT, terminal_id="T-0001",
+                                          tz=ZoneInfo("Europe/Berlin")), profile.columns)
+    assert "2026-11-23 09:00:00 +01:00" in report  # opened 08:00 UTC
