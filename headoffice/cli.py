@@ -156,7 +156,8 @@ def keys_init(settings: Any) -> None:
 
 @cli.group()
 def merchants() -> None:
-    """Merchants (name and address lines go to the terminals' receipts)."""
+    """Merchants (name and address lines go to terminals when they enroll; receipt lines that change later:
+    `parameters set receipt_header=[...]`)."""
 
 
 @merchants.command("set")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any, Protocol
@@ -109,8 +109,11 @@ class PrintSpooler:
         idle_probe_s: float = 30.0,
         copies: tuple[str, ...] = ("merchant", "customer"),
         tz: tzinfo | None = None,
+        header: Callable[[], Sequence[str]] | None = None,
     ) -> None:
-        """``tz``: the zone receipt times are printed in; None = the system's local time (what a shop reads)."""
+        """``tz``: the zone receipt times are printed in; None = the system's local time (what a shop reads).
+        ``header``: extra lines under the merchant's name and address (head office's ``receipt_header`` parameter,
+        read when each receipt is made, so a change reaches the next receipt)."""
         self.store = store
         self.printer_factory = printer_factory
         self.profile = profile
@@ -122,6 +125,7 @@ class PrintSpooler:
         self.idle_probe_s = idle_probe_s
         self.copies = copies
         self.tz = tz
+        self.header = header
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -251,6 +255,7 @@ class PrintSpooler:
     # -- worker -----------------------------------------------------------------------------------------
     def _models(self, kind: str, txn: object, copies: Iterable[str] | None,
                 reprint: bool) -> list[tuple[str, ReceiptModel]]:
+        merchant = self._merchant()
         if kind in ("sale", "refund", "void"):
             txn = self._with_original(txn)
             chosen = tuple(copies or self.copies)
@@ -258,18 +263,28 @@ class PrintSpooler:
             if bad:
                 raise ValidationError("invalid_receipt", f"unknown receipt copy {bad[0]!r}")
             return [
-                (f":{copy}", receipt_for_transaction(txn, merchant=self.merchant, terminal_id=self.terminal_id,
+                (f":{copy}", receipt_for_transaction(txn, merchant=merchant, terminal_id=self.terminal_id,
                                                      copy=copy, reprint=reprint, tz=self.tz))
                 for copy in chosen
             ]
         if kind == "settlement":
             if txn is None:
                 raise ValidationError("invalid_receipt", "a settlement report needs the closed batch")
-            return [("", settlement_model(txn, merchant=self.merchant, terminal_id=self.terminal_id, tz=self.tz))]
+            return [("", settlement_model(txn, merchant=merchant, terminal_id=self.terminal_id, tz=self.tz))]
         if kind == "test":
-            return [("", make_test_page(self.profile, merchant=self.merchant, terminal_id=self.terminal_id,
+            return [("", make_test_page(self.profile, merchant=merchant, terminal_id=self.terminal_id,
                                          status_before=self._status.summary, tz=self.tz))]
         raise ValidationError("invalid_receipt", f"unknown receipt kind {kind!r}")
+
+    def _merchant(self) -> dict[str, Any]:
+        if self.header is None:
+            return self.merchant
+        try:
+            lines = [str(line) for line in self.header() or ()]
+        except Exception as exc:  # the header is decoration: a receipt without it beats no receipt
+            log.warning("receipt header unavailable: %s", redact(str(exc)))
+            lines = []
+        return {**self.merchant, "address": [*(self.merchant.get("address") or ()), *lines]} if lines else self.merchant
 
     def _with_original(self, txn: object) -> object:
         """A void's receipt names the voided sale (or refund) by its sequence number; the record only holds its

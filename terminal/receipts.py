@@ -37,7 +37,8 @@ class ReceiptDesk:
 
         spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
                                terminal_id=enrollment.terminal_id,
-                               tz=ZoneInfo(p.timezone) if p.timezone else None)
+                               tz=ZoneInfo(p.timezone) if p.timezone else None,
+                               header=functools.partial(receipt_header, ledger.store, enrollment))
         spooler.start()
         return cls(spooler, ledger)
 
@@ -113,3 +114,11 @@ def startup_problems(settings: Settings) -> list[str]:
     if not settings.readers.pcsc and not settings.readers.nfcpy:
         problems.append("no card reader configured: set readers.pcsc = true or list readers.nfcpy paths")
     return problems
+
+
+def receipt_header(store: Any, enrollment: Enrollment) -> list[str]:
+    """Head office's ``receipt_header`` lines: from the parameters last synced, else those of the enrollment."""
+    stored = store.parameters()
+    params = stored.parameters if stored is not None else (enrollment.parameters or {})
+    lines = params.get("receipt_header") if isinstance(params, dict) else None
+    return [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []
