@@ -1484,8 +1484,8 @@ class QueueStore:
 
     def save_parameters(self, version: int, parameters: dict[str, Any], deny_list: Iterable[str]) -> None:
         """Replace the stored parameters and the whole deny list in one commit."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValidationError("invalid_parameters", "parameters version must be a non-negative integer")
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
+            raise ValidationError("invalid_parameters", "parameters version must be an integer from 0 to 2^63-1")
         if not isinstance(parameters, dict):
             raise ValidationError("invalid_parameters", "parameters must be a dict")
         tokens = list(dict.fromkeys(deny_list))
