@@ -231,12 +231,16 @@ class PrintSpooler:
         }
 
     def receipt_state(self, txn_uuid: str) -> str | None:
-        """printed | pending | failed for a transaction's receipts (None: none submitted)."""
-        jobs = [j for j in self.store.print_jobs_for_txn(txn_uuid) if not (j.payload or {}).get("reprint")]
+        """printed | pending | failed for a transaction's receipts (None: none submitted). A customer copy that
+        failed but was then reprinted (DUPLICATE) counts as printed: the customer has a receipt."""
+        all_jobs = self.store.print_jobs_for_txn(txn_uuid)
+        jobs = [j for j in all_jobs if not (j.payload or {}).get("reprint")]
         if not jobs:
             return "failed" if txn_uuid in self._unrecorded else None
         states = {j.state for j in jobs}
         if states & {"failed", "unknown"}:
+            if any(j.state == "printed" and (j.payload or {}).get("reprint") for j in all_jobs):
+                return "printed"
             return "failed"
         if states & {"pending", "sending"}:
             return "pending"
@@ -348,6 +352,8 @@ class PrintSpooler:
             self._next_probe = time.monotonic() + self.retry_interval_s
         else:
             self._first_failed.pop(job.id, None)
+            if attempt.state == "printed":
+                self._last_error = ""  # the printer works again: its last problem is over
         try:
             self.store.mark_print_job(job.id, attempt.state, error)
         except Exception as exc:

@@ -270,3 +270,24 @@ def test_head_offices_receipt_header_reaches_the_next_receipt(store, tcp_printer
         assert "VAT DE123456789" in second.text and "Thank you!" in second.text
     finally:
         spooler.stop()
+
+
+def test_a_reprint_after_an_unknown_original_makes_the_receipt_printed(spool, store, tcp_printer):
+    """The original's fate was unknown (sent, no answer), the cashier reprinted it: the customer has a receipt."""
+    spool.submit("sale", s.sale(), "pay-u", copies=["customer"])
+    assert spool.wait_idle(5)
+    (job,) = store.print_jobs()
+    store.mark_print_job(job.id, "unknown", "no_reply: all data sent but the printer did not answer afterwards")
+    assert spool.receipt_state(s.TXN_UUID) == "failed"
+    spool.reprint(s.sale(), "pay-u:reprint")
+    assert spool.wait_idle(5)
+    assert spool.receipt_state(s.TXN_UUID) == "printed"
+
+
+def test_the_printers_last_error_clears_once_it_prints_again(spool, store, tcp_printer):
+    tcp_printer.printer.set_mode("out")
+    spool.submit("sale", s.sale(), "pay-e", copies=["customer"])
+    wait_until(lambda: spool.status()["last_error"], timeout=3, what="the paper-out error")
+    tcp_printer.printer.set_mode("ok")
+    wait_until(lambda: _states(store) == ["printed"], timeout=5, what="the retry after paper loaded")
+    assert spool.status()["last_error"] == ""
