@@ -95,6 +95,8 @@ class PrinterSection(_Section):
     width_px: int | None = Field(default=None, ge=128, le=2048)
     native_qr: bool | None = None
     codepages: list[str] | None = None
+    # How long a receipt that failed (paper out, printer offline) is retried before the cashier must reprint it.
+    retry_window_s: float = Field(default=900.0, ge=10, le=7 * 86400)
     # Zone receipt times are printed in (IANA name, e.g. "Europe/Berlin"); unset = the system's local time.
     timezone: str | None = None
 

@@ -37,7 +37,7 @@ class ReceiptDesk:
 
         spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
                                terminal_id=enrollment.terminal_id,
-                               tz=ZoneInfo(p.timezone) if p.timezone else None,
+                               tz=ZoneInfo(p.timezone) if p.timezone else None, retry_window_s=p.retry_window_s,
                                header=functools.partial(receipt_header, ledger.store, enrollment))
         spooler.start()
         return cls(spooler, ledger)
