@@ -163,16 +163,15 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
-            return _json({"error": {"code": "invalid_json", "message": "request body is not valid JSON"}}, 400)
+            return _json(HQError(400, "invalid_json", "request body is not valid JSON").to_dict(), 400)
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _json(HQError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}").to_dict(), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown paths, wrong methods: the same error shape as every other answer.
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        response = _json({"error": {"code": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)}},
-                         exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = _json(HQError(exc.status_code, code, str(exc.detail)).to_dict(), exc.status_code)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response

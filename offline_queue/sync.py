@@ -291,15 +291,17 @@ class SyncEngine:
 
     def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         self._refresh_parameters(result, wait=wait, stop=stop)
+        behind: HeadOfficeBehind | None = None
         try:
             with ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="sync-upload") as pool:
                 self._upload_all(result, pool, wait=wait, stop=stop)
-        except HeadOfficeBehind:
+        except HeadOfficeBehind as exc:
             # Closed batches are still reported: head office staff then see them out of balance, with what is
             # missing, while the technician looks into the stuck upload.
-            self._report_batches(result, wait=wait, stop=stop)
-            raise
+            behind = exc
         self._report_batches(result, wait=wait, stop=stop)
+        if behind is not None:
+            raise behind
         result.online = True
 
     def _upload_all(self, result: SyncResult, pool: ThreadPoolExecutor, *, wait: bool,

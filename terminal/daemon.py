@@ -33,6 +33,26 @@ class StartupError(Exception):
     """The daemon cannot start; the message is one line for the technician."""
 
 
+NO_READER = "no card reader configured: set readers.pcsc = true or list readers.nfcpy paths"
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """What would stop the daemon from starting with ``settings`` that can be told without opening a device
+    (`run --check`, `selftest`)."""
+    from protocol.errors import ValidationError
+    from terminal.receipts import configured_profile
+
+    problems = []
+    if settings.printer.uri:
+        try:
+            configured_profile(settings)
+        except ValidationError as exc:
+            problems.append(f"printer: {exc.message}")
+    if not settings.readers.pcsc and not settings.readers.nfcpy:
+        problems.append(NO_READER)
+    return problems
+
+
 class Daemon:
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
         self.settings = settings
@@ -122,7 +142,7 @@ class Daemon:
             except (ValueError, CardError) as exc:
                 raise StartupError(f"readers.nfcpy: {exc}") from None
         if not readers:
-            raise StartupError("no card reader configured: set readers.pcsc = true or list readers.nfcpy paths")
+            raise StartupError(NO_READER)
         if len(readers) == 1:
             return readers[0]
         from drivers.readers import MultiReader

@@ -134,12 +134,17 @@ class QueueLedger:
             self._protected = {key: (card, protected)}
         return protected
 
+    def hq_parameters(self) -> dict[str, Any]:
+        """Head office's parameters document: as last synced, else as given at enrollment."""
+        stored = self.store.parameters()
+        params = stored.parameters if stored is not None else self.enrollment.parameters
+        return params if isinstance(params, dict) else {}
+
     def risk_parameters(self) -> Any:
         from offline_queue.risk import merge_parameters
 
-        stored = self.store.parameters()
-        hq = stored.parameters if stored is not None else self.enrollment.parameters
-        risk = hq.get("risk", hq) if isinstance(hq, dict) else None
+        hq = self.hq_parameters()
+        risk = hq.get("risk", hq)
         # merge_parameters ignores what head office sends beyond the risk fields (receipt header, ...)
         return merge_parameters(risk if isinstance(risk, dict) else None, self.settings.risk or None)
 

@@ -29,7 +29,7 @@ class ReceiptDesk:
         from terminal.printjobs import PrintSpooler
 
         p = settings.printer
-        profile = configured_profile(settings)  # a bad URI or profile stops the start, not the first receipt
+        profile = configured_profile(settings)  # a bad profile stops the start, not the first receipt
         factory = functools.partial(open_printer, p.uri, profile=profile, timeout=p.timeout_s,
                                     status_timeout=p.status_timeout_s)
         merchant = dict(enrollment.merchant or {})
@@ -38,7 +38,7 @@ class ReceiptDesk:
         spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
                                terminal_id=enrollment.terminal_id,
                                tz=ZoneInfo(p.timezone) if p.timezone else None, retry_window_s=p.retry_window_s,
-                               header=functools.partial(receipt_header, ledger.store, enrollment))
+                               header=lambda: receipt_header(ledger.hq_parameters()))
         spooler.start()
         return cls(spooler, ledger)
 
@@ -88,37 +88,18 @@ class ReceiptDesk:
             self.spooler.stop()
 
 
-def configured_profile(settings: Settings) -> Any:
-    """The printer profile the ``[printer]`` section describes (profile name plus its overrides), after checking
-    its URI; ``ValidationError`` (``PrinterUriError`` for the URI) says what is wrong. What the daemon prints with,
-    and what ``run --check``, ``selftest`` and ``smartpos printer`` check and use."""
-    from drivers.printer import load_profile, parse_uri
+def configured_profile(settings: Settings, name: str | None = None) -> Any:
+    """The printer profile the ``[printer]`` section describes: profile ``name`` (default: the section's) with the
+    section's overrides; ``ValidationError`` says what is wrong. What the daemon prints with, and what
+    ``run --check``, ``selftest`` and ``smartpos printer`` check and use. (The URI is checked at config load.)"""
+    from drivers.printer import load_profile
 
     p = settings.printer
-    if p.uri:
-        parse_uri(p.uri)
-    return load_profile(p.profile, columns=p.columns, width_px=p.width_px, native_qr=p.native_qr,
+    return load_profile(name or p.profile, columns=p.columns, width_px=p.width_px, native_qr=p.native_qr,
                         codepages=p.codepages)
 
 
-def startup_problems(settings: Settings) -> list[str]:
-    """What would stop the daemon from starting with ``settings`` that can be told without opening a device."""
-    from protocol.errors import ValidationError
-
-    problems = []
-    if settings.printer.uri:
-        try:
-            configured_profile(settings)
-        except ValidationError as exc:
-            problems.append(f"printer: {exc.message}")
-    if not settings.readers.pcsc and not settings.readers.nfcpy:
-        problems.append("no card reader configured: set readers.pcsc = true or list readers.nfcpy paths")
-    return problems
-
-
-def receipt_header(store: Any, enrollment: Enrollment) -> list[str]:
-    """Head office's ``receipt_header`` lines: from the parameters last synced, else those of the enrollment."""
-    stored = store.parameters()
-    params = stored.parameters if stored is not None else (enrollment.parameters or {})
+def receipt_header(params: Any) -> list[str]:
+    """Head office's ``receipt_header`` lines out of its parameters document."""
     lines = params.get("receipt_header") if isinstance(params, dict) else None
     return [line for line in lines if isinstance(line, str)] if isinstance(lines, list) else []

@@ -40,9 +40,7 @@ def _printer_settings(uri: str | None, config: str | None, profile: str | None,
             from terminal.receipts import configured_profile
 
             assert settings is not None
-            p = settings.printer
-            prof = configured_profile(settings.model_copy(update={"printer": p.model_copy(
-                update={"profile": profile or p.profile})}))
+            prof = configured_profile(settings, profile)
         else:
             prof = load_profile(profile)
         return uri, prof, timeout, status_timeout

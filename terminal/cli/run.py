@@ -21,7 +21,7 @@ def run(config_file: str | None, check: bool) -> None:
         click.echo(f"smartpos: {exc}", err=True)
         sys.exit(2)
     if check:
-        from terminal.receipts import startup_problems
+        from terminal.daemon import startup_problems
 
         problems = startup_problems(settings)
         for problem in problems:

@@ -61,7 +61,7 @@ def run_checks(config_file: str | None, *, test_print: bool = False) -> list[Che
         settings, path = load_settings(config_file)
     except ConfigError as exc:
         return [Check("config", False, str(exc))]
-    from terminal.receipts import startup_problems
+    from terminal.daemon import startup_problems
 
     problems = startup_problems(settings)
     checks.append(Check("config", not problems, "; ".join(problems) if problems else
@@ -150,7 +150,7 @@ def _check_readers(settings: Any, daemon_status: dict[str, Any] | None) -> list[
 def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollment: Any, test_print: bool) -> Check:
     if not settings.printer.uri:
         return Check("printer", True, "none configured", warn=True)
-    from drivers.printer import parse_uri
+    from drivers.printer import parse_uri, query_status
     from protocol.errors import ValidationError
     from terminal.receipts import configured_profile
 
@@ -160,8 +160,6 @@ def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollme
         return Check("printer", False, exc.message)
     reports_status = parse_uri(settings.printer.uri).status_enabled  # file: printers and ?status=0 cannot
     no_status = "this connection does not report status"  # ... which is no failure, only unknown
-    from drivers.printer import query_status
-
     if test_print:
         try:
             _print_test_page(settings, profile, enrollment)

@@ -251,15 +251,16 @@ def test_a_luhn_valid_phone_number_in_the_merchant_header_still_prints(store, tc
 def test_head_offices_receipt_header_reaches_the_next_receipt(store, tcp_printer, printer_profile):
     """`smartpos-hq parameters set receipt_header=[...]` is synced into the queue's parameters; the next receipt
     carries it, without a restart."""
-    from types import SimpleNamespace
-
     from terminal.receipts import receipt_header
 
-    enrollment = SimpleNamespace(parameters={})
+    def header():  # what the daemon passes: QueueLedger.hq_parameters() -> its receipt_header lines
+        stored = store.parameters()
+        return receipt_header(stored.parameters if stored is not None else {})
+
     factory = functools.partial(open_printer, tcp_printer.uri, profile=printer_profile, timeout=WRITE_TIMEOUT,
                                 status_timeout=STATUS_TIMEOUT)
     spooler = PrintSpooler(store, factory, profile=printer_profile, merchant=s.MERCHANT, terminal_id="T-0001",
-                           header=functools.partial(receipt_header, store, enrollment)).start()
+                           header=header).start()
     try:
         spooler.submit("sale", s.sale(), "before", copies=["customer"])
         store.save_parameters(2, {"receipt_header": ["VAT DE123456789", "Thank you!"]}, [])
