@@ -32,9 +32,11 @@ _REASONS = {400: "Malformed or invalid request", 401: "Not authenticated", 403: 
 
 
 def describe_errors(app: Any, *, statuses: Iterable[int], schemes: dict[str, dict[str, Any]],
-                    security_for: Callable[[str], Sequence[str]]) -> None:
+                    security_for: Callable[[str], Sequence[str]],
+                    extend: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Make ``app.openapi()`` document the error object for ``statuses`` on every operation, the security
-    ``schemes``, and on each path the schemes ``security_for(path)`` names (none: a public path)."""
+    ``schemes``, and on each path the schemes ``security_for(path)`` names (none: a public path). ``extend(spec)``
+    adds what else the service documents, when the document is first built."""
     statuses = sorted(set(statuses))
     plain = app.openapi
 
@@ -57,6 +59,8 @@ def describe_errors(app: Any, *, statuses: Iterable[int], schemes: dict[str, dic
                     responses[str(status)] = {"description": _REASONS.get(status, "Error"), **error}
                 if names:
                     operation["security"] = [{name: []} for name in names]
+        if extend is not None:
+            extend(spec)
         app.openapi_schema = spec
         return spec
 

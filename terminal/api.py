@@ -61,53 +61,15 @@ class PaymentRequest(BaseModel):
     mode: Literal["prefer-online", "require-online", "force-offline"] | None = None
 
 
-class CardView(BaseModel):
-    scheme: str | None = None
-    masked_pan: str | None = Field(default=None, description="first 6 (or 8) and last 4 digits only")
-    entry_mode: str | None = None
-    aid: str | None = None
-    label: str | None = None
-
-
-class AuthorizationView(BaseModel):
-    method: Literal["online", "offline"] | None = None
-    code: str | None = None
-    reason: str | None = Field(default=None, description="why it was declined (machine-readable), if it was")
-    auth_id: str | None = None
-    fallback: str | None = Field(default=None, description="why a prefer-online payment was decided offline")
-
-
-class PaymentView(BaseModel):
-    """Documented shape of a payment as ``GET /v1/payments/{id}`` (and every payment answer) returns it."""
-
-    id: str
-    state: Literal["waiting_for_card", "reading", "authorizing", "approved", "declined", "failed", "cancelled",
-                   "timed_out"]
-    type: Literal["sale", "refund", "void"]
-    amount_minor: int
-    currency: str
-    reference: str | None = None
-    mode: str | None = None
-    void_of: str | None = Field(default=None, description="for a void: the id of the payment it voids")
-    created_at: str | None = None
-    updated_at: str | None = None
-    transaction_id: str | None = Field(default=None, description="the recorded transaction, once approved")
-    sequence: int | None = None
-    batch: int | None = None
-    card: CardView | None = None
-    authorization: AuthorizationView | None = None
-    error: dict[str, str] | None = Field(default=None, description='{"code", "message"} of a failure')
-    voided_by: str | None = None
-    sync_state: Literal["queued", "uploaded", "accepted", "rejected"] | None = None
-    receipt: Literal["pending", "printed", "failed"] | None = None
-
-
 _OPTIONAL_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
                  "description": "a retry with the same key is done once"}
 
 
-def _documented(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": model, "description": model.__doc__.splitlines()[0] if model.__doc__ else ""}}
+def _document_payment_object(spec: dict[str, Any]) -> None:
+    # Built when /openapi.json is first asked for, not at start: the idle daemon carries none of it.
+    from terminal.api_docs import document_payment_object
+
+    document_payment_object(spec)
 
 
 class ApiError(Exception):
@@ -176,7 +138,6 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
     @app.post(
         "/v1/payments",
         status_code=201,
-        responses=_documented(PaymentView, 201),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -204,7 +165,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
             raise ApiError(400, "invalid_request", "limit must be between 1 and 200")
         return JSONResponse({"payments": await run_in_threadpool(service.recent_payments, limit)})
 
-    @app.get("/v1/payments/{payment_id}", responses=_documented(PaymentView))
+    @app.get("/v1/payments/{payment_id}")
     async def get_payment(payment_id: str) -> JSONResponse:
         return JSONResponse(await _view(payment_id))
 
@@ -217,14 +178,13 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/payments/{payment_id}/cancel", responses=_documented(PaymentView))
+    @app.post("/v1/payments/{payment_id}/cancel")
     async def cancel_payment(payment_id: str) -> JSONResponse:
         payment_id = _check_id(payment_id)
         payment = await run_in_threadpool(service.flow.cancel, payment_id)
         return JSONResponse(await run_in_threadpool(service.payment_view, payment["id"]))
 
-    @app.post("/v1/payments/{payment_id}/void", status_code=201, responses=_documented(PaymentView, 201),
-              openapi_extra={"parameters": [_OPTIONAL_KEY]})
+    @app.post("/v1/payments/{payment_id}/void", status_code=201, openapi_extra={"parameters": [_OPTIONAL_KEY]})
     async def void_payment(payment_id: str, request: Request) -> JSONResponse:
         payment_id = _check_id(payment_id)
         key = _idempotency_key(request, required=False)
@@ -293,6 +253,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
         schemes={"bearerToken": {"type": "http", "scheme": "bearer",
                                  "description": "[api] token, required when it is set (always beyond loopback)"}},
         security_for=lambda path: [] if path == "/openapi.json" else ["bearerToken"],
+        extend=_document_payment_object,
     )
     return app
 

@@ -139,7 +139,7 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     assert sale.returncode == 0, sale.stdout + sale.stderr
     paid = json.loads(sale.stdout.strip().splitlines()[-1])
     assert paid["state"] == "approved" and paid["amount_minor"] == 320 and paid["currency"] == "EUR"
-    from terminal.api import PaymentView
+    from terminal.api_docs import PaymentView
 
     PaymentView.model_validate(paid)  # the object the OpenAPI document describes is the one the daemon sends
 

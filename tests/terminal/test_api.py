@@ -186,6 +186,10 @@ def test_openapi_documents_the_contract(client):
             "$ref": "#/components/schemas/Error"}
     assert create["security"] == [{"bearerToken": []}]
     assert spec["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+    # The payment object, documented when the document is built (not at start).
+    answer = spec["paths"]["/v1/payments/{payment_id}"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PaymentView"}
+    assert {"PaymentView", "CardView", "AuthorizationView"} <= set(spec["components"]["schemas"])
 
 
 json_values = st.recursive(
