@@ -224,7 +224,8 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         def work(session: Session, terminal: Any) -> dict[str, Any]:
             return {"terminal_id": terminal.id, "server_time": time.time(),
                     "parameters_version": parameters.current_version(session),
-                    "envelope_versions": list(ENVELOPE_VERSIONS)}
+                    "envelope_versions": list(ENVELOPE_VERSIONS),
+                    "chain": ingest.chain_head(session, terminal)}
 
         return _json(await hq.call(hq.terminal_call(request, b"", work, path_terminal=terminal_id)))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, insert, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, func, insert, select
 from sqlalchemy.orm import Session
 
 from headoffice import batches as batch_service
@@ -35,7 +35,7 @@ from headoffice.cardfields import card_matches, is_masked, open_card
 from headoffice.clock import utcnow
 from headoffice.errors import HQError
 from headoffice.keystore import Keystore
-from headoffice.models import Terminal, Transaction
+from headoffice.models import Batch, Terminal, Transaction
 from protocol.amounts import validate_amount, validate_currency
 from protocol.carddata import redact
 from protocol.chain import GENESIS, row_error
@@ -431,3 +431,16 @@ def _rejected_row(wire: dict[str, Any], reason: str) -> dict[str, Any]:
         "wallet": None, "token": None, "auth_mode": None, "auth_code": None, "auth_reason": None, "auth_id": None,
         "reference": None, "void_of": None, "created_at": "", "envelope_sha256": None, "card_data": None,
     }
+
+
+def chain_head(session: Session, terminal: Terminal) -> dict[str, Any]:
+    """What head office holds of ``terminal``'s chain: the last accepted sequence and its hash, and the highest batch
+    number it has seen (closed or still open). A terminal whose queue had to be replaced continues from here, so
+    its next sale is the next sequence of the same chain and its batch numbers do not collide with old ones."""
+    batch = session.execute(select(func.max(Batch.batch_no)).where(Batch.terminal_id == terminal.id)).scalar()
+    head_batch = session.execute(
+        select(Transaction.batch_no).where(Transaction.terminal_id == terminal.id,
+                                           Transaction.sequence == terminal.head_sequence)
+    ).scalar()
+    return {"sequence": int(terminal.head_sequence or 0), "hash": terminal.head_hash,
+            "batch": max(int(batch or 0), int(head_batch or 0))}

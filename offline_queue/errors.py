@@ -9,9 +9,9 @@ from __future__ import annotations
 
 RECOVERY_HINT = (
     "Recovery: stop smartpos, move the database file and its -wal/-shm files aside (keep them: unsynced "
-    "transactions can often be salvaged with `sqlite3 OLD.sqlite .recover | sqlite3 salvaged.sqlite`), then start "
-    "smartpos again to create a new empty queue and tell head office which sequence numbers may be missing. "
-    "See README, 'Recovering the offline queue'."
+    "transactions can often be salvaged with `sqlite3 OLD.sqlite .dump | sqlite3 salvaged.sqlite`), then start "
+    "smartpos again with head office reachable: the new queue continues this terminal's sequence and batch numbers "
+    "from head office's record. See docs/offline-queue.md, 'Recovering the offline queue'."
 )
 
 

@@ -125,6 +125,12 @@ _HEAD_SQL = (
     "SELECT b.number, h.sequence, h.hash FROM batches AS b LEFT JOIN "
     "(SELECT sequence, hash FROM transactions ORDER BY sequence DESC LIMIT 1) AS h WHERE b.status = 'open'"
 )
+# The last sequence of this terminal's chain: the newest row, else the base a replaced queue continues from (see
+# ``QueueStore.continue_chain``), else 0.
+_LAST_SEQ_SQL = (
+    "SELECT COALESCE(MAX(sequence), (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'chain_base_sequence'), 0) "
+    "FROM transactions"
+)
 _INSERT_SQL = (
     f"INSERT INTO transactions ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
 )
@@ -591,7 +597,7 @@ class QueueStore:
                 cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('terminal_id', ?)", (terminal_id,))
             if cur.execute("SELECT 1 FROM batches WHERE status='open'").fetchone() is None:
                 last = cur.execute("SELECT COALESCE(MAX(number), 0) FROM batches").fetchone()[0]
-                last_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) FROM transactions").fetchone()[0]
+                last_seq = cur.execute(_LAST_SEQ_SQL).fetchone()[0]
                 cur.execute(
                     "INSERT INTO batches (number, status, opened_at, first_sequence) VALUES (?, 'open', ?, ?)",
                     (last + 1, utcnow_iso(), last_seq + 1),
@@ -771,7 +777,7 @@ class QueueStore:
             batch, last_seq, last_hash = head[1:]
         else:
             batch, last_seq, last_hash = cur.execute(_HEAD_SQL).fetchone()
-        sequence, prev_hash = (last_seq + 1, last_hash) if last_seq is not None else (1, GENESIS)
+        sequence, prev_hash = (last_seq + 1, last_hash) if last_seq is not None else self._chain_start(cur)
 
         if type == "void":
             target = cur.execute(
@@ -931,10 +937,46 @@ class QueueStore:
             ).fetchall()
         return [_wire(row) for row in rows]
 
+    @staticmethod
+    def _chain_start(cur: sqlite3.Cursor) -> tuple[int, str]:
+        """The first sequence of this queue and the hash it chains to: (1, GENESIS), or the base set by
+        ``continue_chain``."""
+        rows = dict(cur.execute(
+            "SELECT key, value FROM meta WHERE key IN ('chain_base_sequence', 'chain_base_hash')"
+        ).fetchall())
+        if "chain_base_sequence" not in rows:
+            return 1, GENESIS
+        return int(rows["chain_base_sequence"]) + 1, rows["chain_base_hash"]
+
+    def continue_chain(self, sequence: int, chain_hash: str | None, batch: int) -> None:
+        """Make this new, empty queue continue a chain head office already holds: the next transaction gets
+        ``sequence + 1`` and chains to ``chain_hash``, and the open batch is numbered ``batch + 1``. For a terminal
+        whose queue was lost or damaged and moved aside: without it the new queue would start again at sequence 1
+        and batch 1, which head office refuses as a conflict with what it already has."""
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < 2**63 - 1:
+            raise ValidationError("invalid_chain", f"chain sequence must be a non-negative integer, got {sequence!r}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < 2**63 - 1:
+            raise ValidationError("invalid_chain", f"batch number must be a non-negative integer, got {batch!r}")
+        if sequence and not (isinstance(chain_hash, str) and len(chain_hash) == 64
+                             and all(c in "0123456789abcdef" for c in chain_hash)):
+            raise ValidationError("invalid_chain", "chain hash must be 64 lower-case hex digits")
+        with self._write() as cur:
+            if cur.execute("SELECT 1 FROM transactions LIMIT 1").fetchone() is not None:
+                raise ValidationError("queue_not_empty", "the queue already holds transactions; its chain is its own")
+            if cur.execute("SELECT COUNT(*) FROM batches").fetchone()[0] != 1:
+                raise ValidationError("queue_not_empty", "the queue already closed batches; its numbering is its own")
+            if sequence:
+                cur.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                [("chain_base_sequence", str(sequence)), ("chain_base_hash", chain_hash)])
+                cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sync_floor', ?)", (str(sequence + 1),))
+            cur.execute("UPDATE batches SET number = ?, first_sequence = ? WHERE status = 'open'",
+                        (batch + 1, sequence + 1))
+
     def verify(self, *, page: int = 5000) -> int:
-        """Verify the whole local chain from sequence 1; returns the last sequence (0 when empty).
-        Raises ``protocol.chain.ChainError``."""
-        prev, first = GENESIS, 1
+        """Verify the whole local chain from its first sequence (1, or where ``continue_chain`` made it start);
+        returns the last sequence (0, or the base, when empty). Raises ``protocol.chain.ChainError``."""
+        with self._raw_read() as cur:
+            first, prev = self._chain_start(cur)
         while True:
             rows = self.wire_rows(first, first + page - 1)
             if not rows:
@@ -996,7 +1038,7 @@ class QueueStore:
                 "WHERE number = ?",
                 (now, _dumps(totals), number),
             )
-            next_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions").fetchone()[0]
+            next_seq = cur.execute(_LAST_SEQ_SQL).fetchone()[0] + 1
             cur.execute(
                 "INSERT INTO batches (number, status, opened_at, first_sequence) VALUES (?, 'open', ?, ?)",
                 (number + 1, now, next_seq),
@@ -1109,7 +1151,7 @@ class QueueStore:
         if row is not None:
             floor = row[0]
         else:
-            floor = max(floor, cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 FROM transactions").fetchone()[0])
+            floor = max(floor, cur.execute(_LAST_SEQ_SQL).fetchone()[0] + 1)
         if floor != old:
             self._set_floor(cur, floor)
 
@@ -1181,7 +1223,7 @@ class QueueStore:
         ).fetchone()
         if first_pending is not None:
             return first_pending[0] - 1
-        return cur.execute("SELECT COALESCE(MAX(sequence), 0) FROM transactions").fetchone()[0]
+        return cur.execute(_LAST_SEQ_SQL).fetchone()[0]
 
     def checkpoint(self) -> int:
         with self._raw_read() as cur:
@@ -1201,7 +1243,7 @@ class QueueStore:
                 (floor,),
             ).fetchone()
             rejected = cur.execute("SELECT COUNT(*) FROM transactions WHERE sync_state = 'rejected'").fetchone()[0]
-            last_seq = cur.execute("SELECT COALESCE(MAX(sequence), 0) FROM transactions").fetchone()[0]
+            last_seq = cur.execute(_LAST_SEQ_SQL).fetchone()[0]
             checkpoint = self._checkpoint(cur)
             open_batch = cur.execute("SELECT number FROM batches WHERE status = 'open'").fetchone()[0]
             contact = cur.execute("SELECT value FROM meta WHERE key = 'last_contact_at'").fetchone()

@@ -26,6 +26,55 @@ class LedgerError(Exception):
     """The queue cannot be opened; one line with what to do."""
 
 
+def open_queue(settings: Settings, enrollment: Enrollment) -> Any:
+    """Open the terminal's offline queue (``QueueStore``). When the file is missing (a damaged queue was moved
+    aside, see docs/offline-queue.md), the new queue continues the chain head office holds for this terminal: its
+    next sequence, the hash it chains to and its next batch number come from head office, so what the terminal
+    records next is accepted there. Head office must answer for that; until it does, nothing is created.
+    Raises ``LedgerError`` (one line)."""
+    from offline_queue.errors import StoreError
+    from offline_queue.store import QueueStore
+
+    path = settings.db_path
+    chain = None if path.exists() else _hq_chain_head(settings, enrollment)
+    try:
+        store = QueueStore.open(path, terminal_id=enrollment.terminal_id)
+    except StoreError as exc:
+        raise LedgerError(exc.message if str(path) in exc.message else f"queue {path}: {exc.message}") from None
+    if chain is not None and (chain["sequence"] or chain["batch"]):
+        try:
+            store.continue_chain(chain["sequence"], chain["hash"], chain["batch"])
+        except (ValidationError, StoreError) as exc:
+            store.close()
+            raise LedgerError(f"queue {path}: cannot continue head office's chain ({exc.message})") from None
+    return store
+
+
+def _hq_chain_head(settings: Settings, enrollment: Enrollment) -> dict[str, Any] | None:
+    """Head office's record of this terminal's chain (``chain`` in its ping answer), or None from a head office
+    that does not send one (older than this terminal: its queue then starts at sequence 1, as before)."""
+    from offline_queue.hqclient import HeadOfficeClient, HeadOfficeError
+
+    url = settings.headoffice.url or enrollment.hq_url
+    missing = (f"the offline queue {settings.db_path} is missing; a new one must continue this terminal's sequence "
+               "and batch numbers from head office")
+    if not url:
+        raise LedgerError(f"{missing}, but no head-office URL is configured ([headoffice] url)")
+    try:
+        with HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
+                              timeout=settings.headoffice.timeout_s) as client:
+            answer = client.ping()
+    except HeadOfficeError as exc:
+        raise LedgerError(f"{missing}, which did not answer ({exc}); start again once it is reachable") from None
+    chain = answer.get("chain")
+    if chain is None:
+        return None
+    try:
+        return {"sequence": int(chain["sequence"]), "hash": chain.get("hash"), "batch": int(chain["batch"])}
+    except (TypeError, KeyError, ValueError):
+        raise LedgerError(f"{missing}; head office's answer about it is malformed") from None
+
+
 class QueueLedger:
     def __init__(self, store: Any, protection: Any, settings: Settings, enrollment: Enrollment) -> None:
         self.store = store
@@ -38,14 +87,8 @@ class QueueLedger:
     @classmethod
     def open(cls, settings: Settings, enrollment: Enrollment) -> QueueLedger:
         from offline_queue.cardprotect import CardProtection
-        from offline_queue.errors import StoreError
-        from offline_queue.store import QueueStore
 
-        try:
-            store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
-        except StoreError as exc:
-            msg = exc.message if str(settings.db_path) in exc.message else f"queue {settings.db_path}: {exc.message}"
-            raise LedgerError(msg) from None
+        store = open_queue(settings, enrollment)
         from protocol.envelope import newest_opened
 
         # Seal in the newest envelope format head office has said it opens: what it last said in a sync answer

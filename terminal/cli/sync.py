@@ -30,10 +30,9 @@ def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: 
     """Upload queued transactions to head office and report closed batches."""
     from config.loading import ConfigError, load_settings
     from config.provisioning import ProvisioningError, load_enrollment
-    from offline_queue.errors import StoreError
     from offline_queue.hqclient import HeadOfficeClient
-    from offline_queue.store import QueueStore
     from offline_queue.sync import SyncEngine, SyncProgress
+    from terminal.ledger import LedgerError, open_queue
 
     try:
         settings, _path = load_settings(config_file)
@@ -44,9 +43,9 @@ def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: 
     if not url:
         raise click.ClickException("no head-office URL: set [headoffice] url or enroll the terminal")
     try:
-        store = QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id)
-    except StoreError as exc:
-        raise click.ClickException(f"queue {settings.db_path}: {exc.message}") from None
+        store = open_queue(settings, enrollment)
+    except LedgerError as exc:
+        raise click.ClickException(str(exc)) from None
     from protocol.errors import ValidationError
 
     for sequence in requeue:

@@ -64,3 +64,32 @@ def test_a_failed_commit_forgets_the_remembered_head(queue_store, card_protectio
     monkeypatch.setattr(queue_store, "_wcur", real)
     after = sale(queue_store, card_protection)
     assert after.sequence == 2 and queue_store.verify() == 2
+
+
+def test_a_new_queue_continues_a_given_chain_and_refuses_once_it_has_its_own(queue_store, queue_path,
+                                                                              card_protection):
+    import pytest
+
+    from protocol.chain import ChainError
+    from protocol.errors import ValidationError
+
+    head = "ab" * 32
+    with pytest.raises(ValidationError, match="64 lower-case hex"):
+        queue_store.continue_chain(41, "not a hash", 6)
+    queue_store.continue_chain(41, head, 6)
+    first = sale(queue_store, card_protection)
+    assert (first.sequence, first.prev_hash, first.batch) == (42, head, 7)
+    assert queue_store.verify() == 42
+    # Another store on the file (e.g. `smartpos sync` beside the daemon) sees the same start.
+    other = QueueStore.open(queue_path, terminal_id="T-0001")
+    try:
+        assert sale(other, card_protection).sequence == 43 and other.verify() == 43
+    finally:
+        other.close()
+    with pytest.raises(ValidationError) as refused:
+        queue_store.continue_chain(100, head, 9)
+    assert refused.value.code == "queue_not_empty"
+    # A changed base is caught by verify: the first row no longer chains to it.
+    queue_store._writer.execute("UPDATE meta SET value = ? WHERE key = 'chain_base_hash'", ("cd" * 32,))
+    with pytest.raises(ChainError):
+        queue_store.verify()

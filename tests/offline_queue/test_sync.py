@@ -325,3 +325,66 @@ def test_the_daemon_hears_the_announced_formats_even_when_a_technicians_sync_sto
         terminal_env.record(1)
         engine.run_once()
     assert heard == [(1, 2)]  # once per engine, not once per answer
+
+
+def _move_queue_aside(db_path, to):
+    to.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        source = db_path.with_name(db_path.name + suffix)
+        if source.exists():
+            source.rename(to / source.name)
+
+
+def test_a_replaced_queue_continues_head_offices_chain_and_its_sales_are_accepted(terminal_env: TerminalEnv,
+                                                                                   tmp_path):
+    """The documented recovery: a damaged queue is moved aside and smartpos starts again. The new queue takes head
+    office's last sequence, hash and batch number, so its sales are accepted, not refused as conflicts with the
+    old sequence 1, 2, ... and its batch closes balanced."""
+    from config.loading import load_settings
+    from config.provisioning import load_enrollment
+    from terminal.ledger import open_queue
+
+    first = terminal_env.record(6)
+    with terminal_env.store() as store:
+        store.close_batch()
+    first += terminal_env.record(2)  # batch 2, still open when the queue is lost
+    with terminal_env.store() as store, terminal_env.client() as client:
+        assert SyncEngine(store, client).run_once().accepted == 8
+    _move_queue_aside(terminal_env.db_path, tmp_path / "OLD")
+
+    settings, _ = load_settings(terminal_env.config)
+    store = open_queue(settings, load_enrollment(terminal_env.state_dir))
+    try:
+        stats = store.stats()
+        assert (stats.last_sequence, stats.checkpoint, stats.open_batch, stats.unsynced_count) == (8, 8, 3, 0)
+        assert store.verify() == 8  # nothing to verify yet: the chain starts after head office's head
+    finally:
+        store.close()
+    later = terminal_env.record(3)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        assert sorted(t.sequence for t in store.transactions(limit=10)) == [9, 10, 11]
+        assert {t.batch for t in store.transactions(limit=10)} == {3}
+        result = SyncEngine(store, client).run_once()
+        assert result.ok and (result.accepted, result.rejected) == (3, 0)
+        assert store.verify() == 11 and store.stats().rejected_count == 0
+        store.close_batch()
+        assert SyncEngine(store, client).run_once().ok
+        assert store.batch(3).hq_status == "balanced"
+    assert terminal_env.hq_rows() == (11, 11, first + later)
+
+
+def test_a_missing_queue_is_not_created_while_head_office_does_not_answer(terminal_env: TerminalEnv, tmp_path):
+    from config.loading import load_settings
+    from config.provisioning import load_enrollment
+    from terminal.ledger import LedgerError, open_queue
+
+    terminal_env.record(2)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        SyncEngine(store, client).run_once()
+    _move_queue_aside(terminal_env.db_path, tmp_path / "OLD")
+    settings, _ = load_settings(terminal_env.config)
+    away = settings.model_copy(update={"headoffice": settings.headoffice.model_copy(
+        update={"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 1.0})})
+    with pytest.raises(LedgerError, match=r"missing.*did not answer"):
+        open_queue(away, load_enrollment(terminal_env.state_dir))
+    assert not terminal_env.db_path.exists()
