@@ -55,7 +55,7 @@ from offline_queue.models import (
 from offline_queue.risk import RiskStats
 from offline_queue.totals import compute_totals
 from protocol.amounts import validate_amount, validate_currency
-from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, chain_hash_sorted, verify_chain
+from protocol.chain import CHAINED_FIELDS, GENESIS, WIRE_FIELDS, chain_hash_sorted, is_hash, verify_chain
 from protocol.errors import ValidationError
 from protocol.ids import uuid7
 from protocol.tokens import is_token
@@ -948,17 +948,26 @@ class QueueStore:
             return 1, GENESIS
         return int(rows["chain_base_sequence"]) + 1, rows["chain_base_hash"]
 
+    def chain_decided(self) -> bool:
+        """Whether this queue's chain has its start: it holds transactions, or ``continue_chain`` set where it
+        starts. A new queue without either must not record until head office said where its chain stands."""
+        with self._raw_read() as cur:
+            return cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'chain_origin') "
+                "OR EXISTS (SELECT 1 FROM transactions)"
+            ).fetchone()[0] == 1
+
     def continue_chain(self, sequence: int, chain_hash: str | None, batch: int) -> None:
         """Make this new, empty queue continue a chain head office already holds: the next transaction gets
-        ``sequence + 1`` and chains to ``chain_hash``, and the open batch is numbered ``batch + 1``. For a terminal
-        whose queue was lost or damaged and moved aside: without it the new queue would start again at sequence 1
-        and batch 1, which head office refuses as a conflict with what it already has."""
+        ``sequence + 1`` and chains to ``chain_hash``, and the open batch is numbered ``batch + 1`` (0, None, 0: a
+        terminal head office holds nothing of yet). For a terminal whose queue was lost or damaged and moved aside:
+        without it the new queue would start again at sequence 1 and batch 1, which head office refuses as a
+        conflict with what it already has. Marks the chain decided (``chain_decided``) in the same commit."""
         if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence < 2**63 - 1:
             raise ValidationError("invalid_chain", f"chain sequence must be a non-negative integer, got {sequence!r}")
         if not isinstance(batch, int) or isinstance(batch, bool) or not 0 <= batch < 2**63 - 1:
             raise ValidationError("invalid_chain", f"batch number must be a non-negative integer, got {batch!r}")
-        if sequence and not (isinstance(chain_hash, str) and len(chain_hash) == 64
-                             and all(c in "0123456789abcdef" for c in chain_hash)):
+        if sequence and not is_hash(chain_hash):
             raise ValidationError("invalid_chain", "chain hash must be 64 lower-case hex digits")
         with self._write() as cur:
             if cur.execute("SELECT 1 FROM transactions LIMIT 1").fetchone() is not None:
@@ -971,6 +980,8 @@ class QueueStore:
                 cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sync_floor', ?)", (str(sequence + 1),))
             cur.execute("UPDATE batches SET number = ?, first_sequence = ? WHERE status = 'open'",
                         (batch + 1, sequence + 1))
+            cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_origin', ?)",
+                        ("head_office" if sequence or batch else "genesis",))
 
     def verify(self, *, page: int = 5000) -> int:
         """Verify the whole local chain from its first sequence (1, or where ``continue_chain`` made it start);

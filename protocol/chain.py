@@ -72,7 +72,8 @@ class ChainError(ValueError):
         self.message = message
 
 
-def _is_hash(value: object) -> bool:
+def is_hash(value: object) -> bool:
+    """A chain hash: 64 lower-case hex characters."""
     return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
 
 
@@ -146,7 +147,7 @@ def _encoded(fields: Mapping[str, Any]) -> bytes:
 
 
 def chain_hash(prev_hash_hex: str, wire_fields: Mapping[str, Any]) -> str:
-    if not _is_hash(prev_hash_hex):
+    if not is_hash(prev_hash_hex):
         raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
     return _digest(prev_hash_hex, canonical(wire_fields))
 
@@ -161,7 +162,7 @@ def chain_hash_sorted(prev_hash_hex: str, fields: dict[str, Any]) -> str:
     other shape is refused rather than hashed differently; the value types are still checked."""
     if tuple(fields) != _SORTED_FIELDS:
         raise ChainError("bad_row", None, "fields must be exactly the chained fields, in sorted order")
-    if not _is_hash(prev_hash_hex):
+    if not is_hash(prev_hash_hex):
         raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
     _checked(fields)
     try:
@@ -191,7 +192,7 @@ def row_error(row: Any) -> str | None:
         except ChainError as exc:
             return exc.code
     prev = row.get("prev_hash")
-    if not _is_hash(prev):
+    if not is_hash(prev):
         return "bad_link"
     try:
         encoded = _encoded(row)
@@ -223,7 +224,7 @@ def verify_chain(
             raise ChainError("gap", seq, f"expected sequence {expected_seq}, found {seq}")
         if row.get("prev_hash") != prev:
             raise ChainError("bad_link", seq, f"transaction {seq} does not link to the previous hash")
-        if not prev_ok and not _is_hash(prev):
+        if not prev_ok and not is_hash(prev):
             raise ChainError("bad_link", None, "previous hash must be 64 lower-case hex characters")
         prev_ok = True
         digest = _digest(prev, _encoded(row))

@@ -27,11 +27,12 @@ class LedgerError(Exception):
 
 
 def open_queue(settings: Settings, enrollment: Enrollment) -> Any:
-    """Open the terminal's offline queue (``QueueStore``). When the file is missing (a damaged queue was moved
-    aside, see docs/offline-queue.md), the new queue continues the chain head office holds for this terminal: its
-    next sequence, the hash it chains to and its next batch number come from head office, so what the terminal
-    records next is accepted there. Head office must answer for that; until it does, nothing is created.
-    Raises ``LedgerError`` (one line)."""
+    """Open the terminal's offline queue (``QueueStore``). A queue whose chain has no start yet (the file was
+    missing because a damaged queue was moved aside, see docs/offline-queue.md, or a start was killed before its
+    start was stored) continues the chain head office holds for this terminal: its next sequence, the hash it
+    chains to and its next batch number come from head office, so what the terminal records next is accepted
+    there. Head office must answer for that; while it does not, a missing file is not created. Raises
+    ``LedgerError`` (one line)."""
     from offline_queue.errors import StoreError
     from offline_queue.store import QueueStore
 
@@ -41,37 +42,39 @@ def open_queue(settings: Settings, enrollment: Enrollment) -> Any:
         store = QueueStore.open(path, terminal_id=enrollment.terminal_id)
     except StoreError as exc:
         raise LedgerError(exc.message if str(path) in exc.message else f"queue {path}: {exc.message}") from None
-    if chain is not None and (chain["sequence"] or chain["batch"]):
-        try:
+    try:
+        if not store.chain_decided():
+            chain = chain or _hq_chain_head(settings, enrollment)
             store.continue_chain(chain["sequence"], chain["hash"], chain["batch"])
-        except (ValidationError, StoreError) as exc:
-            store.close()
-            raise LedgerError(f"queue {path}: cannot continue head office's chain ({exc.message})") from None
+    except (ValidationError, StoreError) as exc:
+        store.close()
+        raise LedgerError(f"queue {path}: cannot continue head office's chain ({exc.message})") from None
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
-def _hq_chain_head(settings: Settings, enrollment: Enrollment) -> dict[str, Any] | None:
-    """Head office's record of this terminal's chain (``chain`` in its ping answer), or None from a head office
-    that does not send one (older than this terminal: its queue then starts at sequence 1, as before)."""
+def _hq_chain_head(settings: Settings, enrollment: Enrollment) -> dict[str, Any]:
+    """Head office's record of this terminal's chain (``chain`` in its ping answer); an empty chain when no head
+    office is configured, or from one that sends none (older than this terminal: the queue starts at 1, as before)."""
     from offline_queue.hqclient import HeadOfficeClient, HeadOfficeError
 
     url = settings.headoffice.url or enrollment.hq_url
-    missing = (f"the offline queue {settings.db_path} is missing; a new one must continue this terminal's sequence "
+    missing = (f"the offline queue {settings.db_path} is missing or new; it must continue this terminal's sequence "
                "and batch numbers from head office")
     if not url:
-        raise LedgerError(f"{missing}, but no head-office URL is configured ([headoffice] url)")
+        return {"sequence": 0, "hash": None, "batch": 0}  # no head office to sync to: no chain but this queue's own
     try:
         with HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
                               timeout=settings.headoffice.timeout_s) as client:
             answer = client.ping()
     except HeadOfficeError as exc:
         raise LedgerError(f"{missing}, which did not answer ({exc}); start again once it is reachable") from None
-    chain = answer.get("chain")
-    if chain is None:
-        return None
+    chain = answer.get("chain") or {"sequence": 0, "hash": None, "batch": 0}
     try:
         return {"sequence": int(chain["sequence"]), "hash": chain.get("hash"), "batch": int(chain["batch"])}
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, AttributeError):
         raise LedgerError(f"{missing}; head office's answer about it is malformed") from None
 
 

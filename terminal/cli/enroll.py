@@ -133,7 +133,8 @@ def _create_queue(db_path: Path, terminal_id: str) -> str | None:
     from protocol.errors import ValidationError
 
     try:
-        QueueStore.open(db_path, terminal_id=terminal_id).close()
+        with QueueStore.open(db_path, terminal_id=terminal_id) as store:
+            store.continue_chain(0, None, 0)  # head office has just enrolled this terminal: it holds none of its chain
     except (StoreError, ValidationError) as exc:
         return f"queue {db_path} not created now ({exc.message}); the daemon creates it when it starts"
     except OSError as exc:

@@ -95,6 +95,9 @@ def _check_database(settings: Any, enrollment: Any) -> Check:
     from offline_queue.errors import StoreError
     from offline_queue.store import QueueStore
 
+    if not settings.db_path.exists():  # not created here: a new queue must first learn its chain from head office
+        return Check("queue database", False, f"{settings.db_path} is missing; start smartpos with head office "
+                                              "reachable to create it (see docs/offline-queue.md)")
     try:
         with QueueStore.open(settings.db_path, terminal_id=enrollment.terminal_id) as store:
             last = store.verify()

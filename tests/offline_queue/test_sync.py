@@ -388,3 +388,25 @@ def test_a_missing_queue_is_not_created_while_head_office_does_not_answer(termin
     with pytest.raises(LedgerError, match=r"missing.*did not answer"):
         open_queue(away, load_enrollment(terminal_env.state_dir))
     assert not terminal_env.db_path.exists()
+
+
+def test_a_queue_created_but_killed_before_its_chain_was_set_still_continues_head_offices(terminal_env: TerminalEnv,
+                                                                                         tmp_path):
+    from config.loading import load_settings
+    from config.provisioning import load_enrollment
+    from offline_queue.store import QueueStore
+    from terminal.ledger import open_queue
+
+    terminal_env.record(4)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        assert SyncEngine(store, client).run_once().accepted == 4
+    _move_queue_aside(terminal_env.db_path, tmp_path / "OLD")
+    QueueStore.open(terminal_env.db_path, terminal_id=terminal_env.terminal_id).close()  # the file, nothing else
+    settings, _ = load_settings(terminal_env.config)
+    with open_queue(settings, load_enrollment(terminal_env.state_dir)) as store:
+        assert store.chain_decided() and store.stats().last_sequence == 4
+    terminal_env.record(1)
+    with terminal_env.store() as store, terminal_env.client() as client:
+        result = SyncEngine(store, client).run_once()
+        assert (result.accepted, result.rejected) == (1, 0)
+    assert terminal_env.hq_rows()[0] == 5
