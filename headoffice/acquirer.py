@@ -17,13 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from headoffice.cardfields import is_masked
 
 
-class AuthRequest(BaseModel):
+class _KeyedPayment(BaseModel):
+    """What names one authorization of a terminal: its idempotency key, and the payment it is for."""
+
     model_config = ConfigDict(extra="forbid")
 
     idempotency_key: str = Field(min_length=1, max_length=100)
     type: str = Field(pattern="^(sale|refund)$")
     amount_minor: StrictInt = Field(gt=0, le=1_000_000_000)
     currency: str = Field(pattern="^[A-Z]{3}$")
+
+
+class AuthRequest(_KeyedPayment):
     token: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     masked_pan: str | None = Field(default=None, max_length=19)
     scheme: str | None = Field(default=None, max_length=20)
@@ -39,6 +44,12 @@ class AuthRequest(BaseModel):
         return value
 
 
+class ReversalRequest(_KeyedPayment):
+    """The terminal takes back an authorization it asked for under ``idempotency_key``."""
+
+    reason: str | None = Field(default=None, max_length=100, pattern="^[a-z0-9_:.-]+$")
+
+
 @dataclass(frozen=True)
 class AcquirerResult:
     approved: bool
@@ -49,6 +60,11 @@ class AcquirerResult:
 class AcquirerConnector(Protocol):
     def authorize(self, request: AuthRequest, *, denied: bool) -> AcquirerResult:
         """``denied``: head office's deny list holds the card's token. Blocking; runs in a worker thread."""
+        ...
+
+    def reverse(self, auth_id: str, request: ReversalRequest) -> None:
+        """Release an approval head office gave under ``auth_id`` (the terminal reversed it). Blocking; called
+        after head office has stored the reversal, so a connector that fails here must retry on its own."""
         ...
 
 
@@ -78,6 +94,9 @@ class SimulatedAcquirer:
         if not self.rules.approve:
             return AcquirerResult(False, None, "declined")
         return AcquirerResult(True, f"{secrets.randbelow(1_000_000):06d}", None)
+
+    def reverse(self, auth_id: str, request: ReversalRequest) -> None:
+        """The simulator holds no funds: head office's reversed row is the whole effect."""
 
 
 def rules_from_setting(value: Any) -> SimulatedRules:

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headoffice import apitokens, authorization, batches, enrollment, exports, ingest, parameters
-from headoffice.acquirer import AcquirerConnector, AuthRequest
+from headoffice.acquirer import AcquirerConnector, AuthRequest, ReversalRequest
 from headoffice.clock import utcnow
 from headoffice.db import make_engine, session_factory
 from headoffice.errors import HQError
@@ -253,7 +253,27 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         if existing is not None:
             return _json(existing)
         result = await run_in_threadpool(connector.authorize, auth, denied=denied)
-        return _json(await hq.call(lambda s: authorization.record(s, terminal_id, auth, result)))
+        doc, to_reverse = await hq.call(lambda s: authorization.record(s, terminal_id, auth, result))
+        if to_reverse is not None:
+            reversal = ReversalRequest(idempotency_key=auth.idempotency_key, type=auth.type,
+                                       amount_minor=auth.amount_minor, currency=auth.currency)
+            await run_in_threadpool(_reverse_at_acquirer, connector, to_reverse, reversal)
+        return _json(doc)
+
+    @app.post("/api/v1/authorizations/reversals", tags=["terminals"], openapi_extra=_body_schema(ReversalRequest))
+    async def reverse_authorization(request: Request) -> Response:
+        """Take back an authorization this terminal asked for (idempotent; may arrive before it)."""
+        body = await _body(request)
+
+        def work(session: Session, terminal: Any) -> tuple[dict[str, Any], str | None, ReversalRequest, Any]:
+            reversal = ReversalRequest.model_validate(_parse(body))
+            doc, to_reverse = authorization.reverse(session, terminal.id, reversal)
+            return doc, to_reverse, reversal, hq.connector_for(session) if to_reverse else None
+
+        doc, to_reverse, reversal, connector = await hq.call(hq.terminal_call(request, body, work))
+        if to_reverse is not None:
+            await run_in_threadpool(_reverse_at_acquirer, connector, to_reverse, reversal)
+        return _json(doc)
 
     @app.post("/api/v1/terminals/{terminal_id}/transactions", tags=["terminals"],
               openapi_extra=_body_schema(ingest.UploadRequest))
@@ -359,6 +379,19 @@ def _b64(data: bytes) -> str:
 
 
 ENV_ACQUIRER = "SMARTPOS_HQ_ACQUIRER"
+
+
+def _reverse_at_acquirer(connector: Any, auth_id: str, reversal: ReversalRequest) -> None:
+    """Head office has stored the reversal; the acquirer is told after (a connector without ``reverse`` is logged:
+    its integration must release the hold another way)."""
+    reverse = getattr(connector, "reverse", None)
+    if reverse is None:
+        log.warning("acquirer connector %s cannot reverse authorization %s", type(connector).__name__, auth_id)
+        return
+    try:
+        reverse(auth_id, reversal)
+    except Exception:
+        log.exception("acquirer reversal of %s failed", auth_id)
 
 
 def load_connector(spec: str) -> Callable[[Session], AcquirerConnector]:

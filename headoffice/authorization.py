@@ -1,7 +1,12 @@
-"""Online authorization: idempotent per (terminal, idempotency key), deny list checked at head office.
+"""Online authorization: idempotent per (terminal, idempotency key), deny list checked at head office; reversals.
 
 The acquirer is asked outside any database transaction (``lookup`` -> connector -> ``record``): a slow acquirer
-must not hold a connection, nor SQLite's write lock that uploads need."""
+must not hold a connection, nor SQLite's write lock that uploads need.
+
+A terminal that did not get head office's answer in time does not know whether it approved; it sends a reversal
+for that idempotency key (durably queued on the terminal, sent by its sync engine). The reversal can overtake the
+authorization it reverses (the acquirer is still thinking): it then leaves a tombstone row, the late authorization
+finds it and answers "reversed", and an approval the acquirer gave meanwhile is reversed at the acquirer."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from headoffice.acquirer import (
     AcquirerConnector,
     AcquirerResult,
     AuthRequest,
+    ReversalRequest,
     SimulatedAcquirer,
     rules_from_setting,
 )
@@ -26,8 +32,14 @@ from headoffice.errors import HQError
 from headoffice.models import Authorization, Setting, Terminal
 
 
+TOMBSTONE_REASON = "reversed_before_authorization"
+
+
 def result_doc(row: Authorization) -> dict[str, Any]:
-    return {"approved": row.approved, "code": row.code, "reason": row.reason, "auth_id": row.auth_id}
+    if row.reversed_at is not None:
+        return {"approved": False, "code": None, "reason": "reversed", "auth_id": row.auth_id, "reversed": True}
+    return {"approved": row.approved, "code": row.code, "reason": row.reason, "auth_id": row.auth_id,
+            "reversed": False}
 
 
 def simulated_connector(session: Session) -> AcquirerConnector:
@@ -60,8 +72,12 @@ def _same_request(row: Authorization, request: AuthRequest) -> None:
                       "this idempotency key was used for another authorization (type, amount, currency or card)")
 
 
-def record(session: Session, terminal_id: str, request: AuthRequest, result: AcquirerResult) -> dict[str, Any]:
-    """Store the acquirer's answer; if the same request raced in through another process, its answer wins."""
+def record(session: Session, terminal_id: str, request: AuthRequest,
+           result: AcquirerResult) -> tuple[dict[str, Any], str | None]:
+    """Store the acquirer's answer; if the same request raced in through another process, its answer wins.
+
+    Returns (the answer, the auth id to reverse at the acquirer): the second is set when the terminal's reversal
+    overtook this authorization and the acquirer approved it meanwhile."""
     row = Authorization(
         auth_id=str(uuid.uuid4()),
         terminal_id=terminal_id,
@@ -76,14 +92,64 @@ def record(session: Session, terminal_id: str, request: AuthRequest, result: Acq
         reason=result.reason,
         created_at=utcnow(),
     )
+    again = _insert_or_existing(session, row)
+    if again is not None:
+        if again.reversed_at is not None and again.code is None and again.reason == TOMBSTONE_REASON:
+            # The reversal's tombstone: it keeps what the acquirer answered (for staff), and an approval is
+            # reversed at the acquirer as soon as it is given. The terminal is answered "reversed".
+            _same_payment(again, request.type, request.amount_minor, request.currency)
+            again.approved, again.code = result.approved, result.code
+            again.masked_pan, again.token = request.masked_pan, request.token
+            if not result.approved:
+                again.reason = result.reason
+            return result_doc(again), (again.auth_id if result.approved else None)
+        _same_request(again, request)
+        return result_doc(again), None
+    return result_doc(row), None
+
+
+def _insert_or_existing(session: Session, row: Authorization) -> Authorization | None:
+    """Insert ``row``; when another request stored one under the same (terminal, key) first, return that one."""
     try:
         with session.begin_nested():
             session.add(row)
             session.flush()
     except IntegrityError:
-        again = find_existing(session, terminal_id, request.idempotency_key)
+        again = find_existing(session, row.terminal_id, row.idempotency_key)
         if again is None:
             raise
-        _same_request(again, request)
-        return result_doc(again)
-    return result_doc(row)
+        return again
+    return None
+
+
+def _same_payment(row: Authorization, type_: str, amount_minor: int, currency: str) -> None:
+    if (row.type, row.amount_minor, row.currency) != (type_, amount_minor, currency):
+        raise HQError(409, "idempotency_key_reused",
+                      "this idempotency key belongs to another authorization (type, amount or currency)")
+
+
+def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> tuple[dict[str, Any], str | None]:
+    """Mark the authorization under this key reversed (idempotent), or leave a tombstone when none arrived yet.
+
+    Returns (the answer, the auth id to reverse at the acquirer: set only the first time an approval is reversed).
+    """
+    now = utcnow()
+    row = find_existing(session, terminal_id, request.idempotency_key)
+    if row is None:
+        tombstone = Authorization(
+            auth_id=str(uuid.uuid4()), terminal_id=terminal_id, idempotency_key=request.idempotency_key,
+            type=request.type, amount_minor=request.amount_minor, currency=request.currency,
+            approved=False, reason=TOMBSTONE_REASON, created_at=now,
+            reversed_at=now, reversal_reason=request.reason,
+        )
+        row = _insert_or_existing(session, tombstone)
+        if row is None:
+            return {"status": "reversed_before_authorization", "auth_id": tombstone.auth_id}, None
+    _same_payment(row, request.type, request.amount_minor, request.currency)
+    if row.reversed_at is not None:
+        return {"status": "already_reversed", "auth_id": row.auth_id}, None
+    row.reversed_at = now
+    row.reversal_reason = request.reason
+    if not row.approved:
+        return {"status": "not_approved", "auth_id": row.auth_id}, None
+    return {"status": "reversed", "auth_id": row.auth_id}, row.auth_id

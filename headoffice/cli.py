@@ -228,6 +228,44 @@ def terminals_list(settings: Any, as_json: bool) -> None:
     _table(["id", "merchant", "enrolled_at", "head_sequence", "last_seen_at"], rows)
 
 
+@cli.group()
+def authorizations() -> None:
+    """Online authorizations head office answered, and the terminals' reversals of them."""
+
+
+@authorizations.command("list")
+@click.option("--terminal", "terminal_id", help="Only this terminal's.")
+@click.option("--reversed", "only_reversed", is_flag=True, help="Only reversed ones.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_db_options
+def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: bool, limit: int,
+                        as_json: bool) -> None:
+    """Newest first: key (the terminal's payment id), amount, approved, and whether and why it was reversed."""
+    from sqlalchemy import select
+
+    from headoffice.models import Authorization
+
+    def work(session: Any) -> list[dict[str, Any]]:
+        query = select(Authorization).order_by(Authorization.created_at.desc()).limit(limit)
+        if terminal_id:
+            query = query.where(Authorization.terminal_id == terminal_id)
+        if only_reversed:
+            query = query.where(Authorization.reversed_at.is_not(None))
+        return [{"auth_id": a.auth_id, "terminal": a.terminal_id, "key": a.idempotency_key, "type": a.type,
+                 "amount_minor": a.amount_minor, "currency": a.currency, "approved": a.approved, "code": a.code,
+                 "reason": a.reason, "created_at": str(a.created_at),
+                 "reversed_at": str(a.reversed_at) if a.reversed_at else None, "reversal_reason": a.reversal_reason}
+                for a in session.execute(query).scalars()]
+
+    rows = _session_run(settings, work, reading=True)
+    if as_json:
+        _print_json(rows)
+        return
+    _table(["terminal", "key", "type", "amount_minor", "currency", "approved", "reason", "reversed_at",
+            "reversal_reason"], [{**r, "reversed_at": r["reversed_at"] or ""} for r in rows])
+
+
 # -- API tokens --------------------------------------------------------------------------------------------------
 
 

@@ -159,6 +159,11 @@ class Authorization(Base):
     code: Mapped[str | None] = mapped_column(String(12), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when the terminal reversed it (its answer came too late, or the sale was not completed). A reversal can
+    # arrive before the authorization it reverses: the row is then a tombstone (approved false) that answers the
+    # late authorization, which is reversed at the acquirer if it approved.
+    reversed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reversal_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class Setting(Base):

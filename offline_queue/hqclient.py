@@ -31,7 +31,14 @@ class HeadOfficeError(Exception):
 
 
 class HeadOfficeUnreachable(HeadOfficeError):
-    """No usable answer: connection failed or cut, timeout, or a 5xx. Safe to retry."""
+    """No usable answer: connection failed or cut, timeout, or a 5xx. Safe to retry.
+
+    ``maybe_delivered`` is false only when the request cannot have reached head office (no connection was made):
+    after anything else head office may have acted on it (an authorization may be approved there)."""
+
+    def __init__(self, code: str, message: str, *, maybe_delivered: bool = True) -> None:
+        super().__init__(code, message)
+        self.maybe_delivered = maybe_delivered
 
 
 class HeadOfficeRejected(HeadOfficeError):
@@ -189,8 +196,12 @@ class HeadOfficeClient:
         try:
             response = self._http.request(method, url, content=body or None, headers=headers,
                                           timeout=timeout if timeout is not None else self.timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+            raise HeadOfficeUnreachable("unreachable", f"head office unreachable: {type(exc).__name__}",
+                                        maybe_delivered=False) from None
         except httpx.TimeoutException:
-            raise HeadOfficeUnreachable("timeout", f"head office did not answer within {self.timeout:g} s") from None
+            waited = timeout if timeout is not None else self.timeout
+            raise HeadOfficeUnreachable("timeout", f"head office did not answer within {waited:g} s") from None
         except httpx.HTTPError as exc:
             raise HeadOfficeUnreachable("unreachable", f"head office unreachable: {type(exc).__name__}") from None
         return _check(response)
@@ -219,6 +230,14 @@ class HeadOfficeClient:
         }
         data = _doc(self._request("POST", "/api/v1/authorizations", doc, timeout=timeout))
         return AuthorizationResult(bool(data["approved"]), data.get("code"), data.get("reason"), str(data["auth_id"]))
+
+    def reverse(self, *, idempotency_key: str, type: str, amount_minor: int, currency: str,
+                reason: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Take back the authorization asked for under ``idempotency_key`` (idempotent; head office answers
+        ``reversed``, ``already_reversed``, ``not_approved`` or ``reversed_before_authorization``)."""
+        doc = {"idempotency_key": idempotency_key, "type": type, "amount_minor": amount_minor,
+               "currency": currency, "reason": reason}
+        return dict(_doc(self._request("POST", "/api/v1/authorizations/reversals", doc, timeout=timeout)))
 
     def upload(self, page: list[dict[str, Any]]) -> UploadResult:
         path = f"/api/v1/terminals/{self.terminal_id}/transactions"

@@ -1292,6 +1292,59 @@ class QueueStore:
             row = cur.execute("SELECT value FROM meta WHERE key = 'last_contact_at'").fetchone()
         return parse_time(row[0]) if row else None
 
+    # ----- reversals owed to head office --------------------------------------------------------------------------
+    def queue_reversal(self, *, idempotency_key: str, type: str, amount_minor: int, currency: str, reason: str,
+                       payment_id: str | None = None) -> bool:
+        """Durably owe head office a reversal of the authorization asked for under ``idempotency_key``. Idempotent:
+        False when it was already owed (or sent)."""
+        _check_text("idempotency_key", idempotency_key, 100)
+        if not idempotency_key:
+            raise ValidationError("invalid_reversal", "a reversal needs the authorization's idempotency key")
+        if type not in ("sale", "refund"):
+            raise ValidationError("invalid_reversal", f"only sales and refunds are authorized online, not {type!r}")
+        amount_minor = validate_amount(amount_minor)
+        currency = validate_currency(currency)
+        _check_text("reason", reason, 100)
+        now = utcnow_iso()
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO reversals (idempotency_key, payment_id, type, amount_minor, currency, reason, "
+                "state, attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+                (idempotency_key, payment_id, type, amount_minor, currency, reason, now, now),
+            )
+            return bool(cur.rowcount)
+
+    def pending_reversals(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Reversals not yet acknowledged by head office, oldest first."""
+        with self._raw_read() as cur:
+            rows = cur.execute(
+                "SELECT idempotency_key, payment_id, type, amount_minor, currency, reason, attempts, created_at "
+                "FROM reversals WHERE state = 'pending' ORDER BY created_at LIMIT ?", (int(limit),),
+            ).fetchall()
+        names = ("idempotency_key", "payment_id", "type", "amount_minor", "currency", "reason", "attempts",
+                 "created_at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def reversal(self, idempotency_key: str) -> dict[str, Any] | None:
+        with self._raw_read() as cur:
+            row = cur.execute("SELECT state, hq_status, reason, attempts FROM reversals WHERE idempotency_key = ?",
+                              (idempotency_key,)).fetchone()
+        return None if row is None else dict(zip(("state", "hq_status", "reason", "attempts"), row, strict=True))
+
+    def mark_reversal(self, idempotency_key: str, *, done: bool, hq_status: str | None) -> None:
+        """One attempt made: ``done`` when head office answered it (``hq_status`` its answer)."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE reversals SET state = CASE WHEN ? THEN 'done' ELSE state END, "
+                "hq_status = COALESCE(?, hq_status), attempts = attempts + 1, updated_at = ? "
+                "WHERE idempotency_key = ?",
+                (1 if done else 0, hq_status, utcnow_iso(), idempotency_key),
+            )
+
+    def pending_reversal_count(self) -> int:
+        with self._raw_read() as cur:
+            return int(cur.execute("SELECT COUNT(*) FROM reversals WHERE state = 'pending'").fetchone()[0])
+
     def compact(self) -> None:
         """Fold the WAL into the database and truncate it, so wiped envelopes leave the WAL file as well."""
         with self._wlock:

@@ -16,7 +16,8 @@ Up to ``inflight`` pages are on the wire at once (the terminal reads and marks w
 are applied strictly in order, and a "gap" answer for a page that overtook an unanswered one is not trusted: such
 pages are sent again once the earlier ones are settled.
 
-After the queue is drained, closed batches are reported (head office answers balanced/out_of_balance), and
+Reversals the terminal owes (online authorizations whose answer came too late) go first, then the pages. After the
+queue is drained, closed batches are reported (head office answers balanced/out_of_balance), and
 parameters/deny list are refreshed when head office's version changed.
 """
 
@@ -51,6 +52,8 @@ class SyncStore(Protocol):
     def save_hq_envelope_versions(self, versions: Any) -> None: ...
     def batches_to_report(self) -> list[Any]: ...
     def mark_batch_reported(self, number: int, hq_status: str, detail: dict[str, Any] | None = None) -> None: ...
+    def pending_reversals(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    def mark_reversal(self, idempotency_key: str, *, done: bool, hq_status: str | None) -> None: ...
     def save_parameters(self, version: int, parameters: dict[str, Any], deny_list: Any) -> None: ...
     def parameters(self) -> Any: ...
     def stats(self, *, now: datetime | None = None) -> Any: ...
@@ -74,6 +77,7 @@ class SyncResult:
     pages: int = 0
     retries: int = 0
     batches_reported: int = 0
+    reversals_sent: int = 0
     parameters_version: int | None = None
     parameters_updated: bool = False
     remaining: int = 0
@@ -291,6 +295,7 @@ class SyncEngine:
 
     def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         self._refresh_parameters(result, wait=wait, stop=stop)
+        self._send_reversals(result, wait=wait, stop=stop)
         behind: HeadOfficeBehind | None = None
         try:
             with ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="sync-upload") as pool:
@@ -470,6 +475,34 @@ class SyncEngine:
         result.parameters_version = doc.version
         result.parameters_updated = True
         log.info("parameters updated to version %d (%d denied tokens)", doc.version, len(doc.deny_list))
+
+    def _send_reversals(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
+        """Before any upload: the authorizations this terminal owes a reversal (their answers came too late, or
+        the sale could not be recorded) are taken back at head office, so no card keeps a hold for a sale the
+        customer was told failed, nor one that was approved offline instead."""
+        for owed in self.store.pending_reversals():
+            key = owed["idempotency_key"]
+            try:
+                answer = self._call(
+                    lambda o=owed: self.client.reverse(
+                        idempotency_key=o["idempotency_key"], type=o["type"], amount_minor=o["amount_minor"],
+                        currency=o["currency"], reason=o["reason"]),
+                    result, wait=wait, stop=stop,
+                )
+            except HeadOfficeRejected as exc:
+                if exc.is_auth:
+                    raise
+                # Head office will never take this one (e.g. the key belongs to another amount): not retried.
+                log.warning("head office refused the reversal of %s: %s", key, exc.message)
+                self.store.mark_reversal(key, done=True, hq_status=f"refused:{exc.code}")
+                continue
+            except HeadOfficeUnreachable:
+                self.store.mark_reversal(key, done=False, hq_status=None)
+                raise
+            status = str(answer.get("status") or "reversed")
+            self.store.mark_reversal(key, done=True, hq_status=status)
+            result.reversals_sent += 1
+            log.info("authorization %s reversed at head office (%s)", key, status)
 
     def _report_batches(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         for batch in self.store.batches_to_report():

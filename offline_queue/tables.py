@@ -144,3 +144,21 @@ counters = Table(
     Column("name", Text, primary_key=True),
     Column("value", Integer, nullable=False),
 )
+
+reversals = Table(
+    "reversals",
+    metadata,
+    # The authorization's idempotency key at head office (the payment id).
+    Column("idempotency_key", Text, primary_key=True),
+    Column("payment_id", Text),
+    Column("type", Text, nullable=False),
+    Column("amount_minor", Integer, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("state", Text, nullable=False),  # pending -> done
+    Column("hq_status", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Text, nullable=False),
+    Column("updated_at", Text, nullable=False),
+    Index("ix_reversals_pending", "created_at", sqlite_where=text("state = 'pending'")),
+)

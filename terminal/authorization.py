@@ -16,12 +16,16 @@ OFFLINE_DECLINED_CODE = "Z1"
 
 
 class OnlineUnavailable(Exception):
-    """Head office could not answer in time (network down, timeout, 5xx). ``code`` says which."""
+    """Head office could not answer in time (network down, timeout, 5xx). ``code`` says which.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``maybe_delivered``: the request may have reached head office (only a connection never made rules that out),
+    so head office may have approved it and the terminal owes it a reversal."""
+
+    def __init__(self, code: str, message: str, *, maybe_delivered: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.maybe_delivered = maybe_delivered
 
 
 class OnlineRefused(Exception):

@@ -182,6 +182,7 @@ class Daemon:
                 terminal_data=self._terminal_data,
             ),
             on_outcome=self._payment_finished,
+            reversals=self.hq,
         )
 
     def _terminal_data(self, payment: dict[str, Any]) -> Any:

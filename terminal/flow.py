@@ -41,6 +41,14 @@ class Ledger(Protocol):
     def online_request(self, payment: Payment, card: EmvCardRead) -> dict[str, Any]: ...
     def record_approval(self, payment: Payment, card: EmvCardRead, auth: Authorization) -> Payment: ...
     def record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]: ...
+    def queue_reversal(self, payment: Payment, *, reason: str) -> dict[str, Any]: ...
+
+
+class Reversals(Protocol):
+    """Head office's side of reversals (``terminal.hqlink.HeadOfficeLink``)."""
+
+    def owed(self) -> None: ...
+    def send_now(self, reversal: dict[str, Any]) -> None: ...
 
 
 class Reader(Protocol):
@@ -49,6 +57,10 @@ class Reader(Protocol):
 
 class Receipts(Protocol):
     def submit(self, payment: Payment, *, request_id: str, reprint: bool = False) -> None: ...
+
+
+class _ReversalUnsaved(Exception):
+    """Head office may hold an approval for this payment and the reversal owed for it could not be stored."""
 
 
 class FlowError(Exception):
@@ -81,8 +93,10 @@ class PaymentFlow:
         publish: Callable[[str, Payment], None],
         settings: FlowSettings,
         on_outcome: Callable[[Payment], None] | None = None,
+        reversals: Reversals | None = None,
     ) -> None:
         self._ledger = ledger
+        self._reversals = reversals
         self._reader = reader
         self._online = online
         self._receipts = receipts
@@ -112,6 +126,10 @@ class PaymentFlow:
         for payment in self._ledger.active_payments():
             recorded = self._ledger.is_recorded(payment["id"])
             state, reason = resolve_after_restart(payment["state"], recorded=recorded)
+            if payment["state"] == State.AUTHORIZING and not recorded:
+                # Head office was being asked when the terminal stopped: it may have approved. Owed before the
+                # payment is marked failed, so a crash in between still leaves the reversal to send.
+                self._owe_reversal(payment, "interrupted", strict=False)
             if recorded:
                 # The approval committed with the transaction; only a stale stored state is left to fix.
                 fixed = self._ledger.payment(payment["id"]) or payment
@@ -334,13 +352,26 @@ class PaymentFlow:
             online_call = self._online
 
             def online() -> dict[str, Any]:
-                return online_call(self._ledger.online_request(payment, card))
+                try:
+                    return online_call(self._ledger.online_request(payment, card))
+                except OnlineUnavailable as exc:
+                    if exc.maybe_delivered:
+                        # No answer, but head office may have approved: owe it a reversal before this payment
+                        # goes on offline (or ends declined), whatever happens next.
+                        self._owe_reversal(payment, f"no_answer:{exc.code}")
+                    raise
 
         try:
             auth = decide(payment["mode"], online=online,
                           offline=lambda: self._ledger.offline_decision(payment, card))
         except (OnlineRefused, OnlineUnavailable) as exc:  # decide() handles these; belt and braces
             auth = Authorization(False, "online", reason=f"online_unavailable:{exc.code}")
+        except _ReversalUnsaved:
+            self._finish(payment, State.FAILED, card=public,
+                         error={"code": "store_write_failed",
+                                "message": "head office did not answer and the terminal could not store the reversal "
+                                           "it owes; the payment is NOT approved"})
+            return
         timings["decided"] = time.monotonic()
         log.info("payment.decided", extra={"payment_id": pid, "approved": auth.approved, "method": auth.method,
                                            "reason": auth.reason, "fallback": auth.fallback})
@@ -352,6 +383,8 @@ class PaymentFlow:
         except Exception as exc:
             # Never approve without a durable record: the sale is not approved, the cashier sees why.
             log.error("payment.record_failed", extra={"payment_id": pid, "error": type(exc).__name__})
+            if auth.method == "online":
+                self._owe_reversal(payment, "not_recorded", strict=False)  # head office approved it
             code = getattr(exc, "code", None) or "store_write_failed"
             self._finish(payment, State.FAILED, card=public, authorization=auth.to_dict(),
                          error={"code": str(code), "message": "the payment could not be stored; it is NOT approved"})
@@ -362,6 +395,32 @@ class PaymentFlow:
         self._announce(approved)
         if self._receipts is not None:
             self._receipts.submit(approved, request_id=f"{pid}:receipt")
+
+    def _owe_reversal(self, payment: Payment, reason: str, *, strict: bool = True) -> None:
+        """Queue the reversal of this payment's online authorization; when the store cannot take it, send it now.
+        If both fail: ``strict`` raises ``_ReversalUnsaved`` (the payment must not go on), else it is logged."""
+        reason = "".join(ch if ch.isalnum() or ch in "_:.-" else "_" for ch in reason.lower())[:100]
+        try:
+            reversal = self._ledger.queue_reversal(payment, reason=reason)
+        except Exception as exc:
+            log.error("payment.reversal_unsaved", extra={"payment_id": payment["id"], "error": type(exc).__name__})
+            reversal = {"idempotency_key": payment["id"], "type": payment["type"],
+                        "amount_minor": payment["amount_minor"], "currency": payment["currency"], "reason": reason}
+            try:
+                if self._reversals is None:
+                    raise RuntimeError("no head-office link") from None
+                self._reversals.send_now(reversal)
+            except Exception as send_exc:
+                log.error("payment.reversal_lost", extra={"payment_id": payment["id"],
+                                                          "error": type(send_exc).__name__})
+                if strict:
+                    raise _ReversalUnsaved() from None
+                return
+            log.warning("payment.reversal_sent_unqueued", extra={"payment_id": payment["id"]})
+            return
+        log.warning("payment.reversal_owed", extra={"payment_id": payment["id"], "reason": reason})
+        if self._reversals is not None:
+            self._reversals.owed()
 
     # ----- state changes ---------------------------------------------------------------------------------------
     def _transition(self, payment: Payment, state: State, **fields: Any) -> Payment:

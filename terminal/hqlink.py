@@ -56,7 +56,8 @@ class HeadOfficeLink:
         except HeadOfficeUnreachable as exc:
             self._last_auth_error = str(getattr(exc, "code", None) or "unreachable")
             self._note_contact(False)
-            raise OnlineUnavailable(self._last_auth_error, "head office did not answer") from None
+            raise OnlineUnavailable(self._last_auth_error, "head office did not answer",
+                                    maybe_delivered=getattr(exc, "maybe_delivered", True)) from None
         except HeadOfficeRejected as exc:
             code = str(getattr(exc, "code", None) or "rejected")
             self._last_auth_error = code
@@ -67,6 +68,15 @@ class HeadOfficeLink:
         self._note_contact(True)
         self.wake()  # head office is reachable: a good moment to drain anything queued while it was not
         return answer.to_dict() if hasattr(answer, "to_dict") else dict(answer)
+
+    # ----- reversals --------------------------------------------------------------------------------------------
+    def owed(self) -> None:
+        """A reversal was queued: the sync engine sends it on its next pass, which starts now."""
+        self.wake()
+
+    def send_now(self, reversal: dict[str, Any]) -> None:
+        """Send a reversal the store could not take (disk full): the one chance it has. Raises when it fails."""
+        self.client.reverse(**reversal, timeout=self.online_timeout_s)
 
     def _note_contact(self, ok: bool) -> None:
         note = getattr(self.sync, "note_contact", None)
@@ -104,6 +114,11 @@ class HeadOfficeLink:
             last_contact = contact.isoformat() if contact is not None else None
         except Exception:
             log.exception("sync.last_contact_failed")
+        pending_reversals = None
+        try:
+            pending_reversals = self.store.pending_reversal_count()
+        except Exception:
+            log.exception("sync.reversal_count_failed")
         online = engine.get("online")
         if online is None:
             online = self._last_auth_error is None and (last_contact is not None or self._last_auth_ok is not None)
@@ -113,6 +128,7 @@ class HeadOfficeLink:
             "last_contact_at": last_contact,
             "last_error": engine.get("last_error") or self._last_auth_error,
             "detail": engine.get("detail") or "",
+            "pending_reversals": pending_reversals,
             **{k: v for k, v in engine.items() if k not in ("online", "last_error", "detail")},
         }
 

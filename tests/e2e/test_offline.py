@@ -1,6 +1,7 @@
 """Internet down in prefer-online: offline approvals within the limits, declines outside them with the reason,
 and the queue syncs by itself when head office is back."""
 
+import json
 import time
 
 import pytest
@@ -52,3 +53,37 @@ def test_head_office_down_then_back(pos_stack):
                    what="the queue to drain after head office came back")
         assert client.get(f"/v1/payments/{inside['id']}").json()["sync_state"] == "accepted"
         assert client.get("/v1/status").json()["headoffice"]["online"] is True
+
+
+def test_a_late_online_answer_is_reversed_at_head_office(pos_stack):
+    """The acquirer answers after the terminal stopped waiting. prefer-online approves offline and require-online
+    declines; either way head office must not keep its own approval: the daemon reverses both."""
+    stack = pos_stack
+    stack.add_config("[payments]\nmode = \"prefer-online\"\nonline_timeout_s = 1.0\n\n[sync]\ninterval_s = 0.5\n")
+    stack.hq.cli("acquirer", "set", "--approve", "--delay-ms", "2500")
+    stack.start_daemon()
+    with stack.api() as client:
+        outcomes = {}
+        for mode, profile in (("prefer-online", "visa"), ("require-online", "mastercard")):
+            r = client.post("/v1/payments", json={"amount_minor": 1700, "currency": "EUR", "mode": mode},
+                            headers={"Idempotency-Key": f"late-{mode}"})
+            stack.tap(profile)
+            outcomes[mode] = wait_payment(client, r.json()["id"], "approved", "declined", "failed", timeout=20)
+        assert outcomes["prefer-online"]["state"] == "approved"
+        assert outcomes["prefer-online"]["authorization"]["method"] == "offline"
+        assert outcomes["require-online"]["state"] == "declined"
+        assert outcomes["require-online"]["authorization"]["reason"] == "online_unavailable:timeout"
+
+        def reversed_at_hq() -> dict:
+            rows = json.loads(stack.hq.cli("authorizations", "list", "--json").stdout)
+            return {r["key"]: r for r in rows if r["reversed_at"]}
+
+        wait_until(lambda: all(p["id"] in reversed_at_hq() for p in outcomes.values()), timeout=20,
+                   what="both late authorizations to be reversed at head office")
+        for payment in outcomes.values():
+            assert reversed_at_hq()[payment["id"]]["reversal_reason"] == "no_answer:timeout"
+        # the offline approval itself reaches head office as the one sale
+        wait_until(lambda: client.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=20,
+                   what="the offline approval to sync")
+        assert client.get("/v1/status").json()["headoffice"]["pending_reversals"] == 0
+    stack.hq.cli("acquirer", "set", "--delay-ms", "0")

@@ -63,6 +63,8 @@ class MemoryLedger:
         self.fail_record = fail_record
         self.lock = threading.Lock()
         self.record_gate = None  # an Event the test can hold closed to freeze the flow before the commit
+        self.reversals = {}  # idempotency key -> reversal owed to head office
+        self.fail_reversal = None  # an exception queue_reversal raises (the store is full)
 
     def create_payment(self, *, idempotency_key, request):
         with self.lock:
@@ -115,6 +117,16 @@ class MemoryLedger:
             p.update(state=State.APPROVED.value, authorization=stored)
             self.history.append((payment["id"], p["state"]))
             return dict(p)
+
+    def queue_reversal(self, payment, *, reason):
+        if self.fail_reversal is not None:
+            raise self.fail_reversal
+        reversal = {"idempotency_key": payment["id"], "type": payment["type"],
+                    "amount_minor": payment["amount_minor"], "currency": payment["currency"], "reason": reason}
+        with self.lock:
+            self.reversals.setdefault(payment["id"], reversal)
+            self.history.append((payment["id"], "reversal_owed"))
+        return reversal
 
     def record_void(self, payment, *, idempotency_key):
         existing = self.payment_by_key(idempotency_key)
