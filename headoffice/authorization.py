@@ -31,7 +31,6 @@ from headoffice.clock import utcnow
 from headoffice.errors import HQError
 from headoffice.models import Authorization, Setting, Terminal
 
-
 TOMBSTONE_REASON = "reversed_before_authorization"
 
 

@@ -86,6 +86,9 @@ class QueueLedger:
         self.enrollment = enrollment
         self._protected: dict[int, Any] = {}
         self._lock = threading.Lock()
+        # Voids are checked (already voided?) and then written in two store calls: two voids of one payment sent
+        # at once (different Idempotency-Keys, two front ends) must not both pass the check.
+        self._void_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, enrollment: Enrollment) -> QueueLedger:
@@ -254,6 +257,10 @@ class QueueLedger:
         return stored
 
     def record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]:
+        with self._void_lock:
+            return self._record_void(payment, idempotency_key=idempotency_key)
+
+    def _record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]:
         from offline_queue.models import Authorization as StoredAuth
 
         existing = self.payment_by_key(idempotency_key)
@@ -344,11 +351,17 @@ class QueueLedger:
 
     def queue_status(self) -> dict[str, Any]:
         stats = self.store.stats().to_dict()
+        rejected = []
+        if stats.get("rejected_count"):
+            # The dead letters a technician must look at (`smartpos sync --requeue SEQ` sends one again).
+            rejected = [{"sequence": t.sequence, "code": t.sync_code, "reason": t.sync_reason}
+                        for t in self.store.rejected(limit=10)]
         return {
             "unsynced_count": stats.get("unsynced_count", 0),
             "unsynced_amount": stats.get("unsynced_amount_minor", {}),
             "oldest_unsynced_age_s": stats.get("oldest_unsynced_age_s"),
             "rejected_count": stats.get("rejected_count", 0),
+            "rejected": rejected,
             "last_sequence": stats.get("last_sequence"),
             "last_contact_at": stats.get("last_contact_at"),
         }

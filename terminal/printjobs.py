@@ -291,22 +291,34 @@ class PrintSpooler:
         return {**self.merchant, "address": [*(self.merchant.get("address") or ()), *lines]} if lines else self.merchant
 
     def _with_original(self, txn: object) -> object:
-        """A void's receipt names the voided sale (or refund) by its sequence number; the record only holds its
-        uuid."""
-        void_of = txn.get("void_of") if isinstance(txn, Mapping) else getattr(txn, "void_of", None)
+        """A void's receipt names the voided sale (or refund) by its sequence number, and a (reprinted) receipt of
+        a voided sale names its void; the records only hold each other's uuid."""
+        def field_of(name: str) -> Any:
+            return txn.get(name) if isinstance(txn, Mapping) else getattr(txn, name, None)
+
         lookup = getattr(self.store, "transaction", None)
-        if not void_of or lookup is None:
+        if lookup is None:
             return txn
-        try:
-            original = lookup(void_of)
-        except Exception:
-            return txn
-        if original is None:
+        extra: dict[str, Any] = {}
+        for uuid_field, seq_field in (("void_of", "original_sequence"), ("voided_by", "voided_by_sequence")):
+            other_uuid = field_of(uuid_field)
+            if not other_uuid:
+                continue
+            try:
+                other = lookup(other_uuid)
+            except Exception as exc:  # the receipt prints without the cross-reference rather than not at all
+                log.warning("receipt.lookup_failed", extra={"field": uuid_field, "error": type(exc).__name__})
+                continue
+            if other is not None:
+                extra[seq_field] = other.sequence
+                if uuid_field == "void_of":
+                    extra["original_type"] = other.type
+        if not extra:
             return txn
         base = dict(txn) if isinstance(txn, Mapping) else {
             f: getattr(txn, f) for f in getattr(txn, "__dataclass_fields__", {})
         }
-        return {**base, "original_sequence": original.sequence, "original_type": original.type}
+        return {**base, **extra}
 
     def _set_status(self, status: PrinterStatus) -> None:
         with self._lock:

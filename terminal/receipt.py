@@ -77,6 +77,7 @@ class TxnInfo:
     cvm: str = "none"
     original_sequence: int | None = None  # void: the sequence of the voided sale or refund
     original_type: str = "sale"  # void: what it voids (a void of a refund gives the money back to the shop)
+    voided_by_sequence: int | None = None  # a sale or refund voided since (its reprint says so)
 
     def __post_init__(self) -> None:
         if self.type not in ("sale", "refund", "void"):
@@ -247,6 +248,7 @@ def txn_info_from_record(txn: object) -> TxnInfo:
         cvm=str(_get(txn, "cvm", default="none")),
         original_sequence=_get(txn, "original_sequence", "void_of_sequence", default=None),
         original_type="refund" if _get(txn, "original_type", default="sale") == "refund" else "sale",
+        voided_by_sequence=_get(txn, "voided_by_sequence", default=None),
     )
 
 
@@ -416,6 +418,11 @@ def _txn_layout(model: ReceiptModel, columns: int) -> list[Element]:
     out += _lines(CVM_TEXT.get(t.cvm, clean_text(t.cvm)), columns, align="center")
     verdict = {"sale": "APPROVED", "refund": "REFUND ACCEPTED", "void": "VOIDED"}[t.type]
     out += _lines(verdict, columns, align="center", bold=True)
+    if t.type != "void" and t.voided_by_sequence is not None:
+        # A copy of a receipt whose transaction was voided since must not pass for a standing payment.
+        out += _lines(f"*** VOIDED BY #{int(t.voided_by_sequence):06d} ***", columns, align="center", bold=True)
+        out += _lines("NOTHING WAS CHARGED" if t.type == "sale" else "THE REFUND WAS TAKEN BACK", columns,
+                      align="center")
     out.append(Feed(1))
     out.append(QrCode(t.uuid))
     copy = "MERCHANT COPY" if model.copy == "merchant" else "CUSTOMER COPY - please keep"

@@ -7,6 +7,7 @@ Exit status: 0 when the thing asked for happened (payment approved, batch closed
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -50,15 +51,20 @@ def _call(fn: Any, *args: Any, as_json: bool = False) -> Any:
         _fail(exc.message if as_json else f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
 
 
+_AMOUNT_TEXT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+
+
 def parse_amount(text: str, currency: str) -> int:
     """``"12.50", "EUR"`` -> 1250. More decimals than the currency has is an error, not a rounding."""
     currency = validate_currency(currency)
+    # Digits and one decimal point only: Decimal alone would also take "1e3", "1_000", " 12 " and "Infinity",
+    # none of which a technician means as an amount.
+    if not _AMOUNT_TEXT.fullmatch(text):
+        raise ValidationError("invalid_amount", f"{text!r} is not an amount like 12.50")
     try:
         value = Decimal(text)
     except InvalidOperation:
         raise ValidationError("invalid_amount", f"{text!r} is not an amount like 12.50") from None
-    if not value.is_finite():
-        raise ValidationError("invalid_amount", f"{text!r} is not an amount like 12.50")
     minor = value.scaleb(exponent(currency))
     if minor != minor.to_integral_value():
         raise ValidationError("invalid_amount", f"{currency} has {exponent(currency)} decimals; {text} has more")
@@ -108,13 +114,39 @@ def status(config_file: str | None, url: str | None, as_json: bool) -> None:
     amounts = ", ".join(format_amount(v, c) for c, v in (q.get("unsynced_amount") or {}).items()) or "-"
     oldest = q.get("oldest_unsynced_age_s")
     queued = f"{q.get('unsynced_count', 0)} unsynced ({amounts})"
-    table.add_row("queue", queued + (f", oldest {oldest} s" if oldest else ""))
+    if oldest is not None:
+        queued += f", oldest {_age(float(oldest))}"
+    table.add_row("queue", queued)
+    if q.get("rejected_count"):
+        # Dead letters: refused by head office, kept here; a technician looks (docs/headoffice.md, `sync --requeue`).
+        shown = ", ".join(f"#{r['sequence']} {r.get('reason') or r.get('code')}" for r in q.get("rejected") or [])
+        more = q["rejected_count"] - len(q.get("rejected") or [])
+        table.add_row("rejected by head office",
+                      f"{q['rejected_count']}: {shown}" + (f" and {more} more" if more > 0 else "")
+                      + "  (`smartpos sync --requeue SEQ` sends one again)")
+    if hq.get("pending_reversals"):
+        table.add_row("reversals owed", f"{hq['pending_reversals']} (sent at the next sync)")
     batch = st.get("batch") or {}
     table.add_row("open batch", f"#{batch.get('number')}: {batch.get('count', 0)} transactions")
     payment = st.get("payment")
     table.add_row("payment", f"{payment['id']} {payment['state']}" if payment else "idle")
     table.add_row("version", str((st.get("versions") or {}).get("smartpos", "")))
     Console().print(table)
+
+
+def _age(seconds: float) -> str:
+    """``59 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``: how long, to the precision a technician reads it."""
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
 
 
 # ----- pay / refund ---------------------------------------------------------------------------------------------
@@ -140,6 +172,7 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
 
             last = payment["state"]
             try:
+                _interrupt_on_hangup()
                 for update in api.events(payment["id"]):
                     payment = update
                     if update["state"] != last and not as_json:
@@ -148,7 +181,8 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
             except ApiCallError as exc:
                 _fail(exc.message if as_json else f"{exc.code}: {exc.message}", as_json=as_json, code=exc.code)
             except KeyboardInterrupt:
-                # Ctrl-C: the payment must not stay armed on the terminal (a tap would still be charged).
+                # Ctrl-C (or the session closed, or kill): the payment must not stay armed on the terminal (a tap
+                # would still be charged).
                 try:
                     payment = api.cancel(payment["id"])
                 except ApiCallError:  # e.g. approved in that instant: show what it became, do not hide it
@@ -161,6 +195,18 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
     else:
         _print_outcome(payment)
     sys.exit(0 if payment["state"] == "approved" or not wait else 1)
+
+
+def _interrupt_on_hangup() -> None:
+    """SIGTERM and SIGHUP (an SSH session closed, ``kill``) end ``pay`` the way Ctrl-C does: the payment it armed
+    is cancelled instead of left waiting for a tap."""
+    import signal
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 def _print_outcome(payment: dict[str, Any]) -> None:

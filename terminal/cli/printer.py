@@ -93,10 +93,16 @@ def status(uri: str | None, config: str | None, profile: str | None, status_time
     uri, prof, _timeout, status_timeout = _printer_settings(uri, config, profile, status_timeout)
     st = query_status(uri, profile=prof, timeout=status_timeout)
     reports = parse_uri(uri).status_enabled
-    human = f"{uri}: {_status_line(st)}" if reports else f"{uri}: this connection cannot report status"
+    if reports:
+        human = f"{uri}: {_status_line(st)}"
+    elif st.online is False:
+        human = f"{uri}: offline ({st.detail})"
+    else:
+        human = f"{uri}: opens; this connection cannot report status"
     _emit({"printer": uri, "profile": prof.name, "reports_status": reports, **st.to_dict()}, as_json, human)
-    # A connection that cannot report status (file:, ?status=0) is no failure: there is nothing to ask.
-    sys.exit(0 if st.ready or not reports else 1)
+    # A connection that cannot report status (file:, ?status=0) is no failure as long as it opens: there is nothing
+    # to ask. One that does not even open (no such device, no permission) is.
+    sys.exit(0 if st.ready or (not reports and st.online is not False) else 1)
 
 
 @printer.command()

@@ -79,6 +79,7 @@ def run_checks(config_file: str | None, *, test_print: bool = False) -> list[Che
 
     if enrollment is not None:
         checks.append(_check_database(settings, enrollment))
+    checks.append(_check_disk(settings))
 
     daemon_status = _daemon_status(settings)
     checks.append(Check("daemon", daemon_status is not None,
@@ -108,6 +109,37 @@ def _check_database(settings: Any, enrollment: Any) -> Check:
         return Check("queue database", False, exc.message)
     except Exception as exc:  # a broken chain (ChainError) or anything else is a failed check, not a crash
         return Check("queue database", False, f"{type(exc).__name__}: {exc}")
+
+
+# Free space under the queue: below the first no sale can be recorded for long (each one is a few kB with its
+# WAL frames, and SQLite needs room to checkpoint); below the second the shop should be told before it is full.
+DISK_FAIL_BYTES = 8 * 2**20
+DISK_WARN_BYTES = 64 * 2**20
+
+
+def _check_disk(settings: Any) -> Check:
+    """Room left for the queue (the daemon declines every sale once the disk is full)."""
+    import os
+
+    directory = settings.db_path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        st = os.statvfs(directory)
+    except OSError as exc:
+        return Check("disk", False, f"cannot read free space of {directory}: {exc.strerror}")
+    free = st.f_bavail * st.f_frsize
+    detail = f"{_mib(free)} free of {_mib(st.f_blocks * st.f_frsize)} on {directory}"
+    if free < DISK_FAIL_BYTES:
+        return Check("disk", False, f"{detail}: too little to record sales (needs {_mib(DISK_FAIL_BYTES)}); free "
+                                    "space or the terminal will decline every payment")
+    if st.f_favail == 0 and st.f_files:
+        return Check("disk", False, f"{detail}, but no free inodes: new files (the queue's WAL) cannot be created")
+    return Check("disk", True, detail, warn=free < DISK_WARN_BYTES)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _daemon_status(settings: Any) -> dict[str, Any] | None:
@@ -173,7 +205,10 @@ def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollme
         status = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
         return Check("printer", status.ready, f"test page sent; {status.summary} {status.detail}".strip())
     if not reports_status:
-        return Check("printer", True, f"{settings.printer.uri}: {no_status}", warn=True)
+        opened = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
+        if opened.online is False:  # the device node is missing or not writable
+            return Check("printer", False, f"{settings.printer.uri}: {opened.detail}")
+        return Check("printer", True, f"{settings.printer.uri}: opens; {no_status}", warn=True)
     if daemon_status is not None:
         printer = daemon_status.get("printer") or {}
         state = printer.get("state", "unknown")

@@ -172,6 +172,14 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     assert json.loads(voided.stdout)["type"] == "void"
     again = run_cli([*SMARTPOS, "void", "00000000-0000-0000-0000-000000000000"], env=env)
     assert again.returncode == 1 and "not_found" in again.stderr
+    # A copy of the voided sale says it was voided, and by which transaction: it must not pass for a payment.
+    assert stack.printer.wait_for_receipts(9, 10)  # + both copies of the void
+    void_seq = json.loads(voided.stdout)["sequence"]
+    assert run_cli([*SMARTPOS, "reprint", paid["id"]], env=env).returncode == 0
+    assert stack.printer.wait_for_receipts(10, 10)
+    copy = stack.printer.receipts[9].text.upper()
+    assert "3.20" in copy and "DUPLICATE" in copy and f"VOIDED BY #{void_seq:06d}" in copy, copy
+    assert "NOTHING WAS CHARGED" in copy
 
     before = len(stack.printer.receipts)
     selftest = run_cli([*SMARTPOS, "selftest", "--print", "--json"], env=env)
@@ -252,8 +260,10 @@ def test_daemon_refuses_a_corrupt_queue_and_loose_key_permissions(tmp_path):
 
 
 
-def test_ctrl_c_during_smartpos_pay_cancels_the_payment(pos_stack):
-    """A technician who interrupts `smartpos pay` must not leave the payment armed: a tap would still charge."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_during_smartpos_pay_cancels_the_payment(pos_stack, signame):
+    """A technician who interrupts `smartpos pay` (Ctrl-C, a closed SSH session, kill) must not leave the payment
+    armed: a tap would still charge."""
     import signal
     import subprocess
 
@@ -267,7 +277,7 @@ def test_ctrl_c_during_smartpos_pay_cancels_the_payment(pos_stack):
     with stack.api() as client:
         wait_until(lambda: (client.get("/v1/status").json().get("payment") or {}).get("state") == "waiting_for_card",
                    timeout=10, what="the payment to wait for a card")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         out, _err = proc.communicate(timeout=10)
         payment = json.loads(out.strip().splitlines()[-1])
         assert payment["state"] == "cancelled" and proc.returncode == 1

@@ -112,3 +112,28 @@ def test_real_full_filesystem_then_space_returns(tiny_fs, card_protection):
         store.close()
     with QueueStore.open(path, terminal_id="T-0001") as again:
         assert again.verify() == recorded + 1
+
+
+def test_selftest_fails_when_the_queue_disk_is_full_and_passes_when_space_returns(tiny_fs):
+    """The technician's selftest must not pass on a terminal that will decline every sale for want of disk."""
+    import json
+
+    from tests.harness.daemon import SMARTPOS, free_port, run_cli
+
+    state = tiny_fs / "state"
+    state.mkdir()
+    config = tiny_fs / "smartpos.toml"
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[api]\nport = {free_port()}\n\n'
+                      '[readers]\npcsc = false\nnfcpy = ["udp:127.0.0.1:9"]\n')
+    (tiny_fs / "filler").write_bytes(b"\0" * (900 * 1024))  # what the shop's logs left of the 1 MiB
+
+    def disk_check():
+        selftest = run_cli([*SMARTPOS, "selftest", "--json", "--config", str(config)])
+        (check,) = [c for c in json.loads(selftest.stdout)["checks"] if c["check"] == "disk"]
+        return selftest.returncode, check
+
+    code, check = disk_check()
+    assert code == 1 and not check["ok"] and "too little to record sales" in check["detail"]
+    subprocess.run(["mount", "-o", "remount,size=200m", str(tiny_fs)], check=True)
+    code, check = disk_check()
+    assert check["ok"] and not check["warning"] and "MiB free" in check["detail"], check

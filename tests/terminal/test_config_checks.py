@@ -66,3 +66,18 @@ def test_printer_that_cannot_report_status_is_a_warning_not_a_failure(tmp_path):
     assert "TEST" in text.upper()
     (ruler,) = [line for line in text.splitlines() if line.startswith("0123456789")]
     assert len(ruler) == 32
+
+
+def test_a_file_printer_whose_device_is_missing_fails(tmp_path):
+    """No status to ask is no failure; a device node that is not there (printer unplugged: /dev/usb/lp0 gone) is."""
+    config = _config(tmp_path, 'uri = "file:/dev/usb/lp-smartpos-missing"')
+    status = run_cli([*SMARTPOS, "printer", "status", "--config", str(config)])
+    assert status.returncode == 1 and "offline" in status.stdout and "No such file" in status.stdout
+    report = json.loads(run_cli([*SMARTPOS, "selftest", "--json", "--config", str(config)]).stdout)
+    (printer,) = [c for c in report["checks"] if c["check"] == "printer"]
+    assert not printer["ok"] and "lp-smartpos-missing" in printer["detail"]
+    present = tmp_path / "lp0"
+    present.write_bytes(b"")
+    config = _config(tmp_path, f'uri = "file:{present}"')
+    status = run_cli([*SMARTPOS, "printer", "status", "--config", str(config)])
+    assert status.returncode == 0 and "opens" in status.stdout

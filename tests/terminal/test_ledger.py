@@ -65,6 +65,15 @@ def wait_final(ledger, pid, timeout=5):
     raise AssertionError(ledger.payment_view(pid))
 
 
+def at_once(fn, n):
+    """``fn(0)`` ... ``fn(n - 1)``, each in its own thread, all started before any is joined."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+
 def test_offline_sale_is_recorded_with_sequence_batch_and_masked_card(flow, ledger, tmp_path):
     payment, _ = flow.create("k1", {"amount_minor": 1250, "currency": "EUR"})
     flow.reader.taps.put(tap())
@@ -113,6 +122,32 @@ def test_void_in_open_batch_once(flow, ledger):
     assert (retried.value.status, retried.value.code) == (409, "void_not_allowed")
 
 
+def test_concurrent_voids_of_one_payment_make_one_void(flow, ledger):
+    """Two front ends void the same sale at once, each with its own Idempotency-Key: one void is recorded and both
+    are answered with it; no stray failed void is left behind."""
+    payment, _ = flow.create("k1", {"amount_minor": 1000, "currency": "EUR"})
+    flow.reader.taps.put(tap(amount=1000))
+    wait_final(ledger, payment["id"])
+    start = threading.Barrier(8)
+    answers, errors = [], []
+
+    def void(n):
+        start.wait()
+        try:
+            answers.append(flow.void(payment["id"], f"void-{n}"))
+        except FlowError as exc:
+            errors.append(exc.code)
+
+    at_once(void, 8)
+    assert errors == []
+    assert len({v["id"] for v, _ in answers}) == 1 and sum(created for _, created in answers) == 1
+    every_state = ("waiting_for_card", "reading", "authorizing", "approved", "declined", "failed", "cancelled",
+                   "timed_out")
+    voids = [p for p in ledger.store.payments_in_states(every_state) if p.type == "void"]
+    assert [(p.state, p.id) for p in voids] == [("approved", answers[0][0]["id"])]
+    assert ledger.queue_status()["unsynced_count"] == 2  # the sale and its one void
+
+
 def test_restart_resolves_recorded_and_unrecorded(ledger):
     waiting = ledger.create_payment(idempotency_key="a", request={"type": "sale", "amount_minor": 100,
                                                                   "currency": "EUR", "reference": None,
@@ -133,11 +168,7 @@ def test_concurrent_creates_let_one_payment_wait(flow, ledger):
         except FlowError as exc:
             results.append(exc.status)
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(create, 6)
     assert results.count(409) == 5
 
 
@@ -195,3 +226,16 @@ def test_an_offline_fallback_approval_says_why_it_was_offline(ledger):
     assert (view["authorization"]["method"], view["authorization"]["fallback"]) == ("offline", "timeout")
     # Not part of the chained transaction: the chain still verifies as before.
     assert ledger.store.verify() == 1
+
+
+def test_queue_status_names_the_dead_letters(flow, ledger):
+    for n, amount in enumerate((1000, 700)):
+        payment, _ = flow.create(f"k{n}", {"amount_minor": amount, "currency": "EUR"})
+        flow.reader.taps.put(tap(amount=amount))
+        wait_final(ledger, payment["id"])
+    assert ledger.queue_status()["rejected"] == []
+    ledger.store.mark_rejected(1, "envelope_unreadable", "head office could not open the sealed card data")
+    status = ledger.queue_status()
+    assert status["rejected_count"] == 1 and status["unsynced_count"] == 1
+    assert status["rejected"] == [{"sequence": 1, "code": "envelope_unreadable",
+                                   "reason": "head office could not open the sealed card data"}]

@@ -5,7 +5,8 @@ from terminal.cli.ops import parse_amount
 
 
 @pytest.mark.parametrize(("text", "currency", "minor"), [
-    ("12.50", "EUR", 1250), ("12", "EUR", 1200), ("0.01", "EUR", 1), ("1500", "JPY", 1500), ("1.234", "BHD", 1234),
+    ("12.50", "EUR", 1250), ("12", "EUR", 1200), ("12.", "EUR", 1200), (".5", "EUR", 50),
+    ("0.01", "EUR", 1), ("1500", "JPY", 1500), ("1.234", "BHD", 1234),
 ])
 def test_major_units_to_minor(text, currency, minor):
     assert parse_amount(text, currency) == minor
@@ -15,6 +16,10 @@ def test_major_units_to_minor(text, currency, minor):
     ("12.505", "EUR", "invalid_amount"), ("1.5", "JPY", "invalid_amount"), ("abc", "EUR", "invalid_amount"),
     ("-1", "EUR", "invalid_amount"), ("0", "EUR", "invalid_amount"), ("nan", "EUR", "invalid_amount"),
     ("1e30", "EUR", "invalid_amount"), ("1", "EURO", "invalid_currency"),
+    # Decimal() would take these; an amount typed by a technician is digits and one point
+    ("1e3", "EUR", "invalid_amount"), ("1_0", "EUR", "invalid_amount"), (" 12", "EUR", "invalid_amount"),
+    ("+5", "EUR", "invalid_amount"), ("Infinity", "EUR", "invalid_amount"), ("١٢", "EUR", "invalid_amount"),
+    ("12,50", "EUR", "invalid_amount"), ("", "EUR", "invalid_amount"),
 ])
 def test_bad_amounts_are_typed_errors(text, currency, code):
     with pytest.raises(ValidationError) as info:
@@ -28,3 +33,13 @@ def test_amount_errors_speak_in_the_units_typed(text, said):
     with pytest.raises(ValidationError) as info:
         parse_amount(text, "EUR")
     assert said in info.value.message and "amount_minor" not in info.value.message
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (0.4, "0 s"), (59.9, "59 s"), (119, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h 00 min"),
+    (3 * 3600 + 5 * 60 + 9, "3 h 05 min"), (49 * 3600, "2 d 1 h"),
+])
+def test_queue_age_as_a_technician_reads_it(seconds, shown):
+    from terminal.cli.ops import _age
+
+    assert _age(seconds) == shown
