@@ -7,6 +7,7 @@ The enrollment command writes ``[terminal] id``, ``state_dir`` and ``[headoffice
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,11 +54,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?!.*\.\.)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?", re.ASCII)
+
+
+def check_listen_host(value: str) -> str:
+    """An address to listen on: an IP address, or a host name (not a mistyped address such as 999.1.1.1)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value) or value.replace(".", "").isdigit():
+        raise ValueError(f"{value!r} is not an IP address or host name")
+    return value
+
+
 class ApiSection(_Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     # 0 picks a free port (tests, several daemons on one machine); the daemon writes the bound port to its state dir.
     port: int = Field(default=8470, ge=0, le=65535)
     token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_listen_host(value)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ApiSection:
@@ -162,6 +184,11 @@ class MetricsSection(_Section):
     # None: no metrics endpoint. Prometheus text format on http://host:port/metrics.
     port: int | None = Field(default=None, ge=0, le=65535)
     host: str = "127.0.0.1"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_listen_host(value)
 
 
 class Settings(_Section):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.signing import DEFAULT_WINDOW_S
+
 ENV_HOME = "SMARTPOS_HQ_HOME"
 ENV_DATABASE_URL = "SMARTPOS_HQ_DATABASE_URL"
 ENV_KEYSTORE = "SMARTPOS_HQ_KEYSTORE"
@@ -22,7 +24,7 @@ ENV_SIGNATURE_WINDOW = "SMARTPOS_HQ_SIGNATURE_WINDOW_S"
 class HQSettings:
     database_url: str
     keystore_dir: Path
-    signature_window_s: int = 300
+    signature_window_s: int = DEFAULT_WINDOW_S
 
     @classmethod
     def resolve(
@@ -37,7 +39,7 @@ class HQSettings:
         home_dir = Path(home or env.get(ENV_HOME) or Path.home() / ".local" / "share" / "smartpos-hq")
         url = database_url or env.get(ENV_DATABASE_URL) or f"sqlite:///{home_dir / 'headoffice.sqlite3'}"
         keys = Path(keystore or env.get(ENV_KEYSTORE) or home_dir / "keys")
-        window = int(env.get(ENV_SIGNATURE_WINDOW) or 300)
+        window = int(env.get(ENV_SIGNATURE_WINDOW) or DEFAULT_WINDOW_S)
         return cls(database_url=normalise_url(url), keystore_dir=keys, signature_window_s=window)
 
     def to_env(self) -> dict[str, str]:

@@ -30,6 +30,10 @@ HEADER_SIGNATURE = "X-Signature"
 
 # Clock skew tolerated between a terminal and head office; nonces must be remembered at least twice this long.
 DEFAULT_WINDOW_S = 300
+# How far a terminal's clock may be from head office's before a technician must fix it (selftest fails, enroll
+# warns): receipts and the offline rules' "time since last contact" read this clock, long before signatures
+# (DEFAULT_WINDOW_S) stop working.
+CLOCK_TOLERANCE_S = 30
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 _DOMAIN = b"smartpos-request-v1"
 

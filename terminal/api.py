@@ -234,7 +234,9 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                current = await run_in_threadpool(service.payment_view, raw["id"])
+                # The state this event announced, not whatever the payment is by the time it is read: "reading"
+                # and "authorizing" last milliseconds offline, and a listener must still see each of them.
+                current = await run_in_threadpool(service.event_view, raw)
             # An approval's receipt follows it: the stream stays open until the receipt is printed or has failed
             # (event "receipt"), so the front end learns of a paper-out and can offer a reprint without polling.
             deadline = asyncio.get_running_loop().time() + RECEIPT_WAIT_S

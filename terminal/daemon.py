@@ -212,6 +212,14 @@ class Daemon:
         self.hq.run(self._stop_sync)
 
     # ----- what the API asks ---------------------------------------------------------------------------------------
+    def event_view(self, published: dict[str, Any]) -> dict[str, Any] | None:
+        """The public view of a payment as one state change published it (server-sent events): an in-flight state
+        is shown as announced even when the payment has moved on since; a final one as stored now (with its
+        transaction and receipt)."""
+        if is_final(published["state"]):
+            return self.payment_view(published["id"])
+        return self.ledger.view_of(published)
+
     def payment_view(self, payment_id: str) -> dict[str, Any] | None:
         view = self.ledger.payment_view(payment_id)
         live = self.flow.live(payment_id) if self.flow is not None and view is not None else None

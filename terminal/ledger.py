@@ -316,6 +316,10 @@ class QueueLedger:
         payment = self.payment(payment_id)
         return self._view(payment) if payment is not None else None
 
+    def view_of(self, payment: Payment) -> Payment:
+        """The public view of this payment dict (e.g. one the flow published), as ``payment_view`` shows it."""
+        return self._view(payment)
+
     def _view(self, payment: Payment) -> Payment:
         txn = self.store.transaction_for_payment(payment["id"]) if payment["state"] == State.APPROVED else None
         card = payment.get("card") or None

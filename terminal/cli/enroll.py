@@ -7,10 +7,12 @@ key and answers the same enrollment again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import stat
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,17 +20,24 @@ from typing import Any
 
 import click
 
+from protocol.signing import CLOCK_TOLERANCE_S, DEFAULT_WINDOW_S
+
 KEYS_DIR = "keys"
 PENDING_KEY = "keys/terminal_ed25519.pending.pem"
 PENDING_CODE = "keys/enrollment.pending"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic replace with 0600 from the first byte (never briefly world-readable)."""
+def _write_private(path: Path, data: bytes, *, like: os.stat_result | None = None) -> None:
+    """Atomic replace with 0600 from the first byte (never briefly world-readable). ``like``: the file being
+    replaced, whose mode and owner the new one keeps (a config an administrator made 0640 root:smartpos)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        if like is not None:
+            with contextlib.suppress(PermissionError):  # only root may give a file away; others keep their own
+                os.fchown(fd, like.st_uid, like.st_gid)
+            os.fchmod(fd, stat.S_IMODE(like.st_mode))
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -39,6 +48,40 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_config(path: Path, data: bytes) -> None:
+    """Replace the config atomically, keeping its mode and owner; where its directory is not writable (e.g.
+    /etc/smartpos owned by root, the file group-writable for the smartpos user) rewrite the file in place."""
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, data)
+        return
+    if os.access(path.parent, os.W_OK | os.X_OK):
+        _write_private(path, data, like=old)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _config_write_problem(path: Path) -> str | None:
+    """Why the config could not be written by this user, found before head office spends the code."""
+    if path.exists():
+        if os.access(path.parent, os.W_OK | os.X_OK) or os.access(path, os.W_OK):
+            return None
+        return f"neither {path} nor its directory is writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if os.access(parent, os.W_OK | os.X_OK):
+        return None
+    return f"{parent} is not writable, so {path} cannot be created"
 
 
 def _toml_string(value: str) -> str:
@@ -69,7 +112,7 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CLOCK_WARN_S = 60
+CLOCK_WARN_S = CLOCK_TOLERANCE_S  # the limit `smartpos selftest` fails at
 
 
 def _queue_owner(db_path: Path) -> tuple[str | None, int, int]:
@@ -196,7 +239,15 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     if (state / ENROLLMENT).exists() and not force:
         raise click.ClickException(f"{state} is already enrolled; use --force to enroll it again")
     _check_queue_before_reenroll(state / QUEUE_FILE)  # before the code is spent
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    problem = _config_write_problem(cfg_path)
+    if problem:
+        raise click.ClickException(
+            f"cannot write the config as this user ({problem}); nothing was sent to head office and the code is "
+            "still unused: run enroll as a user who may write it (docs/terminal.md, systemd service)")
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"state dir {state}: {exc.strerror}; nothing was sent to head office") from None
     os.chmod(state, 0o700)
     (state / KEYS_DIR).mkdir(mode=0o700, exist_ok=True)
     os.chmod(state / KEYS_DIR, 0o700)
@@ -262,8 +313,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     os.replace(pending_key, state / TERMINAL_KEY)
     _write_private(state / ENROLLMENT, (json.dumps(enrollment_doc, indent=2, sort_keys=True) + "\n").encode())
     pending_code.unlink(missing_ok=True)
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(cfg_path, new_text.encode("utf-8"))
+    _write_config(cfg_path, new_text.encode("utf-8"))
     aside_note = _set_aside_other_terminals_queue(settings.db_path, terminal_id)
     queue_note = _create_queue(settings.db_path, terminal_id)
 
@@ -285,4 +335,5 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     if offset is not None and abs(offset) > CLOCK_WARN_S:
         ahead = f"{-offset:.0f} s ahead of" if offset < 0 else f"{offset:.0f} s behind"
         console.print(f"[yellow]warning[/yellow]: this terminal's clock is {ahead} head office's; "
-                      "signed requests more than 300 s off are refused — fix the clock (NTP)")
+                      f"selftest fails beyond {CLOCK_TOLERANCE_S} s and head office refuses signed requests more "
+                      f"than {DEFAULT_WINDOW_S} s off — fix the clock (NTP)")

@@ -20,14 +20,16 @@ def run(config_file: str | None, check: bool) -> None:
     except ConfigError as exc:
         click.echo(f"smartpos: {exc}", err=True)
         sys.exit(2)
-    if check:
-        from terminal.daemon import startup_problems
+    from terminal.daemon import startup_problems
 
-        problems = startup_problems(settings)
-        for problem in problems:
-            click.echo(f"smartpos: config {path}: {problem}", err=True)
-        if problems:
-            sys.exit(2)
+    # What `run --check` refuses, `run` refuses the same way (exit 2: fix the config); exit 1 is for a start that
+    # fails on the machine (state dir, queue database, a port in use, head office needed and away).
+    problems = startup_problems(settings)
+    for problem in problems:
+        click.echo(f"smartpos: config {path}: {problem}", err=True)
+    if problems:
+        sys.exit(2)
+    if check:
         click.echo(f"config {path}: ok")
         return
 

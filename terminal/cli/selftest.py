@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-MAX_CLOCK_SKEW_S = 30.0
+from protocol.signing import CLOCK_TOLERANCE_S as MAX_CLOCK_SKEW_S
 
 
 @dataclass

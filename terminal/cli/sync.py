@@ -101,6 +101,13 @@ def _with_progress(store: Any, client: Any, page_size: int, wait: bool, stop: th
     out.print(f"accepted {result.accepted} (of which {result.duplicates} already at head office), "
               f"rejected {result.rejected}, pages {result.pages}, retries {result.retries}, "
               f"batches reported {result.batches_reported}, still queued {result.remaining}")
+    # The running daemon drains the same queue: what it sent meanwhile is not this command's count, but the
+    # technician asked whether the backlog is gone.
+    by_daemon = total - result.remaining - result.accepted - result.rejected
+    if result.remaining >= 0 and by_daemon > 0:
+        out.print(f"{by_daemon} more left the queue meanwhile (uploaded by the running daemon)")
+    if result.reversals_sent:
+        out.print(f"reversals sent {result.reversals_sent}")
     for rej in result.rejections[:10]:
         out.print(f"  [yellow]rejected[/yellow] sequence {rej['sequence']}: {rej['reason'] or rej['code']}")
     if result.parameters_updated:

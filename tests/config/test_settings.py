@@ -71,6 +71,9 @@ def test_lookup_order_flag_then_environment_then_default(tmp_path):
         ("[printer]\ntimezone = \"Mars/Olympus\"\n", "printer.timezone", "unknown time zone"),
         ("[printer]\nuri = \"tcp://host:abc\"\n", "printer.uri", "port must be a number"),
         ("[risk]\ntxn_limit_minor = \"100\"\n", "risk", "txn_limit_minor: Input should be a valid integer"),
+        ("[metrics]\nhost = \"not a host\"\nport = 9101\n", "metrics.host", "not an IP address or host name"),
+        ("[metrics]\nhost = \"999.1.1.1\"\n", "metrics.host", "not an IP address or host name"),
+        ("[api]\nhost = \"127.0.0.1:8470\"\n", "api.host", "not an IP address or host name"),
     ],
 )
 def test_bad_key_or_value_is_one_line_naming_the_key(tmp_path, text, key, problem):

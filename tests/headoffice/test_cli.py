@@ -197,3 +197,57 @@ def test_enroll_again_refuses_to_strand_unsynced_transactions(hq: HQ, tmp_path: 
 
     with QueueStore.open(terminal.db_path, terminal_id=new_id) as store:  # the new terminal's own, empty queue
         assert store.stats().unsynced_count == 0 and store.last_transaction() is None
+
+
+def test_enroll_keeps_the_installed_configs_mode_and_owner(hq: HQ, tmp_path: Path):
+    """The systemd install makes /etc/smartpos/smartpos.toml 0640 root:smartpos; enroll (as root) must not turn it
+    into 0600 root:root, which the daemon's user could no longer read."""
+    code, _terminal_id = hq.new_code()
+    config = tmp_path / "etc" / "smartpos.toml"
+    config.parent.mkdir()
+    config.write_text("[printer]\nuri = \"tcp://127.0.0.1:9100\"\n")
+    os.chmod(config, 0o640)
+    if os.geteuid() == 0:
+        os.chown(config, 0, 65534)  # group nogroup stands in for the smartpos group
+    before = config.stat()
+    done = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(config),
+                "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 0, done.stderr
+    after = config.stat()
+    assert _mode(config) == 0o640 and (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+    assert "[headoffice]" in config.read_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_enroll_as_a_user_who_cannot_write_the_config_spends_no_code(hq: HQ, tmp_path_factory):
+    """`sudo -u smartpos smartpos enroll` with a root-owned config: refused before head office is asked, so the
+    same code still enrolls once run as a user who may write the config."""
+    import tempfile
+
+    code, terminal_id = hq.new_code()
+    base = Path(tempfile.mkdtemp(prefix="smartpos-enroll-"))
+    try:
+        os.chmod(base, 0o755)
+        etc = base / "etc"
+        etc.mkdir(mode=0o755)
+        config = etc / "smartpos.toml"
+        config.write_text("# installed by root\n")
+        os.chmod(config, 0o644)
+        state = base / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, 65534, 65534)
+        as_nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "smartpos"), "enroll",
+             "--hq", hq.url, "--code", code, "--config", str(config), "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(base)})
+        assert as_nobody.returncode == 1, as_nobody.stdout + as_nobody.stderr
+        assert "cannot write the config" in as_nobody.stderr and "code is still unused" in as_nobody.stderr
+        assert "Traceback" not in as_nobody.stderr and not list(state.iterdir())
+        assert config.read_text() == "# installed by root\n"
+        done = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(config),
+                    "--state-dir", str(state))
+        assert done.returncode == 0 and terminal_id in done.stdout, done.stderr
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)

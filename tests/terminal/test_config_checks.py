@@ -28,6 +28,8 @@ def test_run_check_refuses_what_the_daemon_would_refuse(tmp_path, printer, reade
     checked = run_cli([*SMARTPOS, "run", "--check", "--config", str(config)])
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert problem in checked.stderr and "Traceback" not in checked.stderr
+    started = run_cli([*SMARTPOS, "run", "--config", str(config)])  # the daemon itself refuses alike
+    assert started.returncode == 2 and problem in started.stderr, started.stdout + started.stderr
     report = json.loads(run_cli([*SMARTPOS, "selftest", "--json", "--config", str(config)]).stdout)
     (config_check,) = [c for c in report["checks"] if c["check"] == "config"]
     assert not config_check["ok"] and problem in config_check["detail"]
