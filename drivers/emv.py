@@ -67,6 +67,15 @@ CRYPTOGRAM_TAGS = (
     0x9F6C, 0x9F6E, 0x5F34, 0x9F33, 0x9F35, 0x84,
 )  # fmt: skip
 
+# Of those, the ones the terminal supplies (EMV Book 3 Annex A, source "terminal"): the values the card's cryptogram
+# covers are the ones the terminal sent, so a card's own copy of them (a cloned card fixing the unpredictable
+# number, or claiming another amount) never replaces them in what head office checks.
+TERMINAL_SOURCED_TAGS = frozenset({0x9F37, 0x95, 0x9A, 0x9C, 0x5F2A, 0x9F02, 0x9F03, 0x9F1A, 0x9F66, 0x9F33, 0x9F35,
+                                   0x9F21})
+
+# EMV Book 1: application label (50) and preferred name (9F12) are 1-16 characters; the DF name (84) 5-16 bytes.
+_MAX_LABEL = 16
+
 # Numeric (n) data elements: padded/truncated on the left, as EMV Book 3 section 5.4 says for DOL filling.
 _NUMERIC_TAGS = frozenset({0x9F02, 0x9F03, 0x9A, 0x9F21, 0x5F2A, 0x9F1A, 0x9C, 0x9F15, 0x9F35, 0x5F36})
 
@@ -267,6 +276,8 @@ def read_card(
     collected.append(("SELECT", fci))
     fci_fields = tlv.primitives(fci)
     aid = fci_fields.get(0x84) or chosen.aid
+    if not 5 <= len(aid) <= 16 or not aid.startswith(chosen.aid[:5]):
+        raise CardDataError("the application's DF name does not match the application selected")
 
     un = os.urandom(4)
     terminal_values = td.values(un)
@@ -319,6 +330,9 @@ def _result(
         raise CardDataError("track 2 equivalent data is malformed")
     if 0x5A in data:
         pan = _digits(data[0x5A])
+        if track2 is not None and track2.split("D", 1)[0] != pan:
+            # The card number shown and tokenised must be the one head office clears (track 2 in the envelope).
+            raise CardDataError("the card's PAN and its track 2 data name different cards")
     elif track2 is not None:
         pan = track2.split("D", 1)[0]
     else:
@@ -334,10 +348,12 @@ def _result(
         raise CardDataError("card returned no expiry date")
     if len(expiry) != 4 or not expiry.isdigit() or not 1 <= int(expiry[2:]) <= 12:
         raise CardDataError("card expiry date is malformed")
+    if track2 is not None and 0x5F24 in data and track2.split("D", 1)[1][:4] != expiry:
+        raise CardDataError("the card's expiry date and its track 2 data disagree")
 
     aid_hex = aid.hex().upper()
-    label = _ascii(fci_fields.get(0x50)) or chosen.label or aid_hex
-    preferred = _ascii(fci_fields.get(0x9F12)) or None
+    label = (_ascii(fci_fields.get(0x50)) or chosen.label)[:_MAX_LABEL] or aid_hex
+    preferred = (_ascii(fci_fields.get(0x9F12)) or "")[:_MAX_LABEL] or None
     scheme = scheme_for(aid_hex, pan)
     ffi = data.get(0x9F6E)
     wallet = 0x9F19 in data or (scheme == "visa" and ffi is not None and len(ffi) >= 1 and ffi[0] & 0x1F != 0)
@@ -348,7 +364,7 @@ def _result(
             crypt[tlv.tag_hex(tag)] = terminal_values[tag].hex().upper()
     crypt["84"] = aid_hex
     for tag in CRYPTOGRAM_TAGS:
-        if tag in data:
+        if tag in data and tag not in TERMINAL_SOURCED_TAGS:
             crypt[tlv.tag_hex(tag)] = data[tag].hex().upper()
     atc_raw = data.get(0x9F36)
     atc = int.from_bytes(atc_raw, "big") if atc_raw else None

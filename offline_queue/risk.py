@@ -66,6 +66,16 @@ class RiskPayment:
     type: str  # "sale" | "refund"
     amount_minor: int
     currency: str
+    # The card's expiry date (YYMM, valid through the end of that month); None when it is not known.
+    card_expiry: str | None = None
+
+
+def card_expired(expiry: str | None, now: datetime) -> bool:
+    """A card is valid through the last day of its expiry month (EMV tag 5F24 / track 2 YYMM)."""
+    if not expiry or len(expiry) != 4 or not expiry.isdigit():
+        return False
+    year, month = 2000 + int(expiry[:2]), int(expiry[2:])
+    return (year, month) < (now.year, now.month)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ def evaluate(
         reasons.append(Reason("offline_disabled", "offline approval is switched off"))
     if payment.type == "refund" and not params.offline_refunds:
         reasons.append(Reason("refund_offline_disabled", "refunds need head office"))
+    if card_expired(payment.card_expiry, stats.now):
+        # An expired card is the one check an issuer would surely make online; offline the terminal makes it.
+        reasons.append(Reason("card_expired", "the card has expired"))
     if token is None:
         reasons.append(Reason("no_card_token", "the card could not be identified for offline checks"))
     elif denied:

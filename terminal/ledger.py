@@ -206,7 +206,8 @@ class QueueLedger:
             self.risk_parameters(),
             stats,
             protected.token,
-            RiskPayment(payment["type"], payment["amount_minor"], payment["currency"]),
+            RiskPayment(payment["type"], payment["amount_minor"], payment["currency"],
+                        card_expiry=getattr(card, "expiry", None) or None),
             denied=self.store.is_denied(protected.token),
         )
         return OfflineDecision(decision.approved, decision.reason)

@@ -255,3 +255,53 @@ def test_malformed_profile_file_is_a_clear_value_error(tmp_path):
         load_profile(bad)
     with pytest.raises(ValueError, match="unknown card profile"):
         load_profile("no-such-profile")
+
+
+def _variant(tmp_path, edit):
+    """The visa profile with ``edit(text) -> text`` applied: a card that answers differently."""
+    from drivers.simulators.emv_card import PROFILES_DIR
+
+    path = tmp_path / "variant.toml"
+    path.write_text(edit((PROFILES_DIR / "visa.toml").read_text()))
+    return load_profile(path)
+
+
+def test_card_cannot_replace_what_the_terminal_sent_in_the_sealed_cryptogram_data(tmp_path):
+    """A cloned card that answers with its own unpredictable number, amount and date (pre-play) does not get them
+    into the data head office checks the cryptogram against: the terminal's values are kept."""
+    hostile = _variant(tmp_path, lambda t: t.replace(
+        'gpo_tags = ["82", "94", "57",', 'gpo_tags = ["9F37", "9F02", "9A", "95", "82", "94", "57",').replace(
+        '"9F4A" = "82"', '"9F4A" = "82"\n"9F37" = "00000000"\n"9F02" = "000000000001"\n"9A" = "200101"\n'
+                         '"95" = "FFFFFFFFFF"'))
+    transport = InProcessCard(VirtualEmvCard(hostile))
+    read = emv.read_card(transport, TD, reader="test")
+    gpo = next(c for c in transport.apdus if c[:2] == b"\x80\xa8")
+    pdol = tlv.parse_dol(bytes.fromhex("9F66049F02069F03069F1A0295055F2A029A039C019F3704"))
+    pos, by_tag = 7, {}
+    for tag, length in pdol:
+        by_tag[tlv.tag_hex(tag)] = gpo[pos:pos + length].hex().upper()
+        pos += length
+    for tag in ("9F37", "9F02", "9A", "95"):
+        assert read.cryptogram[tag] == by_tag[tag], tag
+    assert read.cryptogram["9F02"] == "000000001250" and read.cryptogram["9A"] == "261123"
+    assert read.cryptogram["9F26"]  # the card's own cryptogram is still there
+
+
+def test_pan_and_track2_of_different_cards_are_refused(tmp_path):
+    mixed = _variant(tmp_path, lambda t: t.replace(
+        '"9F4A" = "82"', '"9F4A" = "82"\n"57" = "5555555555554444D28122010000000000000F"'))
+    with pytest.raises(CardDataError) as err:
+        emv.read_card(InProcessCard(VirtualEmvCard(mixed)), TD, reader="test")
+    assert "different cards" in err.value.message and "5555555555554444" not in str(err.value)
+    late = _variant(tmp_path, lambda t: t.replace(
+        '"9F4A" = "82"', '"9F4A" = "82"\n"57" = "4761739001010010D30122010000000000000F"'))
+    with pytest.raises(CardDataError) as err:
+        emv.read_card(InProcessCard(VirtualEmvCard(late)), TD, reader="test")
+    assert "expiry" in err.value.message
+
+
+def test_overlong_application_label_is_cut_to_the_emv_length(tmp_path):
+    """EMV labels are 1-16 characters; a card sending 71 must not make the sale fail only when it is recorded."""
+    long = _variant(tmp_path, lambda t: t.replace('label = "VISA CREDIT"', f'label = "{"X" * 71}"'))
+    read = emv.read_card(InProcessCard(VirtualEmvCard(long)), TD, reader="test")
+    assert read.label == "X" * 16

@@ -43,6 +43,7 @@ def test_a_small_sale_with_recent_contact_is_approved():
         ({}, {"card_count_24h": 3}, pay(), False, "velocity_count"),
         ({}, {"card_amount_24h_minor": 14500}, pay(1000), False, "velocity_amount"),
         ({}, {}, pay(), True, "denied_card"),
+        ({}, {}, RiskPayment("sale", 1000, "EUR", card_expiry="2610"), False, "card_expired"),
         # refunds are money going out: the same caps on offline exposure and per-card activity
         ({}, {"unsynced_offline_amount_minor": {"EUR": 49500}}, pay(1000, kind="refund"), False, "over_offline_total"),
         ({}, {"unsynced_offline_count": 100}, pay(kind="refund"), False, "over_offline_count"),
@@ -135,3 +136,12 @@ def test_a_larger_amount_is_never_easier_to_approve(smaller, extra, unsynced):
     s = stats(unsynced_offline_amount_minor={"EUR": unsynced})
     if evaluate(PARAMS, s, TOKEN, pay(smaller + extra)).approved:
         assert evaluate(PARAMS, s, TOKEN, pay(smaller)).approved
+
+
+@pytest.mark.parametrize(("expiry", "expired"), [
+    ("2611", False),  # valid through the last day of its month
+    ("2610", True), ("2612", False), ("2001", True), ("3001", False), (None, False), ("", False),
+])
+def test_a_card_expires_after_its_expiry_month(expiry, expired):
+    decision = evaluate(PARAMS, stats(), TOKEN, RiskPayment("sale", 1000, "EUR", card_expiry=expiry))
+    assert decision.approved is not expired and (decision.reason == "card_expired") is expired

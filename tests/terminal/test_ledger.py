@@ -239,3 +239,17 @@ def test_queue_status_names_the_dead_letters(flow, ledger):
     assert status["rejected_count"] == 1 and status["unsynced_count"] == 1
     assert status["rejected"] == [{"sequence": 1, "code": "envelope_unreadable",
                                    "reason": "head office could not open the sealed card data"}]
+
+
+def test_an_expired_card_is_declined_offline(flow, ledger, tmp_path):
+    from drivers.simulators.emv_card import PROFILES_DIR
+
+    expired = tmp_path / "expired.toml"
+    expired.write_text((PROFILES_DIR / "visa.toml").read_text().replace('expiry = "2812"', 'expiry = "2001"'))
+    card = VirtualEmvCard(load_profile(expired))
+    payment, _ = flow.create("k1", {"amount_minor": 1000, "currency": "EUR"})
+    flow.reader.taps.put(read_card(InProcessCard(card), TerminalData(amount_minor=1000, currency="EUR"),
+                                   reader="test"))
+    view = wait_final(ledger, payment["id"])
+    assert view["state"] == "declined" and view["authorization"]["reason"] == "card_expired"
+    assert view["sequence"] is None
