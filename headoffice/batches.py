@@ -54,6 +54,10 @@ def batch_id_for(session: Session, terminal: Terminal, batch_no: int) -> int:
     ).scalar_one()
 
 
+# What the detail's nets are computed under for a transaction without a scheme (never a real scheme name).
+_NO_SCHEME = "\x00no scheme"
+
+
 def _key(type_: str, scheme: str | None, currency: str) -> tuple[str, str, str]:
     return (type_, scheme or "", currency)
 
@@ -169,7 +173,11 @@ def list_batches(session: Session, *, status: str | None = None, since: datetime
         query = query.where(Batch.status == status)
     if since:
         # SQLite keeps these columns as UTC text without an offset: compare in UTC whatever offset was given.
-        query = query.where(func.coalesce(Batch.closed_at, Batch.opened_at) >= as_utc(since).astimezone(UTC))
+        try:
+            since_utc = as_utc(since).astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00, past what a datetime holds once in UTC
+            raise HQError(400, "invalid_since", "since is outside the dates head office can compare") from None
+        query = query.where(func.coalesce(Batch.closed_at, Batch.opened_at) >= since_utc)
     if terminal_id:
         query = query.where(Batch.terminal_id == terminal_id)
     if after is not None:
@@ -219,12 +227,14 @@ def batch_doc(session: Session, batch_id: int) -> dict[str, Any]:
         entry[f"{type_}_minor"] += a
     # The net by the terminal's own rule (offline_queue.totals): a void reverses what it voided, so a void of a
     # refund adds to it and a void of a sale takes away; void_minor alone cannot tell them apart.
-    computed = compute_totals({"uuid": t.uuid, "type": t.type, "scheme": t.scheme, "currency": t.currency,
-                               "amount_minor": t.amount_minor, "void_of": t.void_of} for t in txns)
+    # compute_totals would name a missing scheme "unknown", merging it with a scheme really called that: a sentinel
+    # keeps the two apart (the keys of by_scheme_currency are scheme or "").
+    computed = compute_totals({"uuid": t.uuid, "type": t.type, "scheme": t.scheme or _NO_SCHEME,
+                               "currency": t.currency, "amount_minor": t.amount_minor, "void_of": t.void_of}
+                              for t in txns)
     for line in computed["by_scheme"]:
-        # compute_totals names a missing scheme "unknown"
-        entry = by_scheme_currency.get((line["scheme"], line["currency"])) or by_scheme_currency[("", line["currency"])]
-        entry["net_minor"] = line["net_amount_minor"]
+        scheme = "" if line["scheme"] == _NO_SCHEME else line["scheme"]
+        by_scheme_currency[(scheme, line["currency"])]["net_minor"] = line["net_amount_minor"]
     doc["totals"] = totals_list(totals)
     doc["totals_by_scheme_currency"] = [by_scheme_currency[k] for k in sorted(by_scheme_currency)]
     doc["net_by_currency"] = {line["currency"]: line["net_amount_minor"] for line in computed["by_currency"]}

@@ -62,6 +62,15 @@ def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = F
         engine.dispose()
 
 
+def _when(value: Any) -> str | None:
+    """A stored time as ISO 8601 UTC with its offset, the same from SQLite (which returns it naive) and PostgreSQL."""
+    if value is None:
+        return None
+    from headoffice.clock import as_utc
+
+    return str(as_utc(value).isoformat(timespec="seconds"))
+
+
 def _print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
 
@@ -217,8 +226,8 @@ def terminals_list(settings: Any, as_json: bool) -> None:
     from headoffice.models import Terminal
 
     def work(session: Any) -> list[dict[str, Any]]:
-        return [{"id": t.id, "merchant": t.merchant_id, "enrolled_at": str(t.enrolled_at),
-                 "head_sequence": t.head_sequence, "last_seen_at": str(t.last_seen_at or "")}
+        return [{"id": t.id, "merchant": t.merchant_id, "enrolled_at": _when(t.enrolled_at),
+                 "head_sequence": t.head_sequence, "last_seen_at": _when(t.last_seen_at) or ""}
                 for t in session.execute(select(Terminal).order_by(Terminal.id)).scalars()]
 
     rows = _session_run(settings, work, reading=True)
@@ -254,8 +263,8 @@ def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: b
             query = query.where(Authorization.reversed_at.is_not(None))
         return [{"auth_id": a.auth_id, "terminal": a.terminal_id, "key": a.idempotency_key, "type": a.type,
                  "amount_minor": a.amount_minor, "currency": a.currency, "approved": a.approved, "code": a.code,
-                 "reason": a.reason, "created_at": str(a.created_at),
-                 "reversed_at": str(a.reversed_at) if a.reversed_at else None, "reversal_reason": a.reversal_reason}
+                 "reason": a.reason, "created_at": _when(a.created_at),
+                 "reversed_at": _when(a.reversed_at), "reversal_reason": a.reversal_reason}
                 for a in session.execute(query).scalars()]
 
     rows = _session_run(settings, work, reading=True)
@@ -301,7 +310,7 @@ def tokens_list(settings: Any) -> None:
     from headoffice import apitokens
 
     rows = _session_run(settings, lambda s: [
-        {"name": t.name, "created_at": str(t.created_at), "revoked_at": str(t.revoked_at or "")}
+        {"name": t.name, "created_at": _when(t.created_at), "revoked_at": _when(t.revoked_at) or ""}
         for t in apitokens.list_tokens(s)], reading=True)
     _table(["name", "created_at", "revoked_at"], rows)
 
@@ -415,14 +424,25 @@ def _tokens_from(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> lis
     out = list(tokens)
     if pan_stdin:
         from headoffice.keystore import FileKeystore
-        from protocol.carddata import validate_pan
+        from protocol.carddata import luhn_ok, mask_pan, validate_pan
+        from protocol.errors import ValidationError
         from protocol.tokens import card_token  # type: ignore[attr-defined]
 
         key = FileKeystore(settings.keystore_dir).token_key()
-        for line in sys.stdin:
-            pan = line.strip()
-            if pan:
-                out.append(card_token(key, validate_pan(pan)))
+        for number, line in enumerate(sys.stdin, start=1):
+            pan = line.strip().replace(" ", "")
+            if not pan:
+                continue
+            try:
+                validate_pan(pan)
+            except ValidationError:
+                raise click.ClickException(f"line {number}: not a card number (12 to 19 digits); nothing was "
+                                           "changed") from None
+            if not luhn_ok(pan):
+                # A mistyped number would deny some other token and leave the card meant still accepted.
+                raise click.ClickException(f"line {number}: {mask_pan(pan)} fails the check digit (mistyped?); "
+                                           "nothing was changed")
+            out.append(card_token(key, pan))
     if not out:
         raise click.UsageError("give card tokens, or --pan-stdin with PANs on standard input")
     return out

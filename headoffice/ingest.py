@@ -391,26 +391,34 @@ def _accepted_row(terminal_id: str, wire: dict[str, Any], keystore: Keystore) ->
         "auth_mode": auth_mode,
         "card_data": card_data,
     }
-    for key, limit, free_text in _TAIL_TEXT:
+    for key, limit, shape in _TAIL_TEXT:
         value = wire[key]
         if value is None:
             if key == "created_at":
                 raise _Rejected("invalid: created_at missing")
         elif len(value) > limit:
             raise _Rejected(f"invalid: {key}")
-        # Anything redact() would mask holds at least 12 digits, so shorter text needs no regex pass.
-        elif free_text and len(value) >= _SHORTEST_CARD_DATA and redact(value) != value:
+        elif shape is not None:
+            if not shape.fullmatch(value):
+                raise _Rejected(f"invalid: {key}")
+        # Any text field could carry a card number (a faulty or hostile terminal): what redact() would mask holds at
+        # least 12 digits, so shorter text needs no regex pass.
+        elif len(value) >= _SHORTEST_CARD_DATA and redact(value) != value:
             raise _Rejected(f"invalid: {key} contains card data")
         row[key] = value
     return row
 
 
 # The plain text fields checked after the card data, in the order their problems are reported, with their length
-# limit and whether they are free text (checked for card data).
-_TAIL_TEXT = (("scheme", 20, False), ("aid", 32, False), ("label", 64, True), ("entry_mode", 20, False),
-              ("auth_code", 12, False), ("auth_reason", 100, True), ("auth_id", 64, False),
-              ("reference", 100, True), ("void_of", 36, False), ("created_at", 40, False),
-              ("envelope_sha256", 64, False))
+# limit and, for those of a fixed shape, the pattern they must match (which leaves no room for a card number); the
+# others are checked for card data.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+_TAIL_TEXT = (("scheme", 20, None), ("aid", 32, None), ("label", 64, None), ("entry_mode", 20, None),
+              ("auth_code", 12, None), ("auth_reason", 100, None), ("auth_id", 64, None),
+              ("reference", 100, None), ("void_of", 36, _UUID),
+              ("created_at", 40, re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)",
+                                            re.ASCII)),
+              ("envelope_sha256", 64, re.compile(r"[0-9a-f]{64}", re.ASCII)))
 
 
 def _rejected_row(wire: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -134,10 +134,13 @@ def test_batch_close_balanced_then_csv_and_json_exports(wire_terminal: WireTermi
     assert [(t[4], t[6], t[7], t[11]) for t in txns] == [
         ("1", "sale", "1250", "411111******1111"), ("2", "sale", "990", "555555******4444"),
         ("3", "refund", "300", "411111******1111")]
-    trailer = {(line[6], line[9]): (line[7], line[-1]) for line in lines if line[0] == "trailer"}
+    col = {name: i for i, name in enumerate(lines[0])}
+    trailer = {(line[col["type"]], line[col["currency"]]): (line[col["amount_minor"]], line[col["count"]])
+               for line in lines if line[0] == "trailer"}
     assert trailer[("sale", "EUR")] == ("2240", "2")
     assert trailer[("refund", "EUR")] == ("300", "1")
     assert trailer[("net", "EUR")] == ("1940", "3")
+    assert [t[col["net_minor"]] for t in txns] == ["1250", "990", "-300"]
     assert "4111111111111111" not in text
 
     # The CLI export is the same file.
@@ -359,3 +362,69 @@ def test_authorization_key_reused_for_another_payment_is_refused(wire_terminal: 
     text_amount = wire_terminal.request("POST", "/api/v1/authorizations",
                                         {**doc, "idempotency_key": "reuse-2", "amount_minor": "1000"})
     assert text_amount.status_code == 422
+
+
+def test_csv_reconciles_from_its_own_lines_with_voids_of_sales_and_refunds(wire_terminal: WireTerminal):
+    """Each line says what it does to the net and which transaction a void takes back: sale 1250, refund 400
+    voided, sale 333 voided, refund 100 -> net 1150, the sum of the lines' net_minor."""
+    hq = wire_terminal.hq
+    sale = wire_terminal.txn(amount=1250)
+    refund = wire_terminal.txn(amount=400, type="refund")
+    void_refund = wire_terminal.txn(amount=400, type="void", void_of=refund["uuid"])
+    small = wire_terminal.txn(amount=333)
+    void_sale = wire_terminal.txn(amount=333, type="void", void_of=small["uuid"])
+    last = wire_terminal.txn(amount=100, type="refund")
+    rows = [sale, refund, void_refund, small, void_sale, last]
+    assert wire_terminal.upload(rows).json()["accepted"] == 6
+    token = hq.cli("tokens", "create", "--name", f"recon-{wire_terminal.terminal_id}").strip()
+    auth = {"authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"terminal": wire_terminal.terminal_id},
+                       headers=auth).json()["batches"]
+    text = httpx.get(f"{hq.url}/api/v1/batches/{listed[0]['id']}.csv", headers=auth).text
+    lines = list(csv.reader(io.StringIO(text)))
+    col = {name: i for i, name in enumerate(lines[0])}
+    txns = [line for line in lines if line[0] == "txn"]
+    assert [(t[col["type"]], t[col["void_of"]], int(t[col["net_minor"]])) for t in txns] == [
+        ("sale", "", 1250), ("refund", "", -400), ("void", refund["uuid"], 400), ("sale", "", 333),
+        ("void", small["uuid"], -333), ("refund", "", -100)]
+    trailers = {line[col["type"]]: int(line[col["net_minor"]]) for line in lines if line[0] == "trailer"}
+    assert trailers == {"sale": 1583, "refund": -500, "void": 67, "net": 1150}
+    assert sum(int(t[col["net_minor"]]) for t in txns) == trailers["net"] == \
+        trailers["sale"] + trailers["refund"] + trailers["void"]
+
+
+def test_deny_list_refuses_a_mistyped_card_number(wire_terminal: WireTerminal):
+    """A number failing its check digit would deny some other token and leave the card meant still accepted."""
+    from click.testing import CliRunner
+
+    from headoffice.cli import cli
+
+    hq = wire_terminal.hq
+    before = hq.cli("deny", "list")
+    result = CliRunner().invoke(cli, ["deny", "add", "--pan-stdin"], env=hq.env,
+                                input=TEST_PANS[0] + "\n4111111111111112\n")
+    assert result.exit_code == 1 and "line 2" in result.output and "check digit" in result.output
+    assert "4111111111111112" not in result.output and "411111******1112" in result.output
+    assert hq.cli("deny", "list") == before  # nothing was changed, not even line 1
+
+
+def test_nets_of_a_scheme_called_unknown_and_of_no_scheme_stay_apart(wire_terminal: WireTerminal):
+    hq = wire_terminal.hq
+    rows = [wire_terminal.txn(amount=400, scheme="visa"), wire_terminal.txn(amount=700, scheme="unknown")]
+    rows[0]["scheme"] = None
+    from protocol import chain
+
+    # re-chain after dropping the first row's scheme, as a terminal that read no scheme would have sent it
+    prev = rows[0]["prev_hash"]
+    for row in rows:
+        row["prev_hash"] = prev
+        row["hash"] = prev = chain.chain_hash(prev, row)
+    wire_terminal.prev_hash = prev
+    assert wire_terminal.upload(rows).json()["accepted"] == 2
+    token = hq.cli("tokens", "create", "--name", f"schemes-{wire_terminal.terminal_id}").strip()
+    auth = {"authorization": f"Bearer {token}"}
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"terminal": wire_terminal.terminal_id},
+                       headers=auth).json()["batches"]
+    detail = httpx.get(f"{hq.url}/api/v1/batches/{listed[0]['id']}", headers=auth).json()
+    assert {(t["scheme"], t["sale_minor"], t["net_minor"]) for t in detail["totals_by_scheme_currency"]} == {
+        (None, 400, 400), ("unknown", 700, 700)}

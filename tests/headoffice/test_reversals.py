@@ -37,6 +37,8 @@ def test_reversal_takes_back_an_approval_and_a_retry_no_longer_approves(hq: HQ, 
         assert not again.approved and again.reason == "reversed"
     row = hq_row(hq, terminal_env.terminal_id, k)
     assert row["approved"] is True and row["reversed_at"] and row["reversal_reason"] == "no_answer:timeout"
+    # the same form from SQLite and PostgreSQL
+    assert row["created_at"].endswith("+00:00") and row["reversed_at"].endswith("+00:00")
     listed = hq.cli("authorizations", "list", "--reversed", "--terminal", terminal_env.terminal_id)
     assert k in listed and "no_answer:timeout" in listed
 

@@ -169,3 +169,26 @@ def test_no_clear_pan_in_the_head_office_database(wire_terminal: WireTerminal):
     card = orjson.loads(FileKeystore(hq.home / "keys", create=False).decrypt_card_data(
         bytes(blob), f"{wire_terminal.terminal_id}:1".encode()))
     assert card["pan"] == TEST_PANS[0]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("scheme", "5555555555554444"), ("entry_mode", "x5555555555554444"), ("aid", "5555555555554444"),
+    ("auth_id", "5555555555554444"), ("created_at", "5555555555554444"), ("created_at", "yesterday"),
+    ("void_of", "5555555555554444"),
+])
+def test_card_data_or_junk_in_any_text_field_is_rejected_and_not_stored(hq: HQ, wire_terminal: WireTerminal,
+                                                                      field, value):
+    """A faulty or hostile terminal chains a card number into a field head office would otherwise store and export
+    (the hash is right, so only the field check stands between it and the database)."""
+    from protocol import chain
+
+    row = wire_terminal.txn(advance=False)
+    row[field] = value
+    row["hash"] = chain.chain_hash(row["prev_hash"], row)
+    wire_terminal.sequence, wire_terminal.prev_hash = row["sequence"], row["hash"]
+    answer = wire_terminal.upload([row]).json()
+    assert answer["results"][0]["status"] == "rejected", answer
+    assert answer["results"][0]["reason"].startswith(f"invalid: {field}")
+    stored = hq.sql("SELECT type, scheme, entry_mode, aid, auth_id, created_at, void_of FROM transactions "
+                    "WHERE terminal_id = :t", t=wire_terminal.terminal_id)
+    assert all("5555555555554444" not in str(r) for r in stored) and all(r[0] == "invalid" for r in stored)
