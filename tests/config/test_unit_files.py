@@ -22,7 +22,7 @@ def test_service_is_notify_with_watchdog_and_hardening():
     assert service["ProtectSystem"] == "strict"
     assert service["StateDirectory"] == "smartpos"
     assert service["User"] == "smartpos" and service["NoNewPrivileges"] == "yes"
-    assert service["ExecStart"].split()[1] == "run"
+    assert service["ExecStart"].split()[:2] == ["/opt/smartpos/bin/smartpos", "run"]  # see docs/terminal.md
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
@@ -31,7 +31,7 @@ def test_systemd_accepts_the_unit(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(CONFIG_DIR / "smartpos.service")],
                             capture_output=True, text=True)
     problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.strip() and "is not executable" not in line and "/usr/bin/smartpos" not in line]
+                if line.strip() and "is not executable" not in line and "/opt/smartpos/bin/smartpos" not in line]
     assert problems == []
 
 

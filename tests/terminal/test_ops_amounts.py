@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import ValidationError
 from terminal.cli.ops import parse_amount
@@ -43,3 +45,25 @@ def test_queue_age_as_a_technician_reads_it(seconds, shown):
     from terminal.cli.ops import _age
 
     assert _age(seconds) == shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=1, max_value=99_999_999), st.sampled_from(["EUR", "JPY", "BHD"]))
+def test_amount_typed_in_major_units_round_trips(minor, currency):
+    from protocol.amounts import exponent
+
+    digits = exponent(currency)
+    text = f"{minor // 10**digits}.{minor % 10**digits:0{digits}d}" if digits else str(minor)
+    assert parse_amount(text, currency) == minor
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=24))
+def test_any_text_is_an_amount_or_a_typed_error(text):
+    """Whatever a technician types: an amount in range, or ValidationError(invalid_amount) — never a crash."""
+    try:
+        minor = parse_amount(text, "EUR")
+    except ValidationError as exc:
+        assert exc.code == "invalid_amount"
+    else:
+        assert isinstance(minor, int) and minor > 0 and text.strip() == text
