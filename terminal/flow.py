@@ -303,7 +303,11 @@ class PaymentFlow:
             self.heartbeat = time.monotonic()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._finish(payment, State.TIMED_OUT, error={"code": "card_timeout", "message": "no card was tapped"})
+                message = "no card was tapped"
+                if self.last_error is not None and self._last_error_payment == payment["id"]:
+                    # A card was tapped but never read: say why, not that nothing came.
+                    message = f"no card could be read (last: {self.last_error['message']})"
+                self._finish(payment, State.TIMED_OUT, error={"code": "card_timeout", "message": message})
                 return
             if self._cancel.is_set():
                 self._cancelled(payment)
@@ -321,12 +325,15 @@ class PaymentFlow:
                 continue
             except CardError as exc:
                 self._read_problem(payment, exc)
+                # A card that fails the same way at once (left on the reader) is not read again in a tight loop.
+                self._cancel.wait(self._settings.reader_retry_s)
                 continue
             if self._cancel.is_set():
                 self._cancelled(payment)
                 return
             if not isinstance(read, EmvCardRead):
                 self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
+                self._cancel.wait(self._settings.reader_retry_s)
                 continue
             self._authorize(payment, read)
             return

@@ -188,6 +188,21 @@ def test_failed_read_waits_for_another_tap(running):
     assert flow.last_error is None  # and not in the status any more once a card read well
 
 
+def test_a_card_that_never_reads_times_out_saying_why_and_is_not_hammered(running):
+    """A bad card left on the reader: the payment ends saying it could not be read (not "no card was tapped"),
+    and the flow pauses between attempts instead of re-reading it in a tight loop."""
+    from drivers.errors import CardDataError
+
+    flow, ledger, reader, *_ = running(card_timeout_s=0.3)
+    payment, _ = flow.create("k", SALE)
+    for _ in range(200):
+        reader.taps.put(CardDataError("card returned no PAN"))
+    done = wait_state(ledger, payment["id"], "timed_out")
+    assert done["error"]["code"] == "card_timeout"
+    assert done["error"]["message"] == "no card could be read (last: card returned no PAN)"
+    assert reader.taps.qsize() > 150  # at most one attempt per retry pause (10 ms here) in 0.3 s
+
+
 def test_reader_unavailable_keeps_waiting_with_the_reason(running):
     flow, ledger, reader, *_ = running(card_timeout_s=0.3)
     payment, _ = flow.create("k", SALE)
