@@ -127,6 +127,8 @@ def main() -> None:
                 return False
 
         wait(hq_up, 30, "head office")
+        subprocess.run([str(BIN / "smartpos-hq"), "merchants", "set", "M-B", "--name", "Bench Shop"],
+                       capture_output=True, text=True, env={**os.environ, **hq_env}, check=True)
         code = subprocess.run([str(BIN / "smartpos-hq"), "codes", "create", "--merchant", "M-B", "--terminal", "T-B"],
                               capture_output=True, text=True, env={**os.environ, **hq_env}, check=True
                               ).stdout.splitlines()[0]

@@ -63,7 +63,10 @@ def upsert_merchant(session: Session, merchant_id: str, *, name: str | None = No
 def create_code(session: Session, merchant_id: str, terminal_id: str, ttl: timedelta) -> IssuedCode:
     _check_id("terminal", terminal_id)
     if session.get(Merchant, merchant_id) is None:
-        upsert_merchant(session, merchant_id)
+        # A mistyped merchant id would enroll the terminal under a merchant nobody set up (its batches, receipts
+        # and settlement going there): merchants are created on purpose, with their name.
+        raise HQError(404, "unknown_merchant", f"no merchant {merchant_id!r}; create it first with "
+                                               f"`smartpos-hq merchants set {merchant_id} --name NAME`")
     if session.get(Terminal, terminal_id) is not None:
         raise HQError(409, "terminal_exists", f"terminal {terminal_id} is already enrolled")
     raw = "".join(secrets.choice(_ALPHABET) for _ in range(12))

@@ -53,6 +53,7 @@ class HeadOffice:
         return result
 
     def enrollment_code(self, merchant: str = "M-1", terminal: str = "T-1") -> str:
+        self.cli("merchants", "set", merchant, "--name", merchant)  # codes are only issued for known merchants
         return self.cli("codes", "create", "--merchant", merchant, "--terminal", terminal).stdout.splitlines()[0]
 
 

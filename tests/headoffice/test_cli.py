@@ -138,6 +138,10 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     assert code == 2 and "duration" in err
     code, _, err = run("codes", "create", "--merchant", "M-1", "--terminal", "bad id!")
     assert code == 1 and "terminal id" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # A mistyped merchant id does not make a merchant nobody set up (its batches and receipts would go there).
+    code, _, err = run("codes", "create", "--merchant", "M-l", "--terminal", "T-cli-typo")
+    assert code == 1 and "no merchant 'M-l'" in err and "merchants set M-l" in err
+    assert "M-l" not in hq.cli("terminals", "list")
     code, out, _ = run("tokens", "create", "--name", "accounting")
     assert code == 0 and out.startswith("hq_")
     code, _, err = run("tokens", "create", "--name", "accounting")
