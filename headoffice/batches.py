@@ -42,7 +42,15 @@ class CloseRequest(BaseModel):
 
 
 def batch_id_for(session: Session, terminal: Terminal, batch_no: int) -> int:
-    """Id of the terminal's batch ``batch_no``, creating it (open) if new. Safe against concurrent creation."""
+    """Id of the terminal's batch ``batch_no``, creating it (open) if new. Safe against concurrent creation.
+
+    Looked up first: on PostgreSQL an INSERT ... ON CONFLICT DO NOTHING takes a sequence value even when it inserts
+    nothing, so inserting on every upload page left gaps in the batch ids staff see."""
+    found = session.execute(
+        select(Batch.id).where(Batch.terminal_id == terminal.id, Batch.batch_no == batch_no)
+    ).scalar_one_or_none()
+    if found is not None:
+        return int(found)
     dialect = session.get_bind().dialect.name
     ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Batch)
     session.execute(

@@ -428,3 +428,14 @@ def test_nets_of_a_scheme_called_unknown_and_of_no_scheme_stay_apart(wire_termin
     detail = httpx.get(f"{hq.url}/api/v1/batches/{listed[0]['id']}", headers=auth).json()
     assert {(t["scheme"], t["sale_minor"], t["net_minor"]) for t in detail["totals_by_scheme_currency"]} == {
         (None, 400, 400), ("unknown", 700, 700)}
+
+
+def test_upload_pages_do_not_burn_batch_ids(wire_terminal: WireTerminal):
+    """Batch ids are what staff quote (`batches pull ID`): five pages of batch 1 then batch 2 give two
+    consecutive ids on both back ends (PostgreSQL's ON CONFLICT insert took a sequence value per page)."""
+    for _ in range(5):
+        assert wire_terminal.upload([wire_terminal.txn(batch=1)]).json()["accepted"] == 1
+    assert wire_terminal.upload([wire_terminal.txn(batch=2)]).json()["accepted"] == 1
+    ids = [r[0] for r in wire_terminal.hq.sql("SELECT id FROM batches WHERE terminal_id = :t ORDER BY batch_no",
+                                              t=wire_terminal.terminal_id)]
+    assert len(ids) == 2 and ids[1] == ids[0] + 1, ids
