@@ -154,6 +154,9 @@ class PaymentsSection(_Section):
     card_timeout_s: float = Field(default=60.0, gt=0, le=600)
     # Used by `smartpos pay` when no --currency is given.
     currency: str = "EUR"
+    # Closed loop (campus, membership, stored value): a UID-only card pays, identified by its keyed UID token.
+    # Off by default: in a shop taking payment cards a UID card is "not a payment card".
+    closed_loop_uid: bool = False
 
     @field_validator("currency")
     @classmethod

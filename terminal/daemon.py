@@ -180,6 +180,7 @@ class Daemon:
                 default_mode=self.settings.payments.mode,
                 card_timeout_s=self.settings.payments.card_timeout_s,
                 terminal_data=self._terminal_data,
+                closed_loop_uid=self.settings.payments.closed_loop_uid,
             ),
             on_outcome=self._payment_finished,
             reversals=self.hq,

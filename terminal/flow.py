@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from drivers.cardread import EmvCardRead
+from drivers.cardread import EmvCardRead, UidCardRead
 from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
 from protocol.amounts import validate_amount, validate_currency
 from protocol.errors import ValidationError
@@ -80,6 +80,8 @@ class FlowSettings:
     terminal_data: Callable[[Payment], Any] | None = None
     # pause before asking a reader again after it reported itself unavailable
     reader_retry_s: float = 0.25
+    # closed loop: a UID-only card pays (identified by its keyed UID token; no EMV data, nothing sealed)
+    closed_loop_uid: bool = False
 
 
 class PaymentFlow:
@@ -331,14 +333,15 @@ class PaymentFlow:
             if self._cancel.is_set():
                 self._cancelled(payment)
                 return
-            if not isinstance(read, EmvCardRead):
+            if not isinstance(read, EmvCardRead) and not (self._settings.closed_loop_uid
+                                                          and isinstance(read, UidCardRead)):
                 self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
                 self._cancel.wait(self._settings.reader_retry_s)
                 continue
             self._authorize(payment, read)
             return
 
-    def _authorize(self, payment: Payment, card: EmvCardRead) -> None:
+    def _authorize(self, payment: Payment, card: EmvCardRead | UidCardRead) -> None:
         pid = payment["id"]
         self.last_error = self._last_error_payment = None  # a good read: the reader's last problem is over
         timings = {"card_detected": card.detected_at, "card_read": card.read_at}

@@ -84,7 +84,9 @@ class TxnInfo:
             raise ValidationError("invalid_receipt", f"transaction type must be sale/refund/void, not {self.type!r}")
         validate_amount(self.amount_minor)
         validate_currency(self.currency)
-        if self.pan_last4 and not re.fullmatch(r"[0-9]{4}", self.pan_last4):
+        # A closed-loop UID card has a hex identifier, not a PAN: its last 4 hex digits stand in the same place.
+        last4 = r"[0-9A-F]{4}" if self.scheme == "uid" else r"[0-9]{4}"
+        if self.pan_last4 and not re.fullmatch(last4, self.pan_last4):
             raise ValidationError("invalid_receipt", "a receipt carries the last 4 digits of the card number only")
         if self.auth_mode not in ("online", "offline"):
             raise ValidationError("invalid_receipt", f"auth_mode must be online or offline, not {self.auth_mode!r}")
@@ -379,12 +381,14 @@ def _txn_layout(model: ReceiptModel, columns: int) -> list[Element]:
     if t.type == "void" and t.original_sequence is not None:
         out += _pair(f"Voids {t.original_type}", f"#{t.original_sequence:06d}", columns)
     out.append(_rule(columns))
-    if t.scheme:
+    if t.scheme == "uid":
+        out += _pair("Card", "Closed loop", columns)
+    elif t.scheme:
         out += _pair("Scheme", t.scheme.upper(), columns)
     if t.label:
         out += _pair("Application", t.label, columns)
     if t.pan_last4:
-        out += _pair("Card number", f"**** {t.pan_last4}", columns)
+        out += _pair("Card UID" if t.scheme == "uid" else "Card number", f"**** {t.pan_last4}", columns)
     out += _pair("Entry", ENTRY_MODES.get(t.entry_mode, clean_text(t.entry_mode)), columns)
     if t.aid:
         out += _pair("AID", t.aid, columns)

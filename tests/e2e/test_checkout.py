@@ -286,3 +286,29 @@ def test_ctrl_c_during_smartpos_pay_cancels_the_payment(pos_stack, signame):
         again = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
                             headers={"Idempotency-Key": "after-ctrl-c"})
         assert again.status_code == 201, again.text
+
+
+def test_closed_loop_uid_card_pays_when_enabled(pos_stack):
+    """A campus/membership card (UID only, no EMV application) pays on a closed-loop terminal: online through head
+    office and offline within the rules, receipt with the UID's last 4, the sale at head office."""
+    stack = pos_stack
+    stack.add_config("[payments]\nclosed_loop_uid = true\n\n[sync]\ninterval_s = 0.5")
+    stack.start_daemon()
+    with stack.api() as client:
+        online, states = pay(client, stack, {"type": "sale", "amount_minor": 450, "currency": "EUR"}, "uid-1", "uid")
+        assert online["state"] == "approved", online
+        assert online["authorization"]["method"] == "online" and "authorizing" in states
+        assert online["card"]["scheme"] == "uid" and online["card"]["masked_pan"] is None
+        offline, _ = pay(client, stack, {"type": "sale", "amount_minor": 300, "currency": "EUR",
+                                         "mode": "force-offline"}, "uid-2", "uid")
+        assert offline["state"] == "approved" and offline["authorization"]["method"] == "offline"
+        assert stack.printer.wait_for_receipts(4, 10)
+        customer = stack.printer.receipts[0].text
+        assert "Card UID" in customer and "91E2" in customer and "4.50" in customer
+        assert "7A3C91E2" not in customer  # the last 4 only, as for a PAN
+        wait_until(lambda: client.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=20,
+                   what="the closed-loop sales to reach head office")
+        for payment in (online, offline):
+            assert client.get(f"/v1/payments/{payment['id']}").json()["sync_state"] == "accepted"
+    rows = json.loads(stack.hq.cli("authorizations", "list", "--json").stdout)
+    assert [r["amount_minor"] for r in rows if r["key"] == online["id"]] == [450]

@@ -333,3 +333,18 @@ def test_a_final_state_the_store_cannot_take_is_shown_and_written_later(running)
     ledger.fail_record = None
     flow.create("k2", SALE)
     assert wait_state(ledger, payment["id"], "failed")["error"]["code"] == "store_write_failed"
+
+
+def test_closed_loop_terminal_takes_a_uid_card_and_a_shop_terminal_does_not():
+    for closed_loop, expected in ((True, "approved"), (False, "timed_out")):
+        ledger, reader = MemoryLedger(), ScriptedReader()
+        flow = PaymentFlow(ledger, reader, online=None, receipts=ReceiptLog(), publish=Published(),
+                           settings=FlowSettings(default_mode="force-offline", card_timeout_s=0.3,
+                                                 reader_retry_s=0.01, closed_loop_uid=closed_loop))
+        flow.start()
+        try:
+            payment, _ = flow.create("k", SALE)
+            reader.taps.put(uid_read())
+            assert wait_state(ledger, payment["id"], "approved", "timed_out")["state"] == expected
+        finally:
+            flow.shutdown(2)
