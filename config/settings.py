@@ -119,6 +119,8 @@ class PrinterSection(_Section):
     codepages: list[str] | None = None
     # How long a receipt that failed (paper out, printer offline) is retried before the cashier must reprint it.
     retry_window_s: float = Field(default=900.0, ge=10, le=7 * 86400)
+    # How often an idle printer is asked for its status (what /v1/status and selftest report between receipts).
+    status_interval_s: float = Field(default=30.0, ge=1, le=3600)
     # Zone receipt times are printed in (IANA name, e.g. "Europe/Berlin"); unset = the system's local time.
     timezone: str | None = None
 

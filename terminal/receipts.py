@@ -38,6 +38,7 @@ class ReceiptDesk:
         spooler = PrintSpooler(ledger.store, factory, profile=profile, merchant=merchant,
                                terminal_id=enrollment.terminal_id,
                                tz=ZoneInfo(p.timezone) if p.timezone else None, retry_window_s=p.retry_window_s,
+                               idle_probe_s=p.status_interval_s,
                                header=lambda: receipt_header(ledger.hq_parameters()))
         spooler.start()
         return cls(spooler, ledger)

@@ -35,6 +35,21 @@ def test_printer_out_of_paper_then_refilled(pos_stack):
     assert any("7.00" in r.text for r in stack.printer.receipts)
 
 
+def test_idle_printer_running_out_of_paper_shows_within_the_status_interval(pos_stack):
+    """No receipt needs to fail first: the idle printer is asked every [printer] status_interval_s."""
+    stack = pos_stack
+    text = stack.config_path.read_text()
+    stack.config_path.write_text(text.replace('timeout_s = 1.0\n', 'timeout_s = 1.0\nstatus_interval_s = 1\n', 1))
+    stack.start_daemon()
+    with stack.api() as client:
+        wait_until(lambda: client.get("/v1/status").json()["printer"]["state"] == "ok", timeout=10,
+                   what="the printer to be seen ok")
+        stack.printer.set_mode("out")
+        wait_until(lambda: client.get("/v1/status").json()["printer"]["state"] == "paper_out", timeout=5,
+                   what="status to show paper out without a receipt")
+        assert stack.printer.receipts == []
+
+
 def test_pcscd_restart_and_reader_gone(pos_stack):
     stack = pos_stack
     stack.add_config("[payments]\nmode = \"force-offline\"\ncard_timeout_s = 30")
