@@ -18,7 +18,23 @@ Waiting: nfcpy's ``sense()`` blocks for a whole poll of one technology (about 1 
 driver when nothing answers), so the device is driven by one worker thread and ``wait_for_card`` only waits for
 that worker's answer. Cancel and timeout are therefore honoured within ~20 ms; a sense in flight finishes in the
 background and a card it finds for a wait that has already given up is released unread (a stale tap must never
-pay for the next sale).
+pay for the next sale). A read that finishes after its wait timed out reached nobody, so it does not count as a
+read (the card, if still there, is read afresh for the next wait); one cut off by a cancel counts (see below).
+
+Card removal (the EMV rule; PC/SC has it through pcscd's insertion events): after a read, successful or failed,
+nothing is read again until the field has been seen empty, i.e. one poll of every technology found no target.
+Until then the worker keeps polling (also between waits, so a removal and a new tap while no sale is waiting are
+both seen) and releases what it finds unread: a phone or card left on the reader cannot pay for the next sale,
+and a failing card or a member tag left there is not re-read (no GET PROCESSING OPTIONS, no ATC spent) in a loop.
+A read cut off by a cancel counts too: it was presented for a sale that was cancelled (or paid by another reader).
+The UID cannot tell a new tap from a card left lying: phones present a new random UID on each activation. On the
+``udp`` driver an unanswered poll takes ~1 s per technology, so an emulator must stay away longer than that (its
+``gap``) for its next tap to count as a new one; with ``gap=0`` it behaves as a card left on the reader.
+
+Unavailable device: a wait raises ``ReaderUnavailableError`` (with the status detail) once the device has been
+missing or failed for ``UNAVAILABLE_GRACE_S`` of that wait. The grace lets a reopen after a transient failure pass
+unreported, and keeps a missing nfcpy device from cutting the other stacks' waits in a ``MultiReader`` (which ends
+all waits at the first error) down to nothing; a wait shorter than the grace ends as a plain ``ReadTimeout``.
 
 Logging: ``import nfc`` sets the ``nfc`` logger to INFO, and nfcpy logs every frame (card data included) at DEBUG
 and an expected card removal as warnings/errors. This module owns that outcome reporting (typed errors, no card
@@ -56,6 +72,9 @@ PATH_PREFIXES = ("usb", "tty:", "com:", "udp")
 
 # 106A first: phones and most payment cards answer it; then FeliCa (Type 3), then Type B.
 DEFAULT_TECHNOLOGIES: tuple[str, ...] = ("106A", "212F", "106B")
+
+# How long a wait tolerates a missing/failed device before it raises ReaderUnavailableError (module docstring).
+UNAVAILABLE_GRACE_S = 1.0
 
 _nfc_lock = threading.Lock()
 _nfc_module: Any = None
@@ -114,10 +133,27 @@ class _Wait:
     done: threading.Event = field(default_factory=threading.Event)
     result: CardRead | None = None
     error: CardError | None = None
+    gave_up: str | None = None  # why the waiter gave up (error code), set with ``abandoned``
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def finish(self, result: CardRead | None = None, error: CardError | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
+    def finish(self, result: CardRead | None = None, error: CardError | None = None) -> bool:
+        """Hand the outcome to the waiter. ``False`` if it gave up first: then the outcome reached nobody."""
+        with self._lock:
+            if self.abandoned.is_set():
+                return False
+            self.result, self.error = result, error
+            self.done.set()
+            return True
+
+    def abandon(self, reason: str) -> bool:
+        """Give up waiting (``reason``: the error code). ``False`` if the worker handed over an outcome first: the
+        waiter must take it, or the read would be spent (the card then counts as read) without reaching anyone."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.gave_up = reason
+            self.abandoned.set()
+            return True
 
 
 class NfcpyReader:
@@ -135,6 +171,7 @@ class NfcpyReader:
         supported_aids: Sequence[str] | None = None,
         reopen_s: float = 1.0,
         poll_interval_s: float = 0.05,
+        removal_poll_s: float = 0.2,
     ) -> None:
         if not isinstance(path, str) or not is_nfcpy_path(path):
             raise ValueError(f"not an nfcpy reader path: {path!r} (usb[:VID:PID], tty:PORT:DRIVER, udp:HOST:PORT)")
@@ -150,6 +187,7 @@ class NfcpyReader:
         self.supported_aids = list(supported_aids) if supported_aids is not None else None
         self.reopen_s = reopen_s
         self.poll_interval_s = poll_interval_s
+        self.removal_poll_s = removal_poll_s  # pause between the polls that wait for a read card to be removed
         self._waits: queue.Queue[_Wait] = queue.Queue()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,28 +197,42 @@ class NfcpyReader:
         self._state = "absent"
         self._detail = "not opened yet"
         self._opened = threading.Event()
+        self._removal_pending = False  # worker only: a card was read and the field has not been seen empty since
 
     # -- CardReader --------------------------------------------------------------------------------------------
     def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
         """Wait for the next tap and read it. ``ReadTimeout`` (``timeout`` / ``cancelled``) or another
-        ``CardError`` subclass; never another exception type."""
+        ``CardError`` subclass; never another exception type. A card still on the reader since an earlier read is
+        not read again (see "Card removal" in the module docstring)."""
         if self._closing.is_set():
             raise ReaderUnavailableError(f"nfc reader {self.path} is closed")
         self.start()
         wait = _Wait(td)
         self._waits.put(wait)
-        deadline = time.monotonic() + max(0.0, timeout)
+        now = time.monotonic()
+        deadline = now + max(0.0, timeout)
+        available_at = now  # last time the device was seen usable during this wait
         try:
             while not wait.done.wait(0.02):
+                now = time.monotonic()
+                failure: CardError | None = None
                 if cancel is not None and cancel.is_set():
-                    raise ReadTimeout("card read cancelled", code="cancelled")
-                if time.monotonic() >= deadline:
-                    raise ReadTimeout(f"no card presented within {timeout:g} s")
-                if self._closing.is_set():
-                    raise ReaderUnavailableError(f"nfc reader {self.path} was closed")
+                    failure = ReadTimeout("card read cancelled", code="cancelled")
+                elif now >= deadline:
+                    failure = ReadTimeout(f"no card presented within {timeout:g} s")
+                elif self._closing.is_set():
+                    failure = ReaderUnavailableError(f"nfc reader {self.path} was closed")
+                else:
+                    with self._state_lock:
+                        state, detail = self._state, self._detail
+                    if state not in ("error", "absent"):
+                        available_at = now
+                    elif now - available_at >= UNAVAILABLE_GRACE_S:
+                        failure = ReaderUnavailableError(f"nfc reader {self.path} unavailable: {detail}")
+                if failure is not None and wait.abandon(failure.code):
+                    raise failure
         finally:
-            if not wait.done.is_set():
-                wait.abandoned.set()
+            wait.abandon("error")
         if wait.error is not None:
             raise wait.error
         if wait.result is None:  # cannot happen: the worker always sets one of the two
@@ -227,19 +279,25 @@ class NfcpyReader:
     def _run(self) -> None:
         try:
             while not self._closing.is_set():
-                self._ensure_open()
+                clf = self._ensure_open()
+                removal_check = self._removal_pending and clf is not None
                 try:
-                    wait = self._waits.get(timeout=0.2)
+                    # While a removal is pending the worker polls without a wait too (module docstring).
+                    wait = self._waits.get_nowait() if removal_check else self._waits.get(timeout=0.2)
                 except queue.Empty:
-                    continue
-                if wait.abandoned.is_set():
+                    wait = None
+                if wait is not None and wait.abandoned.is_set():
                     continue
                 try:
-                    self._serve(wait)
+                    if wait is not None:
+                        self._serve(wait)
+                    elif removal_check:
+                        self._poll(clf, None)
+                        self._closing.wait(self.removal_poll_s)
                 except Exception as exc:  # the worker must outlive any surprise from a driver
                     log.exception("nfc reader %s: unexpected error", self.path)
                     self._device_failed(f"unexpected reader error: {type(exc).__name__}")
-                    if not wait.done.is_set():
+                    if wait is not None and not wait.done.is_set():
                         wait.finish(error=ReaderUnavailableError("unexpected nfc reader error"))
         finally:
             self._close_device()
@@ -287,39 +345,61 @@ class NfcpyReader:
             if clf is None:
                 wait.abandoned.wait(min(self.reopen_s, 0.2))
                 continue
-            for tech in list(self.technologies):
-                if wait.abandoned.is_set() or self._closing.is_set():
-                    return
-                target = self._sense(clf, tech)
-                if self._clf is None:
-                    break  # the device failed during sense
-                if target is None:
-                    continue
-                detected_at = time.monotonic()
-                if wait.abandoned.is_set():
-                    self._release(clf, None)
-                    return
-                if self._read(clf, target, wait, detected_at):
-                    return
-            wait.abandoned.wait(self.poll_interval_s)
+            if self._poll(clf, wait):
+                return
+            wait.abandoned.wait(self.removal_poll_s if self._removal_pending else self.poll_interval_s)
 
-    def _sense(self, clf: Any, tech: str) -> Any:
+    def _poll(self, clf: Any, wait: _Wait | None) -> bool:
+        """Sense each technology once; ``True`` when ``wait`` got its outcome (``None``: removal check only).
+
+        A target found while a removal is pending (or with nobody waiting) is released unread. A complete poll in
+        which nothing answered is the field seen empty: the removal is no longer pending. A poll cut short (wait
+        given up, device failed) proves nothing either way.
+        """
+        occupied = False
+        for tech in list(self.technologies):
+            if self._closing.is_set() or (wait is not None and wait.abandoned.is_set()):
+                return False
+            target, answered = self._sense(clf, tech)
+            if self._clf is None:
+                return False  # the device failed during sense
+            if target is None:
+                occupied = occupied or answered
+                continue
+            occupied = True
+            detected_at = time.monotonic()
+            if self._removal_pending or wait is None or wait.abandoned.is_set():
+                self._release(clf, None)
+                break
+            if self._read(clf, target, wait, detected_at):
+                return True
+        if not occupied:
+            self._removal_pending = False
+        return False
+
+    def _sense(self, clf: Any, tech: str) -> tuple[Any, bool]:
+        """``(target or None, answered)``: ``answered`` is True when something replied but no target came of it
+        (a garbled answer): the field is then not empty, whatever the outcome."""
         nfc = import_nfc()
         try:
-            return clf.sense(nfc.clf.RemoteTarget(tech))
+            return clf.sense(nfc.clf.RemoteTarget(tech)), False
         except nfc.clf.UnsupportedTargetError:
             log.info("nfc reader %s does not poll %s; skipping it", self.path, tech)
             self.technologies.remove(tech)
             if not self.technologies:
                 self._device_failed("the reader supports none of the configured technologies")
         except nfc.clf.CommunicationError:
-            pass
+            return None, True
         except OSError as exc:
             self._device_failed(f"nfc reader {self.path} failed: {exc.strerror or exc}")
-        return None
+        return None, False
 
     def _read(self, clf: Any, target: Any, wait: _Wait, detected_at: float) -> bool:
-        """Activate and read ``target``; ``False`` if it left during activation (not a tap, keep polling)."""
+        """Activate and read ``target``; ``False`` if it left during activation (not a tap, keep polling).
+
+        An outcome handed to the waiter (a read or a failed read) makes the removal pending, and so does one whose
+        wait was cancelled; one whose wait timed out does not, so the card, if still there, is read for the next.
+        """
         nfc = import_nfc()
         tag = None
         with self._state_lock:
@@ -336,7 +416,7 @@ class NfcpyReader:
             result = self._read_tag(tag, wait.td, detected_at)
         except CardError as exc:
             log.info("nfc read on %s failed: %s", self.path, exc.code)
-            wait.finish(error=exc)
+            self._spent(wait, wait.finish(error=exc))
             if isinstance(exc, ReaderUnavailableError):
                 self._device_failed(exc.message)
             return True
@@ -345,8 +425,13 @@ class NfcpyReader:
             with self._state_lock:
                 if self._state == "card_present":
                     self._state = "ready"
-        wait.finish(result)
+        self._spent(wait, wait.finish(result))
         return True
+
+    def _spent(self, wait: _Wait, delivered: bool) -> None:
+        """After a read of the card now in the field: start waiting for its removal unless it reached nobody."""
+        if delivered or wait.gave_up != "timeout":
+            self._removal_pending = True
 
     def _read_tag(self, tag: Any, td: TerminalData, detected_at: float) -> CardRead:
         nfc = import_nfc()

@@ -15,6 +15,19 @@ singleton that re-reports present cards and dies after a pcscd restart). It reco
 ``time.monotonic()`` at which they were seen and, when a ``wait_for_card`` is waiting, reads the card itself right
 away (no thread hand-off, and no status wait of ours running against pcscd during the read). Nothing here raises
 anything but ``CardError`` subclasses to callers, and the monitor thread never dies on an error.
+
+One presentation, one read: a card is read once per insertion. A read whose wait timed out before it finished
+(the payment flow waits in slices of a few seconds) reached nobody, so it does not use the insertion up: the card,
+if still there, is read afresh for the next wait, with that wait's terminal data. A finished read is never kept
+for a later wait: it holds the earlier wait's amount, and one read must never reach two payments. A read cut off
+by a cancel does use the insertion up: it was presented for a sale that was cancelled (or that another reader's
+card paid), and must not pay for the next one unless it is presented again.
+
+Unavailable stack: a wait raises ``ReaderUnavailableError`` (with the status detail) once pcscd has been
+unreachable, or no matching reader has existed, for ``UNAVAILABLE_GRACE_S`` of that wait. The grace lets a pcscd
+restart or a reader re-enumeration pass unreported, and keeps a stack that is down from cutting the other stacks'
+waits in a ``MultiReader`` (which ends all waits at the first error) down to nothing; a wait shorter than the
+grace ends as a plain ``ReadTimeout``.
 """
 
 from __future__ import annotations
@@ -55,6 +68,9 @@ _REMOVED = {0x80100069, 0x8010000C, 0x80100016, 0x80100067, 0x80100068, 0x801000
 _SERVICE_GONE = {0x8010001D, 0x8010001E, 0x80100003, 0x80100009, 0x80100017, 0x8010002E, 0x80100013}
 _TIMEOUT = 0x8010000A
 _CANCELLED = 0x80100002
+
+# How long a wait tolerates pcscd / the reader being away before it raises ReaderUnavailableError (docstring).
+UNAVAILABLE_GRACE_S = 1.0
 
 
 def _scard() -> Any:
@@ -112,7 +128,8 @@ class _ReaderState:
 @dataclass
 class _Waiter:
     td: TerminalData
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # outcome handed over, or the wait gave up
+    abandoned: str | None = None  # why the wait gave up (error code); set under ``PcscReaders._cond``, as the outcome
     result: CardRead | None = None
     error: CardError | None = None
 
@@ -346,7 +363,8 @@ class PcscReaders:
         Reading here rather than in the waiting thread saves a thread hand-off and keeps our own status wait from
         running against pcscd in parallel with the read. Returns True when a connect found no card although
         pcscd still says one is present (state lags its ~400 ms poll, or a card was swapped between two polls):
-        the monitor then retries after 50 ms instead of its normal poll.
+        the monitor then retries after 50 ms instead of its normal poll. A read that finds its waiter gone hands
+        the insertion back (see "One presentation, one read" in the module docstring).
         """
         with self._cond:
             waiter = self._waiter
@@ -358,10 +376,12 @@ class PcscReaders:
             )
             if reader is None:
                 return False
-            reader.read_insertion = reader.insertion
+            reader.read_insertion = taken = reader.insertion
             name, detected_at, atr = reader.name, reader.detected_at, reader.atr
+        result: CardRead | None = None
+        error: CardError | None = None
         try:
-            waiter.result = self.read_present(name, waiter.td, detected_at=detected_at, atr=atr, connect=True)
+            result = self.read_present(name, waiter.td, detected_at=detected_at, atr=atr, connect=True)
         except _GoneBeforeConnect:
             with self._cond:
                 reader.connect_retries += 1
@@ -371,12 +391,19 @@ class PcscReaders:
             log.debug("card on %s left before it could be read", name)
             return False
         except CardError as exc:
-            waiter.error = exc
+            error = exc
         except Exception as exc:  # pyscard/SWIG surprises become a typed failure, never a dead monitor
             log.exception("unexpected error while reading a card")
-            waiter.error = ReaderUnavailableError("unexpected reader error")
+            error = ReaderUnavailableError("unexpected reader error")
             del exc
-        waiter.done.set()
+        with self._cond:
+            if waiter.abandoned is not None:
+                if waiter.abandoned == "timeout" and reader.read_insertion == taken:
+                    reader.read_insertion = taken - 1
+                    log.debug("read on %s outlived its wait; the card is read again if it stays", name)
+                return False
+            waiter.result, waiter.error = result, error
+            waiter.done.set()
         return False
 
     def _wake_monitor(self) -> None:
@@ -389,7 +416,8 @@ class PcscReaders:
         """Wait for the next card on any matching reader and read it (EMV, else UID). One waiter at a time.
 
         A card that was already present and not read yet (tapped just before the wait) is read; a card that was
-        read before is not read again until it is removed and presented again.
+        read before is not read again until it is removed and presented again. ``ReaderUnavailableError`` while
+        pcscd or the reader stays away (module docstring).
         """
         cancel = cancel or threading.Event()
         self.start()
@@ -398,26 +426,52 @@ class PcscReaders:
             if self._waiter is not None and not self._waiter.done.is_set():
                 raise ReaderUnavailableError("another read is already waiting on this reader")
             self._waiter = waiter
+        failure: CardError | None = None
         try:
             with contextlib.suppress(CardError):
                 self._read_context()  # ready before the tap, so it is not part of the read time
             self._wake_monitor()
-            deadline = time.monotonic() + timeout
-            while not waiter.done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            now = time.monotonic()
+            deadline = now + timeout
+            available_at = now  # last time pcscd and a matching reader were there during this wait
+            while not waiter.done.wait(min(0.05, max(0.0, deadline - now))):
+                now = time.monotonic()
+                unavailable = self._unavailable_detail()
+                if unavailable is None:
+                    available_at = now
                 if cancel.is_set():
-                    raise ReadTimeout("card read cancelled", code="cancelled")
-                if time.monotonic() >= deadline:
-                    raise ReadTimeout(f"no card presented within {timeout:g} s")
+                    failure = ReadTimeout("card read cancelled", code="cancelled")
+                elif now >= deadline:
+                    failure = ReadTimeout(f"no card presented within {timeout:g} s")
+                elif unavailable is not None and now - available_at >= UNAVAILABLE_GRACE_S:
+                    failure = ReaderUnavailableError(f"PC/SC reader unavailable: {unavailable}")
+                if failure is not None:
+                    break
         finally:
             with self._cond:
-                waiter.done.set()  # a read finishing after we gave up is dropped, not handed to the next waiter
+                if not waiter.done.is_set():
+                    # After a timeout a read still running hands its insertion back (_serve_waiter).
+                    waiter.abandoned = failure.code if failure is not None else "error"
+                    waiter.done.set()
                 if self._waiter is waiter:
                     self._waiter = None
+        # Not abandoned although we gave up: the read finished in that same instant and is ours to return.
+        if waiter.abandoned is not None and failure is not None:
+            raise failure
         if waiter.error is not None:
             raise waiter.error
         if waiter.result is None:  # done without a result: only when we gave up above, which raised already
             raise ReaderUnavailableError("card read ended without a result")
         return waiter.result
+
+    def _unavailable_detail(self) -> str | None:
+        """Why no card can be read right now (pcscd away, no matching reader), or ``None`` if one can."""
+        with self._cond:
+            if not self._service_ok:
+                return self._detail
+            if not self._readers:
+                return f"no PC/SC reader matches {self.reader_filter!r}" if self.reader_filter else "no PC/SC reader"
+        return None
 
     def read_present(
         self, reader: str, td: TerminalData, *, detected_at: float, atr: bytes = b"", connect: bool = False

@@ -33,7 +33,9 @@ class MultiReader:
     """Waits on every reader in parallel; the first card read (or bad read) wins and the others are cancelled.
 
     A bad read (``CardError`` other than a timeout) is returned at once: the customer tapped and must hear
-    about it. If two cards arrive at the same instant on two readers, only the first is reported.
+    about it. If two cards arrive at the same instant on two readers, only the first is reported. A stack that is
+    unavailable (``ReaderUnavailableError``: pcscd down, device unplugged) does not end the others' waits: a card on
+    a working reader is still read; only when every stack is unavailable is that raised.
     """
 
     def __init__(self, readers: Sequence[CardReader]) -> None:
@@ -63,6 +65,7 @@ class MultiReader:
         for t in threads:
             t.start()
         pending = len(threads)
+        unavailable: list[ReaderUnavailableError] = []
         deadline = time.monotonic() + timeout + 2.0
         try:
             while pending:
@@ -77,6 +80,11 @@ class MultiReader:
                 pending -= 1
                 if read is not None:
                     return read
+                if isinstance(error, ReaderUnavailableError):
+                    unavailable.append(error)
+                    if len(unavailable) == len(threads):
+                        raise unavailable[0]
+                    continue  # the other stacks go on waiting for a card
                 if error is not None and not isinstance(error, ReadTimeout):
                     raise error
         finally:

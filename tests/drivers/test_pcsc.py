@@ -22,11 +22,11 @@ from drivers.errors import (
     ReaderUnavailableError,
     ReadTimeout,
 )
-from drivers.pcsc import PcscReaders
+from drivers.pcsc import UNAVAILABLE_GRACE_S, PcscReaders
 from drivers.readers import MultiReader
 from drivers.simulators.pcscd import PrivatePcscd
 from drivers.simulators.vpcd import VpcdCard
-from tests.harness.pcsc import READER, reader_empty
+from tests.harness.pcsc import READER, reader_empty, started_readers
 from tests.harness.procs import wait_until
 
 pytestmark = pytest.mark.pcscd
@@ -36,12 +36,8 @@ TD = TerminalData(amount_minor=1250, currency="EUR")
 
 @pytest.fixture
 def readers(private_pcscd):
-    r = PcscReaders(READER)
-    try:
-        assert r.wait_ready(10), r.status()
+    with started_readers(READER) as r:
         yield r
-    finally:
-        r.close()
 
 
 @pytest.mark.parametrize(
@@ -247,3 +243,99 @@ def test_pcscd_dying_mid_read_is_a_typed_failure_and_the_layer_recovers(private_
     card.stop()
     tap("phone")
     assert readers.wait_for_card(TD, timeout=10, cancel=threading.Event()).label == "WALLET VISA"
+
+
+def test_multireader_keeps_reading_on_the_working_stack_while_another_is_unavailable(private_pcscd):
+    """One stack down (here: a filter matching no reader) must not stop a tap on the other from paying; only when
+    every stack is unavailable does the wait say so."""
+    from drivers.errors import ReaderUnavailableError
+
+    card = VpcdCard("visa", "127.0.0.1", private_pcscd.vpcd_ports[1], taps=1)
+    missing = PcscReaders("no such reader anywhere")
+    multi = MultiReader([missing, PcscReaders(PrivatePcscd.READER_NAMES[1])])
+    timer = threading.Timer(2.0, card.start)  # after the missing stack's grace (1 s) has run out
+    try:
+        timer.start()
+        result = multi.wait_for_card(TD, timeout=10, cancel=threading.Event())
+        assert result.reader == PrivatePcscd.READER_NAMES[1] and result.label == "VISA CREDIT"
+        both_missing = MultiReader([PcscReaders("no such reader anywhere"), PcscReaders("nor this one")])
+        try:
+            with pytest.raises(ReaderUnavailableError):
+                both_missing.wait_for_card(TD, timeout=5, cancel=threading.Event())
+        finally:
+            both_missing.close()
+    finally:
+        timer.cancel()
+        card.stop()
+        multi.close()
+        reader_empty(private_pcscd, PrivatePcscd.READER_NAMES[1])
+
+
+# ----- one presentation, one read; a stack that is down -------------------------------------------------------
+
+
+def _wait(readers: PcscReaders, timeout: float, cancel: threading.Event | None = None):
+    return readers.wait_for_card(TD, timeout=timeout, cancel=cancel or threading.Event())
+
+
+def _slow_card_in_the_reader(readers: PcscReaders, tap):
+    # A slow card (~1 s for the whole read) that stays on the reader until the test ends.
+    card = tap("visa", stay=True, apdu_delay=0.1)
+    wait_until(lambda: readers.status()["state"] == "card_present", timeout=10, what="the card in the reader")
+    return card
+
+
+def test_read_cut_off_by_the_end_of_a_wait_is_read_by_the_next_wait(readers, tap):
+    # The wait ends while the card is being read, as the payment flow's 5 s wait slices do: the next wait reads it.
+    card = _slow_card_in_the_reader(readers, tap)
+    with pytest.raises(ReadTimeout) as timed_out:
+        _wait(readers, 0.3)
+    assert timed_out.value.code == "timeout"
+    assert card.apdus_served < 10  # the read was still going on when the wait ended
+
+    read = _wait(readers, 10)
+    assert isinstance(read, EmvCardRead) and read.masked_pan == "476173******0010"
+    assert read.cryptogram["9F02"] == "000000001250"
+    with pytest.raises(ReadTimeout):  # still on the reader: that presentation has been used
+        _wait(readers, 1.5)
+
+
+def test_read_cut_off_by_a_cancel_is_not_read_for_the_next_sale(readers, tap):
+    # Cancelled while its card was being read: that card was presented for the cancelled sale, and lying on
+    # the reader it must not pay for the next one.
+    card = _slow_card_in_the_reader(readers, tap)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(ReadTimeout) as cancelled:
+        _wait(readers, 10, cancel)
+    assert cancelled.value.code == "cancelled"
+    assert card.apdus_served < 10
+    with pytest.raises(ReadTimeout):
+        _wait(readers, 2.5)
+
+
+def test_pcscd_down_raises_reader_unavailable_with_the_detail(private_pcscd, readers, tap):
+    private_pcscd.stop()
+    try:
+        wait_until(lambda: readers.status()["state"] == "error", timeout=5, what="the layer to see pcscd gone")
+        started = time.monotonic()
+        with pytest.raises(ReaderUnavailableError) as unavailable:
+            _wait(readers, 5)
+        assert UNAVAILABLE_GRACE_S <= time.monotonic() - started < UNAVAILABLE_GRACE_S + 1.0
+        assert "pcscd not reachable" in unavailable.value.message
+        assert readers.status()["detail"] in unavailable.value.message
+    finally:
+        private_pcscd.start()
+    assert readers.wait_ready(10), readers.status()
+    tap("visa")
+    assert _wait(readers, 10).masked_pan == "476173******0010"
+
+
+def test_no_matching_reader_raises_reader_unavailable(private_pcscd):
+    readers = PcscReaders("NO SUCH READER")
+    try:
+        with pytest.raises(ReaderUnavailableError) as unavailable:
+            _wait(readers, 5)
+        assert "no PC/SC reader matches 'NO SUCH READER'" in unavailable.value.message
+    finally:
+        readers.close()

@@ -21,6 +21,11 @@ from tests.harness.procs import ProcessGroup, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Seconds a multi-tap emulator stays out of the field between its taps. Longer than the udp driver's ~1 s poll, so
+# the reader sees the field empty and the next tap is a new presentation; ``gap=0.0`` is a card left on the reader,
+# which the reader must not read again (see "Card removal" in drivers/nfc_reader.py).
+RETAP_GAP_S = 1.5
+
 
 def free_udp_port() -> int:
     """A UDP port nobody holds right now (the emulator binds it a moment later)."""
@@ -66,13 +71,13 @@ class NfcSims:
         return proc
 
     def phone(self, port: int, *, profile: str = "phone", taps: int | None = None, mode: str | None = None,
-              bad_taps: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-        spec = {"profile": profile, "port": port, "taps": taps, "mode": mode, "bad_taps": bad_taps}
+              bad_taps: int | None = None, gap: float = RETAP_GAP_S) -> subprocess.Popen[bytes]:  # fmt: skip
+        spec = {"profile": profile, "port": port, "taps": taps, "mode": mode, "bad_taps": bad_taps, "gap": gap}
         return self._spawn("phone", spec, port=port)
 
     def tag(self, port: int, records: list[dict[str, Any]], *, tag_type: str = "type4",
-            taps: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-        spec = {"records": records, "port": port, "tag_type": tag_type, "taps": taps}
+            taps: int | None = None, gap: float = RETAP_GAP_S) -> subprocess.Popen[bytes]:  # fmt: skip
+        spec = {"records": records, "port": port, "tag_type": tag_type, "taps": taps, "gap": gap}
         return self._spawn("tag", spec, port=port)
 
 
@@ -110,13 +115,14 @@ def _main(argv: list[str]) -> int:
         from drivers.simulators.nfc_phone import run_phone
 
         served = run_phone(spec["profile"], spec["port"], spec.get("taps"), stop, mode=spec.get("mode"),
-                           bad_taps=spec.get("bad_taps"))  # fmt: skip
+                           bad_taps=spec.get("bad_taps"), gap=spec.get("gap", 0.0))  # fmt: skip
     else:
         from drivers.cardread import NdefRecord
         from drivers.simulators.nfc_tag import run_tag
 
         records = [NdefRecord(r["type"], r["value"], r.get("lang")) for r in spec["records"]]
-        served = run_tag(records, spec["port"], spec.get("taps"), stop, tag_type=spec.get("tag_type", "type4"))
+        served = run_tag(records, spec["port"], spec.get("taps"), stop, tag_type=spec.get("tag_type", "type4"),
+                         gap=spec.get("gap", 0.0))  # fmt: skip
     print(f"served {served} taps", flush=True)
     return 0
 

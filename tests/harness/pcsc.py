@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,16 @@ def tap(private_pcscd: PrivatePcscd) -> Iterator[Callable[..., VpcdCard]]:
         for card in cards:
             card.stop()
         reader_empty(private_pcscd)
+
+
+@contextmanager
+def started_readers(reader: str = READER) -> Iterator[object]:
+    """A ``PcscReaders`` on ``reader``, its monitor running and the reader seen, closed afterwards."""
+    from drivers.pcsc import PcscReaders
+
+    readers = PcscReaders(reader)
+    try:
+        assert readers.wait_ready(10), readers.status()
+        yield readers
+    finally:
+        readers.close()

@@ -143,11 +143,13 @@ def test_closed_batch_with_refund_and_void_is_reported_and_balanced(terminal_env
     import io
 
     lines = list(csv.reader(io.StringIO(hq.cli("batches", "pull", str(batch_id), "--format", "csv"))))
-    trailer = {line[6]: (int(line[7]), int(line[-1])) for line in lines if line[0] == "trailer"}
+    col = {name: i for i, name in enumerate(lines[0])}
+    trailer = {line[col["type"]]: (int(line[col["amount_minor"]]), int(line[col["count"]]),
+                                   int(line[col["net_minor"]])) for line in lines if line[0] == "trailer"}
     sales = sum(500 + (i % 7) for i in range(20)) + sum(700 + (i % 7) for i in range(3)) + 999
-    assert trailer["sale"] == (sales, 24)
-    assert trailer["refund"] == (250, 1) and trailer["void"] == (999, 1)
-    assert trailer["net"] == (sales - 250 - 999, 26)
+    assert trailer["sale"] == (sales, 24, sales)
+    assert trailer["refund"] == (250, 1, -250) and trailer["void"] == (999, 1, -999)  # the void of a sale
+    assert trailer["net"] == (sales - 250 - 999, 26, sales - 250 - 999)
 
 
 def test_unreachable_head_office_is_typed_and_nothing_is_lost(terminal_env: TerminalEnv):
