@@ -62,9 +62,11 @@ class AcquirerConnector(Protocol):
         """``denied``: head office's deny list holds the card's token. Blocking; runs in a worker thread."""
         ...
 
-    def reverse(self, auth_id: str, request: ReversalRequest) -> None:
-        """Release an approval head office gave under ``auth_id`` (the terminal reversed it). Blocking; called
-        after head office has stored the reversal, so a connector that fails here must retry on its own."""
+    def reverse(self, auth_id: str | None, request: ReversalRequest) -> None:
+        """Release an approval head office gave under ``auth_id`` (the terminal reversed it); ``auth_id`` None: head
+        office stored no approval under ``request.idempotency_key`` (still in flight, or lost after the acquirer
+        answered), so release whatever the acquirer approved under that key, if anything. Blocking. Raise when the
+        acquirer did not confirm: head office then stores nothing and the terminal sends the reversal again."""
         ...
 
 
@@ -95,7 +97,7 @@ class SimulatedAcquirer:
             return AcquirerResult(False, None, "declined")
         return AcquirerResult(True, f"{secrets.randbelow(1_000_000):06d}", None)
 
-    def reverse(self, auth_id: str, request: ReversalRequest) -> None:
+    def reverse(self, auth_id: str | None, request: ReversalRequest) -> None:
         """The simulator holds no funds: head office's reversed row is the whole effect."""
 
 

@@ -265,15 +265,16 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         """Take back an authorization this terminal asked for (idempotent; may arrive before it)."""
         body = await _body(request)
 
-        def work(session: Session, terminal: Any) -> tuple[dict[str, Any], str | None, ReversalRequest, Any]:
+        def plan(session: Session, terminal: Any) -> tuple[str, ReversalRequest, bool, str | None, Any]:
             reversal = ReversalRequest.model_validate(_parse(body))
-            doc, to_reverse = authorization.reverse(session, terminal.id, reversal)
-            return doc, to_reverse, reversal, hq.connector_for(session) if to_reverse else None
+            tell, auth_id = authorization.reversal_plan(session, terminal.id, reversal)
+            return terminal.id, reversal, tell, auth_id, hq.connector_for(session) if tell else None
 
-        doc, to_reverse, reversal, connector = await hq.call(hq.terminal_call(request, body, work))
-        if to_reverse is not None:
-            await run_in_threadpool(_reverse_at_acquirer, connector, to_reverse, reversal)
-        return _json(doc)
+        terminal_id, reversal, tell, auth_id, connector = await hq.call(hq.terminal_call(request, body, plan))
+        if tell and not await run_in_threadpool(_reverse_at_acquirer, connector, auth_id, reversal):
+            # Nothing stored: the terminal keeps the reversal owed and sends it again.
+            raise HQError(503, "acquirer_unavailable", "the acquirer did not confirm the reversal; send it again")
+        return _json(await hq.call(lambda s: authorization.reverse(s, terminal_id, reversal)))
 
     @app.post("/api/v1/terminals/{terminal_id}/transactions", tags=["terminals"],
               openapi_extra=_body_schema(ingest.UploadRequest))
@@ -381,17 +382,20 @@ def _b64(data: bytes) -> str:
 ENV_ACQUIRER = "SMARTPOS_HQ_ACQUIRER"
 
 
-def _reverse_at_acquirer(connector: Any, auth_id: str, reversal: ReversalRequest) -> None:
-    """Head office has stored the reversal; the acquirer is told after (a connector without ``reverse`` is logged:
-    its integration must release the hold another way)."""
+def _reverse_at_acquirer(connector: Any, auth_id: str | None, reversal: ReversalRequest) -> bool:
+    """Tell the acquirer; True when it confirmed. A connector without ``reverse`` is logged and counts as confirmed
+    (its integration must release holds another way; refusing would keep the terminal sending it for ever)."""
     reverse = getattr(connector, "reverse", None)
     if reverse is None:
-        log.warning("acquirer connector %s cannot reverse authorization %s", type(connector).__name__, auth_id)
-        return
+        log.warning("acquirer connector %s cannot reverse authorization %s", type(connector).__name__,
+                    auth_id or reversal.idempotency_key)
+        return True
     try:
         reverse(auth_id, reversal)
     except Exception:
-        log.exception("acquirer reversal of %s failed", auth_id)
+        log.exception("acquirer reversal of %s failed", auth_id or reversal.idempotency_key)
+        return False
+    return True
 
 
 def load_connector(spec: str) -> Callable[[Session], AcquirerConnector]:

@@ -46,10 +46,13 @@ def simulated_connector(session: Session) -> AcquirerConnector:
     return SimulatedAcquirer(rules_from_setting(setting.value if setting else None))
 
 
-def find_existing(session: Session, terminal_id: str, key: str) -> Authorization | None:
-    return session.execute(
-        select(Authorization).where(Authorization.terminal_id == terminal_id, Authorization.idempotency_key == key)
-    ).scalar_one_or_none()
+def find_existing(session: Session, terminal_id: str, key: str, *, for_update: bool = False) -> Authorization | None:
+    """``for_update``: lock the row (PostgreSQL) so two reversals of one key arriving at once do not both act."""
+    query = select(Authorization).where(Authorization.terminal_id == terminal_id,
+                                        Authorization.idempotency_key == key)
+    if for_update:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
 
 
 def lookup(session: Session, terminal: Terminal, request: AuthRequest) -> tuple[dict[str, Any] | None, bool]:
@@ -127,13 +130,26 @@ def _same_payment(row: Authorization, type_: str, amount_minor: int, currency: s
                       "this idempotency key belongs to another authorization (type, amount or currency)")
 
 
-def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> tuple[dict[str, Any], str | None]:
-    """Mark the authorization under this key reversed (idempotent), or leave a tombstone when none arrived yet.
+def reversal_plan(session: Session, terminal_id: str, request: ReversalRequest) -> tuple[bool, str | None]:
+    """Before anything is stored: (whether the acquirer must be told, the auth id it knows the approval by).
 
-    Returns (the answer, the auth id to reverse at the acquirer: set only the first time an approval is reversed).
-    """
-    now = utcnow()
+    The acquirer is told first and the reversal stored after it confirmed, so a failing acquirer leaves the
+    reversal owed (the terminal sends it again) instead of marked done with the hold still standing. With no
+    authorization stored under the key (still in flight, or approved at the acquirer and lost by head office before
+    it was stored) the acquirer is asked to reverse by the key (``auth_id`` None)."""
     row = find_existing(session, terminal_id, request.idempotency_key)
+    if row is None:
+        return True, None
+    _same_payment(row, request.type, request.amount_minor, request.currency)
+    if row.reversed_at is not None or not row.approved:
+        return False, None
+    return True, row.auth_id
+
+
+def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> dict[str, Any]:
+    """Mark the authorization under this key reversed (idempotent), or leave a tombstone when none arrived yet."""
+    now = utcnow()
+    row = find_existing(session, terminal_id, request.idempotency_key, for_update=True)
     if row is None:
         tombstone = Authorization(
             auth_id=str(uuid.uuid4()), terminal_id=terminal_id, idempotency_key=request.idempotency_key,
@@ -143,12 +159,10 @@ def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> tup
         )
         row = _insert_or_existing(session, tombstone)
         if row is None:
-            return {"status": "reversed_before_authorization", "auth_id": tombstone.auth_id}, None
+            return {"status": "reversed_before_authorization", "auth_id": tombstone.auth_id}
     _same_payment(row, request.type, request.amount_minor, request.currency)
     if row.reversed_at is not None:
-        return {"status": "already_reversed", "auth_id": row.auth_id}, None
+        return {"status": "already_reversed", "auth_id": row.auth_id}
     row.reversed_at = now
     row.reversal_reason = request.reason
-    if not row.approved:
-        return {"status": "not_approved", "auth_id": row.auth_id}, None
-    return {"status": "reversed", "auth_id": row.auth_id}, row.auth_id
+    return {"status": "reversed" if row.approved else "not_approved", "auth_id": row.auth_id}

@@ -490,9 +490,12 @@ class SyncEngine:
                     result, wait=wait, stop=stop,
                 )
             except HeadOfficeRejected as exc:
-                if exc.is_auth:
+                if not (exc.is_content or exc.status == 409):
+                    # 401/403 (the terminal is refused) or 404/405 (a head office or proxy without the reversal
+                    # route): nothing is wrong with this reversal; it stays owed and the pass stops.
+                    self.store.mark_reversal(key, done=False, hq_status=None)
                     raise
-                # Head office will never take this one (e.g. the key belongs to another amount): not retried.
+                # Head office will never take this one (malformed, or the key belongs to another amount).
                 log.warning("head office refused the reversal of %s: %s", key, exc.message)
                 self.store.mark_reversal(key, done=True, hq_status=f"refused:{exc.code}")
                 continue

@@ -130,8 +130,10 @@ class PaymentFlow:
             state, reason = resolve_after_restart(payment["state"], recorded=recorded)
             if payment["state"] == State.AUTHORIZING and not recorded:
                 # Head office was being asked when the terminal stopped: it may have approved. Owed before the
-                # payment is marked failed, so a crash in between still leaves the reversal to send.
-                self._owe_reversal(payment, "interrupted", strict=False)
+                # payment is marked failed, so a crash in between still leaves the reversal to send; if it could
+                # be neither stored nor sent, the payment stays authorizing so that the next start tries again.
+                if not self._owe_reversal(payment, "interrupted", strict=False):
+                    continue
             if recorded:
                 # The approval committed with the transaction; only a stale stored state is left to fix.
                 fixed = self._ledger.payment(payment["id"]) or payment
@@ -393,12 +395,22 @@ class PaymentFlow:
         except Exception as exc:
             # Never approve without a durable record: the sale is not approved, the cashier sees why.
             log.error("payment.record_failed", extra={"payment_id": pid, "error": type(exc).__name__})
+            stored = self._ledger.payment(pid) if self._recorded_anyway(pid) else None
+            if stored is not None:
+                # The commit went through and something after it failed: the sale stands, as a restart would
+                # resolve it, and head office's approval must not be reversed.
+                self._approved(stored, timings)
+                return
             if auth.method == "online":
                 self._owe_reversal(payment, "not_recorded", strict=False)  # head office approved it
             code = getattr(exc, "code", None) or "store_write_failed"
             self._finish(payment, State.FAILED, card=public, authorization=auth.to_dict(),
                          error={"code": str(code), "message": "the payment could not be stored; it is NOT approved"})
             return
+        self._approved(approved, timings)
+
+    def _approved(self, approved: Payment, timings: dict[str, float]) -> None:
+        pid = approved["id"]
         timings["approved"] = time.monotonic()
         self._remember(pid, timings)
         self._forget_live(pid)
@@ -406,9 +418,16 @@ class PaymentFlow:
         if self._receipts is not None:
             self._receipts.submit(approved, request_id=f"{pid}:receipt")
 
-    def _owe_reversal(self, payment: Payment, reason: str, *, strict: bool = True) -> None:
+    def _recorded_anyway(self, payment_id: str) -> bool:
+        try:
+            return self._ledger.is_recorded(payment_id)
+        except Exception:
+            return False
+
+    def _owe_reversal(self, payment: Payment, reason: str, *, strict: bool = True) -> bool:
         """Queue the reversal of this payment's online authorization; when the store cannot take it, send it now.
-        If both fail: ``strict`` raises ``_ReversalUnsaved`` (the payment must not go on), else it is logged."""
+        If both fail: ``strict`` raises ``_ReversalUnsaved`` (the payment must not go on), else it is logged and
+        False returned."""
         reason = "".join(ch if ch.isalnum() or ch in "_:.-" else "_" for ch in reason.lower())[:100]
         try:
             reversal = self._ledger.queue_reversal(payment, reason=reason)
@@ -425,12 +444,13 @@ class PaymentFlow:
                                                           "error": type(send_exc).__name__})
                 if strict:
                     raise _ReversalUnsaved() from None
-                return
+                return False
             log.warning("payment.reversal_sent_unqueued", extra={"payment_id": payment["id"]})
-            return
+            return True
         log.warning("payment.reversal_owed", extra={"payment_id": payment["id"], "reason": reason})
         if self._reversals is not None:
             self._reversals.owed()
+        return True
 
     # ----- state changes ---------------------------------------------------------------------------------------
     def _transition(self, payment: Payment, state: State, **fields: Any) -> Payment:

@@ -38,7 +38,9 @@ def _write_private(path: Path, data: bytes, *, like: os.stat_result | None = Non
             with contextlib.suppress(PermissionError):  # only root may give a file away; others keep their own
                 os.fchown(fd, like.st_uid, like.st_gid)
             os.fchmod(fd, stat.S_IMODE(like.st_mode))
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -62,9 +64,24 @@ def _write_config(path: Path, data: bytes) -> None:
     if os.access(path.parent, os.W_OK | os.X_OK):
         _write_private(path, data, like=old)
         return
+    before = path.read_bytes()
+    try:
+        _write_in_place(path, data)
+    except OSError as exc:
+        # Disk full or an I/O error half-way: put the old text back rather than leave a config the daemon refuses.
+        with contextlib.suppress(OSError):
+            _write_in_place(path, before)
+        raise click.ClickException(f"cannot rewrite {path}: {exc.strerror}; it was left as it was. The terminal "
+                                   "is enrolled: add [terminal] id / state_dir and [headoffice] url by hand, or "
+                                   "free space and enroll again with --force") from None
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

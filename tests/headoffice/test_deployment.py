@@ -90,3 +90,39 @@ def test_serve_uses_a_pluggable_acquirer_connector(tmp_path):
     finally:
         terminal.http.close()
         hq.group.stop_all()
+
+
+def test_a_reversal_the_acquirer_does_not_confirm_stays_owed(tmp_path):
+    """The acquirer's link is down when the terminal reverses an approval: head office answers 503 and stores
+    nothing, so the reversal is sent again and lands once the acquirer confirms it (it was marked done before)."""
+    from tests.harness.headoffice import _start_hq
+    from tests.harness.procs import ProcessGroup
+
+    down, log = tmp_path / "acquirer-down", tmp_path / "acquirer.log"
+    base, _ = _start_hq("sqlite", tmp_path, None)
+    base.stop()
+    hq = HQ(base.url, base.database_url, base.home, base.port, ProcessGroup(tmp_path), "sqlite",
+            env={**base.env, "SMARTPOS_HQ_ACQUIRER": "tests.headoffice.acquirer_plugin:connector",
+                 "PLUGIN_ACQUIRER_DOWN": str(down), "PLUGIN_ACQUIRER_LOG": str(log)})
+    hq.start()
+    terminal = WireTerminal.enroll(hq)
+    try:
+        refund = {"idempotency_key": "r-1", "type": "refund", "amount_minor": 300, "currency": "EUR"}
+        approved = terminal.request("POST", "/api/v1/authorizations", refund).json()
+        assert approved["approved"] is True
+        down.write_text("")
+        first = terminal.request("POST", "/api/v1/authorizations/reversals", {**refund, "reason": "no_answer:timeout"})
+        assert first.status_code == 503 and first.json()["error"]["code"] == "acquirer_unavailable"
+        assert hq.sql("SELECT reversed_at FROM authorizations WHERE idempotency_key = 'r-1'")[0][0] is None
+        down.unlink()
+        again = terminal.request("POST", "/api/v1/authorizations/reversals", {**refund, "reason": "no_answer:timeout"})
+        assert again.status_code == 200 and again.json()["status"] == "reversed"
+        assert log.read_text().split() == ["r-1", approved["auth_id"]]
+        # nothing under a key yet: the acquirer is asked to reverse by the key, then the tombstone is kept
+        lost = {"idempotency_key": "r-2", "type": "refund", "amount_minor": 100, "currency": "EUR"}
+        assert terminal.request("POST", "/api/v1/authorizations/reversals", lost).json()["status"] == \
+            "reversed_before_authorization"
+        assert log.read_text().splitlines()[-1] == "r-2 None"
+    finally:
+        terminal.http.close()
+        hq.group.stop_all()

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
-from offline_queue.sync import SyncEngine
+from offline_queue.sync import SyncEngine, SyncResult
 from tests.harness.headoffice import HQ, TerminalEnv
 
 SALE = {"type": "sale", "amount_minor": 4200, "currency": "EUR"}
@@ -123,3 +123,27 @@ def test_connection_refused_is_known_undelivered(terminal_env: TerminalEnv):
         with pytest.raises(HeadOfficeUnreachable) as err:
             away.authorize(idempotency_key=key(), **SALE)
     assert err.value.code == "unreachable" and err.value.maybe_delivered is False
+
+
+def test_a_head_office_without_the_reversal_route_leaves_the_reversal_owed(hq: HQ, terminal_env: TerminalEnv):
+    """A 404 (head office not upgraded yet, a proxy without the route) is no verdict on the reversal: it stays
+    owed and goes once the route answers."""
+    import httpx
+
+    k = key()
+
+    def no_reversal_route(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/authorizations/reversals"):
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such route"}})
+        return httpx.Response(502)
+
+    with terminal_env.store() as store:
+        store.queue_reversal(idempotency_key=k, **SALE, reason="no_answer:timeout", payment_id=k)
+        # The old head office is a stub answering 404 on the new route: only the reversal step is run against it.
+        with terminal_env.client(transport=httpx.MockTransport(no_reversal_route)) as old_hq:
+            with pytest.raises(HeadOfficeRejected) as refused:
+                SyncEngine(store, old_hq)._send_reversals(SyncResult(), wait=False, stop=None)
+        assert refused.value.status == 404 and store.reversal(k)["state"] == "pending"
+        with terminal_env.client() as client:
+            assert SyncEngine(store, client).run_once().reversals_sent == 1
+        assert store.reversal(k)["state"] == "done"

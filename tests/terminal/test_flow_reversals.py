@@ -137,3 +137,38 @@ def test_restart_during_online_authorization_owes_a_reversal():
     assert ledger.payment(asked["id"])["state"] == "failed"
     assert ledger.reversals[asked["id"]]["reason"] == "interrupted"
     assert waiting["id"] not in ledger.reversals  # head office was never asked about it
+
+
+def test_restart_keeps_a_payment_authorizing_while_its_reversal_can_go_nowhere():
+    """Disk full and head office away at boot: the reversal is neither stored nor sent, so the payment is left
+    authorizing and the next start owes it again (marking it failed would forget it for good)."""
+    ledger = MemoryLedger()
+    asked = ledger.create_payment(idempotency_key="a", request={**SALE, "mode": "require-online"})
+    ledger.set_state(asked["id"], State.AUTHORIZING)
+    ledger.fail_reversal = OSError("disk full")
+    flow = PaymentFlow(ledger, ScriptedReader(), online=timed_out, receipts=ReceiptLog(), publish=Published(),
+                       settings=FlowSettings(), reversals=LinkLog(fail_send=ConnectionError("down")))
+    flow.recover()
+    assert ledger.payment(asked["id"])["state"] == "authorizing" and ledger.reversals == {}
+    ledger.fail_reversal = None  # space is back at the next start
+    flow = PaymentFlow(ledger, ScriptedReader(), online=timed_out, receipts=ReceiptLog(), publish=Published(),
+                       settings=FlowSettings(), reversals=LinkLog())
+    flow.recover()
+    assert ledger.payment(asked["id"])["state"] == "failed" and asked["id"] in ledger.reversals
+
+
+def test_an_error_after_the_record_committed_keeps_the_sale_and_its_approval(flows):
+    """record_approval committed, then failed (reading the payment back): the sale stands, nothing is reversed."""
+    class CommitsThenFails(MemoryLedger):
+        def record_approval(self, payment, card, auth):
+            super().record_approval(payment, card, auth)
+            raise OSError("read back failed")
+
+    def approves(request):
+        return {"approved": True, "code": "123456", "auth_id": "a-1"}
+
+    flow, ledger, reader, _ = flows(approves, "require-online", ledger=CommitsThenFails())
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved", "declined", "failed")
+    assert done["state"] == "approved" and ledger.reversals == {}
