@@ -40,6 +40,11 @@ class ReaderUnavailableError(CardError):
     code = "reader_unavailable"
 
 
+# How long one wait tolerates its reader stack being away before it raises ReaderUnavailableError (both stacks):
+# a pcscd restart or a device reopen passes unreported; a wait shorter than this ends as a plain ReadTimeout.
+UNAVAILABLE_GRACE_S = 1.0
+
+
 class CardStatusError(CardError):
     """The card answered an error status word."""
 

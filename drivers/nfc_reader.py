@@ -32,9 +32,8 @@ The UID cannot tell a new tap from a card left lying: phones present a new rando
 ``gap``) for its next tap to count as a new one; with ``gap=0`` it behaves as a card left on the reader.
 
 Unavailable device: a wait raises ``ReaderUnavailableError`` (with the status detail) once the device has been
-missing or failed for ``UNAVAILABLE_GRACE_S`` of that wait. The grace lets a reopen after a transient failure pass
-unreported, and keeps a missing nfcpy device from cutting the other stacks' waits in a ``MultiReader`` (which ends
-all waits at the first error) down to nothing; a wait shorter than the grace ends as a plain ``ReadTimeout``.
+missing or failed for ``drivers.errors.UNAVAILABLE_GRACE_S`` of that wait (a reopen after a transient failure
+passes unreported).
 
 Logging: ``import nfc`` sets the ``nfc`` logger to INFO, and nfcpy logs every frame (card data included) at DEBUG
 and an expected card removal as warnings/errors. This module owns that outcome reporting (typed errors, no card
@@ -56,6 +55,7 @@ from typing import Any
 from drivers.cardread import CardRead, NdefRead, UidCardRead
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
+    UNAVAILABLE_GRACE_S,
     CardDataError,
     CardError,
     CardRemovedError,
@@ -73,8 +73,6 @@ PATH_PREFIXES = ("usb", "tty:", "com:", "udp")
 # 106A first: phones and most payment cards answer it; then FeliCa (Type 3), then Type B.
 DEFAULT_TECHNOLOGIES: tuple[str, ...] = ("106A", "212F", "106B")
 
-# How long a wait tolerates a missing/failed device before it raises ReaderUnavailableError (module docstring).
-UNAVAILABLE_GRACE_S = 1.0
 
 _nfc_lock = threading.Lock()
 _nfc_module: Any = None

@@ -24,10 +24,8 @@ by a cancel does use the insertion up: it was presented for a sale that was canc
 card paid), and must not pay for the next one unless it is presented again.
 
 Unavailable stack: a wait raises ``ReaderUnavailableError`` (with the status detail) once pcscd has been
-unreachable, or no matching reader has existed, for ``UNAVAILABLE_GRACE_S`` of that wait. The grace lets a pcscd
-restart or a reader re-enumeration pass unreported, and keeps a stack that is down from cutting the other stacks'
-waits in a ``MultiReader`` (which ends all waits at the first error) down to nothing; a wait shorter than the
-grace ends as a plain ``ReadTimeout``.
+unreachable, or no matching reader has existed, for ``drivers.errors.UNAVAILABLE_GRACE_S`` of that wait (a pcscd
+restart or a reader re-enumeration passes unreported).
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ from typing import Any
 from drivers.cardread import CardRead, UidCardRead
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
+    UNAVAILABLE_GRACE_S,
     CardDataError,
     CardError,
     CardRemovedError,
@@ -69,8 +68,6 @@ _SERVICE_GONE = {0x8010001D, 0x8010001E, 0x80100003, 0x80100009, 0x80100017, 0x8
 _TIMEOUT = 0x8010000A
 _CANCELLED = 0x80100002
 
-# How long a wait tolerates pcscd / the reader being away before it raises ReaderUnavailableError (docstring).
-UNAVAILABLE_GRACE_S = 1.0
 
 
 def _scard() -> Any:

@@ -100,3 +100,12 @@ def _offline(decision: OfflineDecision, *, fallback: str | None) -> Authorizatio
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def reversal_for(payment: dict[str, Any], reason: str) -> dict[str, Any]:
+    """What head office needs to take back the online authorization of ``payment``: it was asked under the
+    payment id as idempotency key, for the payment's type, amount and currency. ``reason`` is made a code
+    (lower-case letters, digits, ``_:.-``; at most 100 characters)."""
+    code = "".join(ch if ch.isalnum() or ch in "_:.-" else "_" for ch in reason.lower())[:100]
+    return {"idempotency_key": payment["id"], "type": payment["type"], "amount_minor": payment["amount_minor"],
+            "currency": payment["currency"], "reason": code}

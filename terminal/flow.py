@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from drivers.cardread import EmvCardRead, UidCardRead
-from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
+from drivers.errors import CardError, ReadTimeout
 from protocol.amounts import validate_amount, validate_currency
 from protocol.errors import ValidationError
-from terminal.authorization import Authorization, OfflineDecision, OnlineRefused, OnlineUnavailable, decide
+from terminal.authorization import (
+    Authorization,
+    OfflineDecision,
+    OnlineRefused,
+    OnlineUnavailable,
+    decide,
+    reversal_for,
+)
 from terminal.payment import CANCELLABLE, PAYMENT_TYPES, State, check_transition, is_final, resolve_after_restart
 
 log = logging.getLogger("smartpos.payments")
@@ -41,7 +48,7 @@ class Ledger(Protocol):
     def online_request(self, payment: Payment, card: EmvCardRead) -> dict[str, Any]: ...
     def record_approval(self, payment: Payment, card: EmvCardRead, auth: Authorization) -> Payment: ...
     def record_void(self, payment: Payment, *, idempotency_key: str) -> tuple[Payment, bool]: ...
-    def queue_reversal(self, payment: Payment, *, reason: str) -> dict[str, Any]: ...
+    def queue_reversal(self, reversal: dict[str, Any]) -> None: ...
 
 
 class Reversals(Protocol):
@@ -323,14 +330,8 @@ class PaymentFlow:
                     self._cancelled(payment)
                     return
                 continue  # slice of the wait elapsed; loop re-checks the overall deadline
-            except ReaderUnavailableError as exc:
+            except CardError as exc:  # ReaderUnavailableError included
                 self._read_problem(payment, exc)
-                self._cancel.wait(self._settings.reader_retry_s)
-                continue
-            except CardError as exc:
-                self._read_problem(payment, exc)
-                # A card that fails the same way at once (left on the reader) is not read again in a tight loop.
-                self._cancel.wait(self._settings.reader_retry_s)
                 continue
             if self._cancel.is_set():
                 self._cancelled(payment)
@@ -338,7 +339,6 @@ class PaymentFlow:
             if not isinstance(read, EmvCardRead) and not (self._settings.closed_loop_uid
                                                           and isinstance(read, UidCardRead)):
                 self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
-                self._cancel.wait(self._settings.reader_retry_s)
                 continue
             self._authorize(payment, read)
             return
@@ -428,13 +428,11 @@ class PaymentFlow:
         """Queue the reversal of this payment's online authorization; when the store cannot take it, send it now.
         If both fail: ``strict`` raises ``_ReversalUnsaved`` (the payment must not go on), else it is logged and
         False returned."""
-        reason = "".join(ch if ch.isalnum() or ch in "_:.-" else "_" for ch in reason.lower())[:100]
+        reversal = reversal_for(payment, reason)
         try:
-            reversal = self._ledger.queue_reversal(payment, reason=reason)
+            self._ledger.queue_reversal(reversal)
         except Exception as exc:
             log.error("payment.reversal_unsaved", extra={"payment_id": payment["id"], "error": type(exc).__name__})
-            reversal = {"idempotency_key": payment["id"], "type": payment["type"],
-                        "amount_minor": payment["amount_minor"], "currency": payment["currency"], "reason": reason}
             try:
                 if self._reversals is None:
                     raise RuntimeError("no head-office link") from None
@@ -447,7 +445,7 @@ class PaymentFlow:
                 return False
             log.warning("payment.reversal_sent_unqueued", extra={"payment_id": payment["id"]})
             return True
-        log.warning("payment.reversal_owed", extra={"payment_id": payment["id"], "reason": reason})
+        log.warning("payment.reversal_owed", extra={"payment_id": payment["id"], "reason": reversal["reason"]})
         if self._reversals is not None:
             self._reversals.owed()
         return True
@@ -525,15 +523,18 @@ class PaymentFlow:
         self._finish(current, State.CANCELLED, error={"code": reason, "message": reason.replace("_", " ")})
 
     def _read_problem(self, payment: Payment, exc: CardError) -> None:
+        """Show the problem on the payment (once per payment), then pause before the reader is asked again: a
+        reader that is away, or a card that fails the same way at once (left on the reader), is not retried in a
+        tight loop."""
         error = {"code": exc.code, "message": exc.message}
         repeated = self.last_error == error and self._last_error_payment == payment["id"]
         self.last_error, self._last_error_payment = error, payment["id"]
-        if repeated:
-            return  # a reader that stays unavailable is reported once per payment, not every retry
-        log.warning("payment.read_failed", extra={"payment_id": payment["id"], "code": exc.code})
-        current = self._ledger.payment(payment["id"]) or payment
-        updated = self._ledger.set_state(current["id"], State(current["state"]), error=error)
-        self._publish(updated["id"], updated)
+        if not repeated:
+            log.warning("payment.read_failed", extra={"payment_id": payment["id"], "code": exc.code})
+            current = self._ledger.payment(payment["id"]) or payment
+            updated = self._ledger.set_state(current["id"], State(current["state"]), error=error)
+            self._publish(updated["id"], updated)
+        self._cancel.wait(self._settings.reader_retry_s)
 
     def _remember(self, payment_id: str, timings: dict[str, float]) -> None:
         with self._lock:

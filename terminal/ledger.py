@@ -227,13 +227,9 @@ class QueueLedger:
             "envelope": protected.envelope,
         }
 
-    def queue_reversal(self, payment: Payment, *, reason: str) -> dict[str, Any]:
-        """Durably owe head office the reversal of this payment's online authorization (keyed by the payment id,
-        the authorization's idempotency key)."""
-        reversal = {"idempotency_key": payment["id"], "type": payment["type"],
-                    "amount_minor": payment["amount_minor"], "currency": payment["currency"], "reason": reason}
-        self.store.queue_reversal(**reversal, payment_id=payment["id"])
-        return reversal
+    def queue_reversal(self, reversal: dict[str, Any]) -> None:
+        """Durably owe head office ``reversal`` (``terminal.authorization.reversal_for``); its key is the payment id."""
+        self.store.queue_reversal(**reversal, payment_id=reversal["idempotency_key"])
 
     # ----- recording ---------------------------------------------------------------------------------------------
     def record_approval(self, payment: Payment, card: EmvCardRead, auth: Authorization) -> Payment:

@@ -129,9 +129,6 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CLOCK_WARN_S = CLOCK_TOLERANCE_S  # the limit `smartpos selftest` fails at
-
-
 def _queue_owner(db_path: Path) -> tuple[str | None, int, int]:
     """(terminal id, transactions, of them not yet accepted by head office) of an existing queue, read-only."""
     import sqlite3
@@ -349,7 +346,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
                   f"{merchant.get('name') or merchant.get('id') or 'merchant'} with {hq_url}")
     console.print(f"keys and enrollment in {state} (0700/0600); config {cfg_path} updated")
     offset = _clock_offset(answer)
-    if offset is not None and abs(offset) > CLOCK_WARN_S:
+    if offset is not None and abs(offset) > CLOCK_TOLERANCE_S:  # the limit `smartpos selftest` fails at
         ahead = f"{-offset:.0f} s ahead of" if offset < 0 else f"{offset:.0f} s behind"
         console.print(f"[yellow]warning[/yellow]: this terminal's clock is {ahead} head office's; "
                       f"selftest fails beyond {CLOCK_TOLERANCE_S} s and head office refuses signed requests more "

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import orjson
 
-from protocol.signing import CLOCK_TOLERANCE_S as MAX_CLOCK_SKEW_S
+from protocol.signing import CLOCK_TOLERANCE_S
 
 
 @dataclass
@@ -251,6 +251,6 @@ def _check_headoffice(settings: Any, enrollment: Any) -> list[Check]:
         except HeadOfficeError as exc:
             checks.append(Check("head office auth", False, f"{exc.code}: {exc.message}"))
     # offset = head office - terminal: a terminal clock that runs fast is ahead (+) of head office
-    checks.append(Check("clock", abs(offset) <= MAX_CLOCK_SKEW_S,
-                        f"terminal {-offset:+.2f} s vs head office (limit ±{MAX_CLOCK_SKEW_S:.0f} s)"))
+    checks.append(Check("clock", abs(offset) <= CLOCK_TOLERANCE_S,
+                        f"terminal {-offset:+.2f} s vs head office (limit ±{CLOCK_TOLERANCE_S:.0f} s)"))
     return checks

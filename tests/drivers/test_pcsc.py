@@ -15,6 +15,7 @@ import pytest
 from drivers.cardread import EmvCardRead, UidCardRead
 from drivers.emv import TerminalData
 from drivers.errors import (
+    UNAVAILABLE_GRACE_S,
     CardDataError,
     CardError,
     CardRemovedError,
@@ -22,7 +23,7 @@ from drivers.errors import (
     ReaderUnavailableError,
     ReadTimeout,
 )
-from drivers.pcsc import UNAVAILABLE_GRACE_S, PcscReaders
+from drivers.pcsc import PcscReaders
 from drivers.readers import MultiReader
 from drivers.simulators.pcscd import PrivatePcscd
 from drivers.simulators.vpcd import VpcdCard

@@ -13,8 +13,8 @@ import pytest
 
 from drivers.cardread import EmvCardRead, NdefRead
 from drivers.emv import TerminalData
-from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
-from drivers.nfc_reader import UNAVAILABLE_GRACE_S, NfcpyReader
+from drivers.errors import UNAVAILABLE_GRACE_S, CardError, ReaderUnavailableError, ReadTimeout
+from drivers.nfc_reader import NfcpyReader
 from drivers.simulators.emv_card import load_profile
 from protocol.carddata import mask_pan
 from tests.harness.procs import ProcessGroup

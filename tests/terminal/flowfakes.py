@@ -118,15 +118,12 @@ class MemoryLedger:
             self.history.append((payment["id"], p["state"]))
             return dict(p)
 
-    def queue_reversal(self, payment, *, reason):
+    def queue_reversal(self, reversal):
         if self.fail_reversal is not None:
             raise self.fail_reversal
-        reversal = {"idempotency_key": payment["id"], "type": payment["type"],
-                    "amount_minor": payment["amount_minor"], "currency": payment["currency"], "reason": reason}
         with self.lock:
-            self.reversals.setdefault(payment["id"], reversal)
-            self.history.append((payment["id"], "reversal_owed"))
-        return reversal
+            self.reversals.setdefault(reversal["idempotency_key"], reversal)
+            self.history.append((reversal["idempotency_key"], "reversal_owed"))
 
     def record_void(self, payment, *, idempotency_key):
         existing = self.payment_by_key(idempotency_key)
