@@ -8,10 +8,11 @@ Terminal endpoints read the raw body themselves because the signature covers its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -148,10 +149,22 @@ class HeadOffice:
 
 def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     hq = HeadOffice(settings or HQSettings.resolve(), **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        retries = asyncio.create_task(_retry_owed_reversals(hq))
+        try:
+            yield
+        finally:
+            retries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retries
+
     app = FastAPI(
         title="smartpos head office",
         version="1",
         description="Enrollment, signed terminal uploads, online authorization, settlement batches.",
+        lifespan=lifespan,
     )
     app.state.hq = hq
 
@@ -254,10 +267,8 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
             return _json(existing)
         result = await run_in_threadpool(connector.authorize, auth, denied=denied)
         doc, to_reverse = await hq.call(lambda s: authorization.record(s, terminal_id, auth, result))
-        if to_reverse is not None:
-            reversal = ReversalRequest(idempotency_key=auth.idempotency_key, type=auth.type,
-                                       amount_minor=auth.amount_minor, currency=auth.currency)
-            await run_in_threadpool(_reverse_at_acquirer, connector, to_reverse, reversal)
+        if to_reverse is not None:  # stored as owed: this first attempt failing leaves it to the retry pass
+            await run_in_threadpool(pay_owed_reversal, hq, to_reverse)
         return _json(doc)
 
     @app.post("/api/v1/authorizations/reversals", tags=["terminals"], openapi_extra=_body_schema(ReversalRequest))
@@ -396,6 +407,36 @@ def _reverse_at_acquirer(connector: Any, auth_id: str | None, reversal: Reversal
         log.exception("acquirer reversal of %s failed", auth_id or reversal.idempotency_key)
         return False
     return True
+
+
+def pay_owed_reversal(hq: HeadOffice, auth_id: str) -> bool | None:
+    """One attempt at a reversal head office owes the acquirer (``headoffice.authorization``): True when the
+    acquirer confirmed it, False when it did not (due again after the back-off), None when nothing was due."""
+    claimed = hq.run(lambda s: (authorization.claim_acquirer_reversal(s, auth_id, utcnow()), hq.connector_for(s)))
+    reversal, connector = claimed
+    if reversal is None:
+        return None
+    confirmed = _reverse_at_acquirer(connector, auth_id, reversal)
+    hq.run(lambda s: authorization.settle_acquirer_reversal(s, auth_id, confirmed=confirmed, now=utcnow(),
+                                                            retry_s=hq.settings.reversal_retry_s))
+    if confirmed:
+        log.info("acquirer confirmed the owed reversal of authorization %s", auth_id)
+    return confirmed
+
+
+def pay_due_reversals(hq: HeadOffice) -> int:
+    """One pass over the owed acquirer reversals that are due; returns how many the acquirer confirmed."""
+    due = hq.run(lambda s: authorization.due_acquirer_reversals(s, utcnow()))
+    return sum(1 for auth_id in due if pay_owed_reversal(hq, auth_id))
+
+
+async def _retry_owed_reversals(hq: HeadOffice) -> None:
+    while True:
+        await asyncio.sleep(hq.settings.reversal_retry_s)
+        try:
+            await run_in_threadpool(pay_due_reversals, hq)
+        except Exception:  # the database away, a broken connector: logged, tried again next pass
+            log.exception("retrying owed acquirer reversals failed")
 
 
 def load_connector(spec: str) -> Callable[[Session], AcquirerConnector]:

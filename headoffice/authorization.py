@@ -6,14 +6,20 @@ must not hold a connection, nor SQLite's write lock that uploads need.
 A terminal that did not get head office's answer in time does not know whether it approved; it sends a reversal
 for that idempotency key (durably queued on the terminal, sent by its sync engine). The reversal can overtake the
 authorization it reverses (the acquirer is still thinking): it then leaves a tombstone row, the late authorization
-finds it and answers "reversed", and an approval the acquirer gave meanwhile is reversed at the acquirer."""
+finds it and answers "reversed", and an approval the acquirer gave meanwhile is reversed at the acquirer. That
+reversal is owed durably: the approval is stored with ``acquirer_reversal_due_at`` set, in the same commit, and is
+cleared only once the acquirer confirmed. A failed attempt (or a head office that stopped before making it) is
+retried by every serve process's background pass, with a back-off doubling from the retry interval up to
+``MAX_REVERSAL_BACKOFF_S``; an attempt claims the row for ``REVERSAL_LEASE_S`` first, so two processes do not both
+call the acquirer for it (and one that dies mid-call frees it when the lease runs out)."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +38,8 @@ from headoffice.errors import HQError
 from headoffice.models import Authorization, Setting, Terminal
 
 TOMBSTONE_REASON = "reversed_before_authorization"
+MAX_REVERSAL_BACKOFF_S = 900.0
+REVERSAL_LEASE_S = 120.0
 
 
 def result_doc(row: Authorization) -> dict[str, Any]:
@@ -104,7 +112,9 @@ def record(session: Session, terminal_id: str, request: AuthRequest,
             again.masked_pan, again.token = request.masked_pan, request.token
             if not result.approved:
                 again.reason = result.reason
-            return result_doc(again), (again.auth_id if result.approved else None)
+                return result_doc(again), None
+            again.acquirer_reversal_due_at = utcnow()  # owed from this commit on, until the acquirer confirms
+            return result_doc(again), again.auth_id
         _same_request(again, request)
         return result_doc(again), None
     return result_doc(row), None
@@ -166,3 +176,45 @@ def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> dic
     row.reversed_at = now
     row.reversal_reason = request.reason
     return {"status": "reversed" if row.approved else "not_approved", "auth_id": row.auth_id}
+
+
+# -- reversals head office owes the acquirer ----------------------------------------------------------------------
+
+def due_acquirer_reversals(session: Session, now: datetime, *, limit: int = 100) -> list[str]:
+    """Auth ids whose owed acquirer reversal is due (oldest first)."""
+    due = Authorization.acquirer_reversal_due_at
+    query = select(Authorization.auth_id).where(due.is_not(None), due <= now).order_by(due).limit(limit)
+    return list(session.execute(query).scalars())
+
+
+def claim_acquirer_reversal(session: Session, auth_id: str, now: datetime) -> ReversalRequest | None:
+    """Take the owed reversal of ``auth_id`` for one attempt (the row is not due again for ``REVERSAL_LEASE_S``);
+    None when nothing is owed or it is not due (another process holds it, or it was confirmed)."""
+    due = Authorization.acquirer_reversal_due_at
+    claimed = session.execute(
+        update(Authorization)
+        .where(Authorization.auth_id == auth_id, due.is_not(None), due <= now)
+        .values(acquirer_reversal_due_at=now + timedelta(seconds=REVERSAL_LEASE_S),
+                acquirer_reversal_attempts=Authorization.acquirer_reversal_attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    row = session.get(Authorization, auth_id)
+    assert row is not None
+    return ReversalRequest(idempotency_key=row.idempotency_key, type=row.type, amount_minor=row.amount_minor,
+                           currency=row.currency, reason=row.reversal_reason)
+
+
+def settle_acquirer_reversal(session: Session, auth_id: str, *, confirmed: bool, now: datetime,
+                             retry_s: float) -> None:
+    """After an attempt: nothing owed any more (``confirmed``), or due again after the back-off."""
+    row = session.get(Authorization, auth_id, with_for_update=True)
+    if row is None or row.acquirer_reversal_due_at is None:
+        return
+    if confirmed:
+        row.acquirer_reversal_due_at = None
+        return
+    failures = max(1, row.acquirer_reversal_attempts)
+    backoff = min(retry_s * 2 ** min(failures - 1, 20), MAX_REVERSAL_BACKOFF_S)
+    row.acquirer_reversal_due_at = now + timedelta(seconds=backoff)

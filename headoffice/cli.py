@@ -245,12 +245,15 @@ def authorizations() -> None:
 @authorizations.command("list")
 @click.option("--terminal", "terminal_id", help="Only this terminal's.")
 @click.option("--reversed", "only_reversed", is_flag=True, help="Only reversed ones.")
+@click.option("--owed", "only_owed", is_flag=True,
+              help="Only approvals head office still owes the acquirer a reversal of (retried by `serve`).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @_db_options
-def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: bool, limit: int,
+def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: bool, only_owed: bool, limit: int,
                         as_json: bool) -> None:
-    """Newest first: key (the terminal's payment id), amount, approved, and whether and why it was reversed."""
+    """Newest first: key (the terminal's payment id), amount, approved, whether and why it was reversed, and
+    whether head office still owes the acquirer that reversal (``acquirer_owed``: when it is tried next)."""
     from sqlalchemy import select
 
     from headoffice.models import Authorization
@@ -261,10 +264,14 @@ def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: b
             query = query.where(Authorization.terminal_id == terminal_id)
         if only_reversed:
             query = query.where(Authorization.reversed_at.is_not(None))
+        if only_owed:
+            query = query.where(Authorization.acquirer_reversal_due_at.is_not(None))
         return [{"auth_id": a.auth_id, "terminal": a.terminal_id, "key": a.idempotency_key, "type": a.type,
                  "amount_minor": a.amount_minor, "currency": a.currency, "approved": a.approved, "code": a.code,
                  "reason": a.reason, "created_at": _when(a.created_at),
-                 "reversed_at": _when(a.reversed_at), "reversal_reason": a.reversal_reason}
+                 "reversed_at": _when(a.reversed_at), "reversal_reason": a.reversal_reason,
+                 "acquirer_owed": _when(a.acquirer_reversal_due_at),
+                 "acquirer_attempts": a.acquirer_reversal_attempts}
                 for a in session.execute(query).scalars()]
 
     rows = _session_run(settings, work, reading=True)
@@ -272,7 +279,8 @@ def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: b
         _print_json(rows)
         return
     _table(["terminal", "key", "type", "amount_minor", "currency", "approved", "reason", "reversed_at",
-            "reversal_reason"], [{**r, "reversed_at": r["reversed_at"] or ""} for r in rows])
+            "reversal_reason", "acquirer_owed"],
+           [{**r, "reversed_at": r["reversed_at"] or "", "acquirer_owed": r["acquirer_owed"] or ""} for r in rows])
 
 
 # -- API tokens --------------------------------------------------------------------------------------------------

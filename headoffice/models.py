@@ -164,6 +164,11 @@ class Authorization(Base):
     # late authorization, which is reversed at the acquirer if it approved.
     reversed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reversal_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Head office owes the acquirer a reversal of this approval (it arrived after the terminal's reversal, and the
+    # acquirer did not confirm the reversal yet): the next attempt is due at this time. None when nothing is owed.
+    acquirer_reversal_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
+                                                                      index=True)
+    acquirer_reversal_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Setting(Base):

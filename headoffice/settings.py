@@ -18,6 +18,10 @@ ENV_HOME = "SMARTPOS_HQ_HOME"
 ENV_DATABASE_URL = "SMARTPOS_HQ_DATABASE_URL"
 ENV_KEYSTORE = "SMARTPOS_HQ_KEYSTORE"
 ENV_SIGNATURE_WINDOW = "SMARTPOS_HQ_SIGNATURE_WINDOW_S"
+ENV_REVERSAL_RETRY = "SMARTPOS_HQ_REVERSAL_RETRY_S"
+# How often a serve process retries the acquirer reversals head office owes (see headoffice.authorization), and the
+# first back-off after a failed attempt (doubling up to MAX_REVERSAL_BACKOFF_S).
+DEFAULT_REVERSAL_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class HQSettings:
     database_url: str
     keystore_dir: Path
     signature_window_s: int = DEFAULT_WINDOW_S
+    reversal_retry_s: float = DEFAULT_REVERSAL_RETRY_S
 
     @classmethod
     def resolve(
@@ -40,7 +45,15 @@ class HQSettings:
         url = database_url or env.get(ENV_DATABASE_URL) or f"sqlite:///{home_dir / 'headoffice.sqlite3'}"
         keys = Path(keystore or env.get(ENV_KEYSTORE) or home_dir / "keys")
         window = int(env.get(ENV_SIGNATURE_WINDOW) or DEFAULT_WINDOW_S)
-        return cls(database_url=normalise_url(url), keystore_dir=keys, signature_window_s=window)
+        retry = env.get(ENV_REVERSAL_RETRY) or ""
+        try:
+            retry_s = float(retry) if retry else DEFAULT_REVERSAL_RETRY_S
+        except ValueError:
+            raise ValueError(f"${ENV_REVERSAL_RETRY} must be a number of seconds, not {retry!r}") from None
+        if not 0.05 <= retry_s <= 3600:
+            raise ValueError(f"${ENV_REVERSAL_RETRY} must be between 0.05 and 3600 seconds")
+        return cls(database_url=normalise_url(url), keystore_dir=keys, signature_window_s=window,
+                   reversal_retry_s=retry_s)
 
     def to_env(self) -> dict[str, str]:
         """Environment that makes a uvicorn worker process resolve the same settings."""
@@ -48,6 +61,7 @@ class HQSettings:
             ENV_DATABASE_URL: self.database_url,
             ENV_KEYSTORE: str(self.keystore_dir),
             ENV_SIGNATURE_WINDOW: str(self.signature_window_s),
+            ENV_REVERSAL_RETRY: repr(self.reversal_retry_s),
         }
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ class RefundsOnly:
     """Approves refunds with a fixed code, declines sales: behaviour the built-in simulator cannot produce."""
 
     def authorize(self, request: AuthRequest, *, denied: bool) -> AcquirerResult:
+        """While the file named by $PLUGIN_ACQUIRER_HOLD exists the answer waits (up to 20 s): the acquirer is still
+        thinking. ``<that name>.entered`` is written when a request starts waiting."""
+        hold = os.environ.get("PLUGIN_ACQUIRER_HOLD")
+        if hold and Path(hold).exists():
+            Path(hold + ".entered").write_text(request.idempotency_key)
+            deadline = time.monotonic() + 20
+            while Path(hold).exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
         if request.type == "refund":
             return AcquirerResult(True, "REF001", None)
         return AcquirerResult(False, None, "plugin_declines_sales")

@@ -6,6 +6,7 @@ import threading
 
 import httpx
 import orjson
+import pytest
 
 from tests.harness.headoffice import HQ, WireTerminal, free_port
 
@@ -126,3 +127,72 @@ def test_a_reversal_the_acquirer_does_not_confirm_stays_owed(tmp_path):
     finally:
         terminal.http.close()
         hq.group.stop_all()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_approval_after_its_reversal_is_reversed_at_the_acquirer_even_if_that_fails_at_first(
+        backend: str, tmp_path, request: pytest.FixtureRequest):
+    """The terminal's reversal overtakes an authorization the acquirer is still thinking about, and the acquirer's
+    link goes down before it approves. Head office owes the acquirer that reversal: it is stored with the approval,
+    survives a restart of head office, and is retried until the acquirer confirms it (it used to be logged only)."""
+    import json
+    import time
+
+    from tests.harness.headoffice import _start_hq
+    from tests.harness.procs import ProcessGroup
+
+    down, log, hold = tmp_path / "acquirer-down", tmp_path / "acquirer.log", tmp_path / "acquirer-hold"
+    pg = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+    base, dbname = _start_hq(backend, tmp_path, pg)
+    base.stop()
+    hq = HQ(base.url, base.database_url, base.home, base.port, ProcessGroup(tmp_path), backend,
+            env={**base.env, "SMARTPOS_HQ_ACQUIRER": "tests.headoffice.acquirer_plugin:connector",
+                 "SMARTPOS_HQ_REVERSAL_RETRY_S": "0.3", "PLUGIN_ACQUIRER_DOWN": str(down),
+                 "PLUGIN_ACQUIRER_LOG": str(log), "PLUGIN_ACQUIRER_HOLD": str(hold)})
+    hq.start()
+    terminal = WireTerminal.enroll(hq)
+
+    def owed() -> list[dict]:
+        rows = json.loads(hq.cli("authorizations", "list", "--owed", "--json"))
+        return [r for r in rows if r["key"] == "late-1"]
+
+    try:
+        refund = {"idempotency_key": "late-1", "type": "refund", "amount_minor": 700, "currency": "EUR"}
+        hold.write_text("")
+        answers: list[httpx.Response] = []
+        late = threading.Thread(target=lambda: answers.append(
+            terminal.request("POST", "/api/v1/authorizations", refund)))
+        late.start()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "acquirer-hold.entered").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = terminal.request("POST", "/api/v1/authorizations/reversals", {**refund, "reason": "no_answer:timeout"})
+        assert first.json()["status"] == "reversed_before_authorization"
+        down.write_text("")
+        hold.unlink()  # the acquirer approves now, with its link for reversals down
+        late.join(30)
+        assert len(answers) == 1 and answers[0].json()["reason"] == "reversed"
+        [row] = owed()
+        assert row["approved"] is True and row["acquirer_owed"]
+        assert log.read_text().split() == ["late-1", "None"]  # only the terminal's reversal by key went through
+        # head office stops and comes back while the reversal is still owed; then the acquirer's link returns
+        hq.stop()
+        hq.start()
+        deadline = time.monotonic() + 5
+        while owed()[0]["acquirer_attempts"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert owed() and owed()[0]["acquirer_attempts"] >= 2  # retried after the restart, still failing
+        down.unlink()
+        deadline = time.monotonic() + 30  # the back-off has doubled a few times by now (0.3, 0.6, 1.2 s, ...)
+        while owed() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert owed() == []
+        lines = log.read_text().splitlines()
+        assert lines == ["late-1 None", f"late-1 {row['auth_id']}"]  # confirmed once, by the approval's auth id
+        again = terminal.request("POST", "/api/v1/authorizations", refund).json()
+        assert again["approved"] is False and again["reason"] == "reversed"
+    finally:
+        terminal.http.close()
+        hq.group.stop_all()
+        if dbname and pg is not None:
+            pg.drop_database(dbname)

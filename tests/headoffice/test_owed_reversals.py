@@ -1,0 +1,141 @@
+"""Reversals head office owes the acquirer (an approval that arrived after the terminal's reversal): one attempt at
+a time per approval, a back-off after each failure, nothing owed once confirmed. Against a migrated SQLite file,
+through the same functions the serve processes' retry pass calls; the end-to-end case (a failing acquirer, a
+restart of head office) is in test_deployment.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from headoffice import authorization
+from headoffice.acquirer import AcquirerResult, AuthRequest, ReversalRequest
+from headoffice.clock import as_utc, utcnow
+from headoffice.models import Authorization
+
+
+class Acquirer:
+    def __init__(self) -> None:
+        self.up = True
+        self.reversed: list[tuple[str | None, str]] = []
+
+    def authorize(self, request: AuthRequest, *, denied: bool) -> AcquirerResult:
+        return AcquirerResult(True, "123456", None)
+
+    def reverse(self, auth_id: str | None, request: ReversalRequest) -> None:
+        if not self.up:
+            raise ConnectionError("acquirer link down")
+        self.reversed.append((auth_id, request.idempotency_key))
+
+
+@pytest.fixture
+def office(tmp_path):
+    from datetime import timedelta as td
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from headoffice import enrollment
+    from headoffice.app import HeadOffice
+    from headoffice.db import upgrade
+    from headoffice.settings import HQSettings
+    from protocol.signing import public_key_to_text
+
+    acquirer = Acquirer()
+    settings = HQSettings(database_url=f"sqlite:///{tmp_path / 'hq.sqlite'}", keystore_dir=tmp_path / "keys",
+                          reversal_retry_s=10.0)
+    hq = HeadOffice(settings, connector_for=lambda _s: acquirer)
+    upgrade(hq.engine)
+    with hq.sessions() as s, s.begin():
+        enrollment.upsert_merchant(s, "M-1", name="Shop")
+        code = enrollment.create_code(s, "M-1", "T-1", td(hours=1))
+    with hq.sessions() as s, s.begin():
+        enrollment.enroll(s, code.code, public_key_to_text(Ed25519PrivateKey.generate().public_key()))
+    yield hq, acquirer
+    hq.engine.dispose()
+
+
+def _late_approval(hq, key: str = "pay-1") -> str:
+    """The terminal's reversal leaves a tombstone, then the acquirer's approval arrives: the reversal is owed."""
+    sale = {"idempotency_key": key, "type": "sale", "amount_minor": 1250, "currency": "EUR"}
+    with hq.sessions() as s, s.begin():
+        assert authorization.reverse(s, "T-1", ReversalRequest(**sale, reason="no_answer:timeout"))["status"] == \
+            "reversed_before_authorization"
+    with hq.sessions() as s, s.begin():
+        doc, to_reverse = authorization.record(s, "T-1", AuthRequest(**sale), AcquirerResult(True, "123456", None))
+    assert doc["reason"] == "reversed" and to_reverse is not None
+    return to_reverse
+
+
+def _row(hq, auth_id: str) -> Authorization:
+    with hq.sessions() as s:
+        row = s.get(Authorization, auth_id)
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
+def test_a_late_approval_is_owed_from_the_commit_that_stores_it(office):
+    hq, _ = office
+    auth_id = _late_approval(hq)
+    row = _row(hq, auth_id)
+    assert row.approved and row.acquirer_reversal_due_at is not None and row.acquirer_reversal_attempts == 0
+    with hq.sessions() as s:
+        assert authorization.due_acquirer_reversals(s, utcnow()) == [auth_id]
+
+
+def test_an_attempt_in_progress_is_not_taken_by_another_process(office):
+    hq, _ = office
+    auth_id = _late_approval(hq)
+    now = utcnow()
+    with hq.sessions() as s, s.begin():
+        first = authorization.claim_acquirer_reversal(s, auth_id, now)
+    with hq.sessions() as s, s.begin():
+        second = authorization.claim_acquirer_reversal(s, auth_id, now)
+        assert authorization.due_acquirer_reversals(s, now) == []
+    assert first is not None and first.idempotency_key == "pay-1" and first.amount_minor == 1250
+    assert first.reason == "no_answer:timeout"
+    assert second is None
+    # a process that died mid-call frees it when the lease runs out
+    later = now + timedelta(seconds=authorization.REVERSAL_LEASE_S + 1)
+    with hq.sessions() as s, s.begin():
+        assert authorization.claim_acquirer_reversal(s, auth_id, later) is not None
+    assert _row(hq, auth_id).acquirer_reversal_attempts == 2
+
+
+def test_failures_back_off_and_a_confirmation_ends_what_is_owed(office):
+    from headoffice.app import pay_due_reversals, pay_owed_reversal
+
+    hq, acquirer = office
+    auth_id = _late_approval(hq)
+    acquirer.up = False
+    waits = []
+    for _ in range(8):
+        before = utcnow()
+        with hq.sessions() as s, s.begin():  # due now, as if the back-off had elapsed
+            s.get(Authorization, auth_id).acquirer_reversal_due_at = before
+        assert pay_owed_reversal(hq, auth_id) is False
+        waits.append(round((as_utc(_row(hq, auth_id).acquirer_reversal_due_at) - before).total_seconds()))
+    assert waits == [10, 20, 40, 80, 160, 320, 640, 900]  # doubling from the retry interval, capped
+    assert pay_due_reversals(hq) == 0  # not due yet: the acquirer is not called
+    assert acquirer.reversed == []
+    acquirer.up = True
+    with hq.sessions() as s, s.begin():
+        s.get(Authorization, auth_id).acquirer_reversal_due_at = utcnow()
+    assert pay_due_reversals(hq) == 1
+    assert acquirer.reversed == [(auth_id, "pay-1")]
+    row = _row(hq, auth_id)
+    assert row.acquirer_reversal_due_at is None and row.acquirer_reversal_attempts == 9
+    assert pay_owed_reversal(hq, auth_id) is None and pay_due_reversals(hq) == 0  # nothing owed: not sent again
+    assert acquirer.reversed == [(auth_id, "pay-1")]
+
+
+def test_a_late_decline_owes_nothing(office):
+    hq, _ = office
+    sale = {"idempotency_key": "pay-2", "type": "sale", "amount_minor": 300, "currency": "EUR"}
+    with hq.sessions() as s, s.begin():
+        authorization.reverse(s, "T-1", ReversalRequest(**sale))
+    with hq.sessions() as s, s.begin():
+        _doc, to_reverse = authorization.record(s, "T-1", AuthRequest(**sale), AcquirerResult(False, None, "declined"))
+        assert to_reverse is None
+        assert authorization.due_acquirer_reversals(s, utcnow() + timedelta(days=1)) == []
