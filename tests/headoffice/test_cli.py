@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -222,6 +223,66 @@ def test_enroll_keeps_the_installed_configs_mode_and_owner(hq: HQ, tmp_path: Pat
     assert "[headoffice]" in config.read_text()
 
 
+def _enroll_as_nobody(hq: HQ, code: str, config: Path, base: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`smartpos enroll` run as user and group nobody (standing in for the daemon's user), with a state directory
+    of its own under ``base``."""
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "smartpos"), "enroll",
+         "--hq", hq.url, "--code", code, "--config", str(config), "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(base)})
+    return state, done
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny filesystem and switching users need root")
+def test_enroll_that_cannot_finish_rewriting_the_config_in_place_puts_the_old_text_back(hq: HQ, tmp_path_factory):
+    """The daemon's user may write the installed config but not its directory, so enroll rewrites the file in
+    place; the disk fills up half-way through. The old text is put back byte for byte (a half-written config would
+    stop the daemon from starting) and the technician is told what to do; the terminal itself is enrolled."""
+    import tempfile
+
+    code, terminal_id = hq.new_code()
+    base = Path(tempfile.mkdtemp(prefix="smartpos-enroll-full-"))
+    etc = base / "etc"
+    etc.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(etc)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    try:
+        os.chmod(base, 0o755)
+        config = etc / "smartpos.toml"
+        # one page of text: truncating it frees one page, and the enrolled text needs two
+        head, tail = "# installed by root\n", '[printer]\nuri = "tcp://127.0.0.1:9100"\n'
+        old = head + "# " + "x" * (4060 - len(head) - len(tail) - 3) + "\n" + tail
+        assert len(old) == 4060
+        config.write_text(old)
+        os.chown(config, 0, 65534)
+        os.chmod(config, 0o664)  # group-writable for the daemon's group (nogroup stands in for it)
+        filler = os.open(etc / "filler", os.O_WRONLY | os.O_CREAT, 0o600)  # the rest of the filesystem full
+        try:
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(filler, b"\0" * 4096)
+            assert full.value.errno == errno.ENOSPC
+        finally:
+            os.close(filler)
+        state, as_daemon_user = _enroll_as_nobody(hq, code, config, base)
+        assert as_daemon_user.returncode == 1, as_daemon_user.stdout + as_daemon_user.stderr
+        err = as_daemon_user.stderr
+        assert f"cannot rewrite {config}" in err and "it was left as it was" in err and "Traceback" not in err
+        assert "[headoffice] url by hand" in err
+        assert config.read_text() == old, len(config.read_text())
+        assert json.loads((state / "enrollment.json").read_text())["terminal_id"] == terminal_id
+    finally:
+        import shutil
+
+        subprocess.run(["umount", "-l", str(etc)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 def test_enroll_as_a_user_who_cannot_write_the_config_spends_no_code(hq: HQ, tmp_path_factory):
     """`sudo -u smartpos smartpos enroll` with a root-owned config: refused before head office is asked, so the
@@ -237,13 +298,7 @@ def test_enroll_as_a_user_who_cannot_write_the_config_spends_no_code(hq: HQ, tmp
         config = etc / "smartpos.toml"
         config.write_text("# installed by root\n")
         os.chmod(config, 0o644)
-        state = base / "state"
-        state.mkdir(mode=0o700)
-        os.chown(state, 65534, 65534)
-        as_nobody = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "smartpos"), "enroll",
-             "--hq", hq.url, "--code", code, "--config", str(config), "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(base)})
+        state, as_nobody = _enroll_as_nobody(hq, code, config, base)
         assert as_nobody.returncode == 1, as_nobody.stdout + as_nobody.stderr
         assert "cannot write the config" in as_nobody.stderr and "code is still unused" in as_nobody.stderr
         assert "Traceback" not in as_nobody.stderr and not list(state.iterdir())
