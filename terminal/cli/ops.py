@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -164,7 +165,12 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
     if reference:
         body["reference"] = reference
     with api:
-        payment = _call(api.create_payment, body, as_json=as_json)
+        held = _hold_interrupts() if wait else None
+        try:
+            payment = _call(api.create_payment, body, as_json=as_json)
+        except BaseException:
+            _release_interrupts(held)
+            raise
         if not as_json:
             click.echo(f"{kind} {format_amount(amount_minor, currency)}: payment {payment['id']} — tap a card")
         if wait:
@@ -172,7 +178,7 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
 
             last = payment["state"]
             try:
-                _interrupt_on_hangup()
+                _release_interrupts(held)  # one that came while the payment was created is raised here
                 for update in api.events(payment["id"]):
                     payment = update
                     if update["state"] != last and not as_json:
@@ -197,16 +203,27 @@ def _pay(kind: str, amount: str, currency: str | None, mode: str | None, referen
     sys.exit(0 if payment["state"] == "approved" or not wait else 1)
 
 
-def _interrupt_on_hangup() -> None:
-    """SIGTERM and SIGHUP (an SSH session closed, ``kill``) end ``pay`` the way Ctrl-C does: the payment it armed
-    is cancelled instead of left waiting for a tap."""
-    import signal
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _hold_interrupts() -> set[signal.Signals]:
+    """Before ``pay`` creates its payment: SIGTERM and SIGHUP (an SSH session closed, ``kill``) will end it the way
+    Ctrl-C does, so that the payment it armed is cancelled instead of left waiting for a tap; and all three are held
+    until the payment's id is known (one arriving in between used to kill ``pay`` with the payment armed). Returns
+    the signal mask to give back to :func:`_release_interrupts`."""
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+
+
+def _release_interrupts(mask: set[signal.Signals] | None) -> None:
+    """Deliver what :func:`_hold_interrupts` held (raised as ``KeyboardInterrupt`` right here)."""
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _print_outcome(payment: dict[str, Any]) -> None:
