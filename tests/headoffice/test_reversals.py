@@ -128,22 +128,42 @@ def test_connection_refused_is_known_undelivered(terminal_env: TerminalEnv):
 def test_a_head_office_without_the_reversal_route_leaves_the_reversal_owed(hq: HQ, terminal_env: TerminalEnv):
     """A 404 (head office not upgraded yet, a proxy without the route) is no verdict on the reversal: it stays
     owed and goes once the route answers."""
-    import httpx
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     k = key()
+    asked: list[str] = []
 
-    def no_reversal_route(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/authorizations/reversals"):
-            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such route"}})
-        return httpx.Response(502)
+    class NoReversalRoute(BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
 
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            asked.append(self.path)
+            known = self.path.endswith("/authorizations/reversals")
+            body = json.dumps({"error": {"code": "not_found", "message": "no such route"}}).encode() if known else b""
+            self.send_response(404 if known else 502)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    old_server = ThreadingHTTPServer(("127.0.0.1", 0), NoReversalRoute)
+    threading.Thread(target=old_server.serve_forever, daemon=True).start()
+    try:
+        with terminal_env.store() as store:
+            store.queue_reversal(idempotency_key=k, **SALE, reason="no_answer:timeout", payment_id=k)
+            # The old head office (a stub on loopback answering 404 on the new route): only the reversal step is run
+            # against it.
+            with terminal_env.client(url=f"http://127.0.0.1:{old_server.server_address[1]}") as old_hq:
+                with pytest.raises(HeadOfficeRejected) as refused:
+                    SyncEngine(store, old_hq)._send_reversals(SyncResult(), wait=False, stop=None)
+            assert refused.value.status == 404 and store.reversal(k)["state"] == "pending"
+            assert asked == ["/api/v1/authorizations/reversals"]
+    finally:
+        old_server.shutdown()
+        old_server.server_close()
     with terminal_env.store() as store:
-        store.queue_reversal(idempotency_key=k, **SALE, reason="no_answer:timeout", payment_id=k)
-        # The old head office is a stub answering 404 on the new route: only the reversal step is run against it.
-        with terminal_env.client(transport=httpx.MockTransport(no_reversal_route)) as old_hq:
-            with pytest.raises(HeadOfficeRejected) as refused:
-                SyncEngine(store, old_hq)._send_reversals(SyncResult(), wait=False, stop=None)
-        assert refused.value.status == 404 and store.reversal(k)["state"] == "pending"
         with terminal_env.client() as client:
             assert SyncEngine(store, client).run_once().reversals_sent == 1
         assert store.reversal(k)["state"] == "done"
