@@ -11,6 +11,7 @@ import functools
 import os
 import shutil
 import subprocess
+import unicodedata
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -105,9 +106,43 @@ def missing_glyphs(text: str) -> list[str]:
     return [ch for ch in text if not has_glyph(font, ch)]
 
 
+def has_rtl(text: str) -> bool:
+    """True when ``text`` holds right-to-left letters (Hebrew, Arabic script)."""
+    return not text.isascii() and any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+
+
+def needs_shaping(text: str) -> bool:
+    """True when ``text`` holds Arabic-script letters, whose shape depends on their neighbours: no printer codepage
+    gives them that (a codepage prints each letter alone), so such a line is drawn as an image."""
+    return not text.isascii() and any(unicodedata.bidirectional(ch) == "AL" for ch in text)
+
+
+def visual_order(text: str) -> str:
+    """One line in the order a printer lays characters down (left to right): right-to-left runs reversed as the
+    Unicode bidirectional algorithm (UAX #9, python-bidi) says, the base direction taken from the line's first
+    strong letter. Lines are wrapped before, in logical order, as the algorithm prescribes."""
+    if not has_rtl(text):
+        return text
+    from bidi import get_display
+
+    return str(get_display(text))
+
+
+@functools.lru_cache(maxsize=1)
+def _pillow_orders_text() -> bool:
+    """Pillow with libraqm reorders (and shapes) right-to-left text itself; its basic layout draws it as given."""
+    from PIL import features
+
+    return bool(features.check("raqm"))
+
+
 def text_image(text: str, width_px: int, *, align: str = "left", scale_w: int = 1, scale_h: int = 1,
                bold: bool = False) -> Image.Image:
-    """One printed line as a 1-bit image ``width_px`` wide (black text on white), aligned like the printer would."""
+    """One printed line as a 1-bit image ``width_px`` wide (black text on white), aligned like the printer would.
+    ``text`` is in logical order; right-to-left text is laid out by Pillow's libraqm layout where it has one
+    (shaped, as Arabic needs), else put in visual order first (right order, letters unshaped)."""
+    if not _pillow_orders_text():
+        text = visual_order(text)
     font = font_for(text)
     length = int(font.getlength(text)) + (1 if bold else 0)
     line = Image.new("L", (max(1, length), CELL_H), 255)

@@ -5,8 +5,10 @@ paper, QR codes, feeds, cuts). ``render_text`` and ``render_escpos`` only walk t
 the paper cannot disagree. Card data: a receipt carries the last 4 digits of the PAN and nothing else of it;
 the model refuses more. Expiry dates are not part of the model at all.
 
-Text that the printer's codepages cannot encode (CJK, mixed scripts) is printed as an image of that line;
-everything else is encoded in one of the profile's codepages (``ESC t``), chosen per line.
+Text that the printer's codepages cannot encode (CJK, mixed scripts) is printed as an image of that line, and so is
+Arabic script (its letters must be joined, which no codepage does); everything else is encoded in one of the
+profile's codepages (``ESC t``), chosen per line. Printers lay characters down left to right: a line with Hebrew is
+put in visual order (Unicode bidirectional algorithm) before it is encoded; lines are wrapped in logical order.
 """
 
 from __future__ import annotations
@@ -527,7 +529,9 @@ def _align(text: str, room: int, align: str) -> str:
 
 
 def render_text(model: ReceiptModel, columns: int = 42) -> str:
-    """Plain text of the receipt (technicians, logs without card data, tests). Matches the decoded paper."""
+    """Plain text of the receipt (technicians, logs without card data, tests). Matches the decoded paper, except
+    that right-to-left text stays in logical order here (for screens, which reorder it themselves) where the paper
+    has it in visual order."""
     out: list[str] = []
     for el in layout(model, columns):
         if isinstance(el, TextLine):
@@ -572,7 +576,7 @@ def render_escpos(model: ReceiptModel, profile: Any = None) -> bytes:
     """ESC/POS bytes for the receipt, built with python-escpos (its ``Dummy`` printer) for ``profile``
     (a ``drivers.printer.PrinterProfile``; default profile when None)."""
     from drivers.printer import import_escpos, load_profile
-    from drivers.textimage import text_image
+    from drivers.textimage import needs_shaping, text_image, visual_order
 
     import_escpos()
     from escpos.constants import CODEPAGE_CHANGE
@@ -590,7 +594,9 @@ def render_escpos(model: ReceiptModel, profile: Any = None) -> bytes:
                 printer.set(align=el.align, bold=el.bold, double_width=el.double, double_height=el.double,
                             normal_textsize=not el.double)
                 style = wanted
-            encoded = encode_line(el.text, profile, slot)
+            # Codepage text goes in visual order (printers do not reorder right-to-left text); Arabic script needs
+            # its letters joined, which only the image path does.
+            encoded = None if needs_shaping(el.text) else encode_line(visual_order(el.text), profile, slot)
             if encoded is None:
                 scale = 2 if el.double else 1
                 printer.image(text_image(el.text, profile.width_px, align=el.align, scale_w=scale, scale_h=scale,

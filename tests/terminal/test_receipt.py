@@ -141,6 +141,40 @@ def test_cjk_merchant_prints_as_a_legible_image(profile):
     assert any(isinstance(e, Line) and e.text == "8001 Z\u00fcrich" for e in events)
 
 
+def test_hebrew_prints_in_a_codepage_in_the_order_it_is_read(profile):
+    """Printers lay characters left to right: sent in logical order, a Hebrew shop name came out mirrored."""
+    merchant = {"name": "קפה הפינה", "address": ["רחוב הרצל 12", "תל אביב"], "merchant_id": "M-7"}
+    model = _model(merchant=merchant)
+    events = decode(render_escpos(model, profile))
+    lines = [e.text for e in events if isinstance(e, Line)]
+    # first letter of each word at the right; the house number keeps its digit order and stands at the left
+    assert lines[:3] == ["הניפה הפק", "12 לצרה בוחר", "ביבא לת"]
+    assert not any(isinstance(e, Image) for e in events[:6])  # in CP862 / CP1255, not as images
+    slot, _raw = encode_line("קפה", profile)
+    assert profile.codepages[slot] in ("CP862", "CP1255", "ISO_8859-8")
+    # the preview for screens keeps the logical order (screens reorder it themselves)
+    assert "קפה הפינה" in render_text(model, profile.columns)
+
+
+def test_a_line_mixing_latin_and_hebrew_keeps_the_latin_part_readable(profile):
+    model = _model(merchant={"name": "Corner קפה", "address": ["Shop 3 בקניון"]})
+    lines = [e.text for e in decode(render_escpos(model, profile)) if isinstance(e, Line)]
+    assert lines[:2] == ["Corner הפק", "Shop 3 ןוינקב"]  # left-to-right line: only the Hebrew run is reversed
+
+
+def test_arabic_prints_as_an_image_not_in_a_codepage(profile):
+    """A codepage prints every Arabic letter in its isolated form and in logical order: the line goes as an image,
+    laid out (joined, right to left) by Pillow's libraqm layout where it has one."""
+    name = "مقهى الزاوية"
+    assert encode_line(name, profile) is not None  # a codepage could take it, unjoined: not used
+    events = decode(render_escpos(_model(merchant={"name": name, "address": []}), profile))
+    assert not any(isinstance(e, Line) and any("\u0600" <= ch <= "\u06ff" for ch in e.text) for e in events)
+    image = next(e for e in events if isinstance(e, Image))
+    assert image_to_pil(image).tobytes() == text_image(name, profile.width_px, align="center", bold=True).tobytes()
+    assert image_to_pil(image).convert("L").histogram()[0] > 200  # black dots: drawn, not blank
+    assert missing_glyphs(name) == []
+
+
 def test_test_page_lists_profile_codepages_and_samples(profile):
     model = make_test_page(profile, terminal_id="T-0001", status_before="ok")
     text = render_text(model, profile.columns)
