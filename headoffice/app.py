@@ -267,8 +267,13 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
             return _json(existing)
         result = await run_in_threadpool(connector.authorize, auth, denied=denied)
         doc, to_reverse = await hq.call(lambda s: authorization.record(s, terminal_id, auth, result))
-        if to_reverse is not None:  # stored as owed: this first attempt failing leaves it to the retry pass
-            await run_in_threadpool(pay_owed_reversal, hq, to_reverse)
+        if to_reverse is not None:
+            # Stored as owed with the answer: whatever happens to this first attempt, the retry pass finishes it,
+            # and the terminal gets its answer ("reversed") either way.
+            try:
+                await run_in_threadpool(pay_owed_reversal, hq, to_reverse)
+            except Exception:
+                log.exception("first attempt at the owed reversal of authorization %s failed", to_reverse)
         return _json(doc)
 
     @app.post("/api/v1/authorizations/reversals", tags=["terminals"], openapi_extra=_body_schema(ReversalRequest))
