@@ -20,7 +20,7 @@ ENV_KEYSTORE = "SMARTPOS_HQ_KEYSTORE"
 ENV_SIGNATURE_WINDOW = "SMARTPOS_HQ_SIGNATURE_WINDOW_S"
 ENV_REVERSAL_RETRY = "SMARTPOS_HQ_REVERSAL_RETRY_S"
 # How often a serve process retries the acquirer reversals head office owes (see headoffice.authorization), and the
-# first back-off after a failed attempt (doubling up to MAX_REVERSAL_BACKOFF_S).
+# first back-off after a failed attempt (doubling up to headoffice.authorization.MAX_REVERSAL_BACKOFF_S).
 DEFAULT_REVERSAL_RETRY_S = 30.0
 
 
