@@ -139,3 +139,21 @@ def test_a_late_decline_owes_nothing(office):
         _doc, to_reverse = authorization.record(s, "T-1", AuthRequest(**sale), AcquirerResult(False, None, "declined"))
         assert to_reverse is None
         assert authorization.due_acquirer_reversals(s, utcnow() + timedelta(days=1)) == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "7200"])
+def test_a_bad_retry_interval_in_the_environment_is_a_clear_error(value, tmp_path):
+    from headoffice.settings import ENV_REVERSAL_RETRY, HQSettings
+
+    with pytest.raises(ValueError) as err:
+        HQSettings.resolve(home=tmp_path, environ={ENV_REVERSAL_RETRY: value})
+    assert ENV_REVERSAL_RETRY in str(err.value)
+
+
+def test_the_retry_interval_reaches_the_worker_processes(tmp_path):
+    from headoffice.settings import HQSettings
+
+    settings = HQSettings.resolve(home=tmp_path, environ={"SMARTPOS_HQ_REVERSAL_RETRY_S": "0.5"})
+    assert settings.reversal_retry_s == 0.5
+    assert HQSettings.resolve(home=tmp_path, environ=settings.to_env()).reversal_retry_s == 0.5
+    assert HQSettings.resolve(home=tmp_path, environ={}).reversal_retry_s == 30.0
