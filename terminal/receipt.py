@@ -479,6 +479,9 @@ def _settlement_layout(model: ReceiptModel, columns: int) -> list[Element]:
 
 CODEPAGE_SAMPLE = "Caf\u00e9 Z\u00fcrich \u2013 \u00a3 \u20ac \u00f1 \u00df \u00d8"
 CJK_SAMPLE = "\u5317\u4eac\u5e97 \u6536\u636e \u2013 \u6771\u4eac"
+# Right-to-left samples: Hebrew goes in a codepage in visual order, Arabic as a joined image (see render_escpos).
+HEBREW_SAMPLE = "\u05e9\u05dc\u05d5\u05dd 42 \u05e7\u05d1\u05dc\u05d4"
+ARABIC_SAMPLE = "\u0645\u0631\u062d\u0628\u0627 42 \u0625\u064a\u0635\u0627\u0644"
 
 
 def _test_layout(model: ReceiptModel, columns: int) -> list[Element]:
@@ -503,6 +506,8 @@ def _test_layout(model: ReceiptModel, columns: int) -> list[Element]:
     out += _lines("Double", columns, double=True)
     out += _lines(CODEPAGE_SAMPLE, columns)
     out += _lines(CJK_SAMPLE, columns)
+    out += _lines(HEBREW_SAMPLE, columns)
+    out += _lines(ARABIC_SAMPLE, columns)
     out.append(QrCode(f"smartpos test page {model.terminal_id}"))
     out += _lines("End of test page", columns, align="center")
     out.append(CutPaper())

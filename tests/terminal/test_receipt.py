@@ -12,8 +12,10 @@ from drivers.printer import load_profile
 from drivers.textimage import missing_glyphs, text_image
 from protocol.errors import ValidationError
 from terminal.receipt import (
+    ARABIC_SAMPLE,
     CJK_SAMPLE,
     CODEPAGE_SAMPLE,
+    HEBREW_SAMPLE,
     Merchant,
     ReceiptModel,
     TxnInfo,
@@ -181,6 +183,18 @@ def test_test_page_lists_profile_codepages_and_samples(profile):
     for expected in ("PRINTER TEST", "TM-T20II", "48 / 576 px", "Native QR", "CP437", CODEPAGE_SAMPLE, CJK_SAMPLE,
                      "[QR smartpos test page T-0001]", "--- cut ---"):
         assert expected in text, expected
+
+
+def test_test_page_shows_a_technician_both_right_to_left_paths(profile):
+    """On site, the test page shows whether this printer's Hebrew codepage works and reads right to left, and
+    that Arabic prints joined (as an image)."""
+    events = decode(render_escpos(make_test_page(profile, terminal_id="T-0001"), profile))
+    lines = [e.text for e in events if isinstance(e, Line)]
+    assert "הלבק 42 םולש" in lines  # "שלום 42 קבלה" as it is read: right to left, the number left to right
+    images = [image_to_pil(e).tobytes() for e in events if isinstance(e, Image)]
+    assert text_image(ARABIC_SAMPLE, profile.width_px).tobytes() in images
+    assert text_image(CJK_SAMPLE, profile.width_px).tobytes() in images
+    assert HEBREW_SAMPLE in render_text(make_test_page(profile), profile.columns)
 
 
 def test_settlement_report_totals_per_scheme_and_currency(profile):
