@@ -87,3 +87,69 @@ def test_a_late_online_answer_is_reversed_at_head_office(pos_stack):
                    what="the offline approval to sync")
         assert client.get("/v1/status").json()["headoffice"]["pending_reversals"] == 0
     stack.hq.cli("acquirer", "set", "--delay-ms", "0")
+
+
+def _record_backlog(stack, count: int) -> int:
+    """``count`` offline sales put straight into the terminal's queue (one sealed card): a backlog of a shop that
+    was cut off for a while. Returns their total."""
+    from config.loading import load_settings
+    from offline_queue.cardprotect import CardProtection
+    from offline_queue.store import QueueStore
+    from tests.harness.headoffice import emv_card
+
+    settings = load_settings(stack.config_path)[0]
+    card = CardProtection.from_state_dir(stack.state_dir).protect(emv_card())
+    total = 0
+    with QueueStore.open(settings.db_path, terminal_id="T-1") as store:
+        store._writer.execute("PRAGMA synchronous=OFF")  # set-up, not what is tested
+        for i in range(count):
+            store.record(type="sale", amount_minor=100 + i % 50, currency="EUR", card=card, auth={"mode": "offline"})
+            total += 100 + i % 50
+    return total
+
+
+def test_a_technicians_sync_alongside_the_running_daemon_drains_the_backlog_once(pos_stack):
+    """`smartpos sync --wait` on site while the daemon runs: both engines drain one queue at once. Head office ends
+    with every transaction exactly once, and the technician is told that the daemon took part of the backlog
+    (their own count alone would look like a shortfall)."""
+    import sqlite3
+    import subprocess
+
+    from tests.harness.daemon import SMARTPOS
+
+    stack = pos_stack
+    stack.add_config("[sync]\ninterval_s = 0.2")
+    backlog = 3000
+    total = _record_backlog(stack, backlog)
+    # One transaction per upload: the technician's sync is still early in the backlog when the daemon starts.
+    sync = subprocess.Popen([*SMARTPOS, "sync", "--wait", "--page-size", "1", "--config", str(stack.config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**stack.daemon_env, "COLUMNS": "200"})
+    hq_db = stack.hq.home / "headoffice.sqlite3"
+
+    def hq_rows() -> tuple[int, int, int]:
+        with sqlite3.connect(hq_db, timeout=10) as db:
+            return db.execute("SELECT count(*), count(DISTINCT sequence), coalesce(sum(amount_minor), 0) "
+                              "FROM transactions WHERE terminal_id = 'T-1' AND status = 'accepted'").fetchone()
+
+    try:
+        wait_until(lambda: hq_db.exists() and hq_rows()[0] > 0, timeout=20, what="the technician's first upload")
+        stack.start_daemon()
+        out, err = sync.communicate(timeout=120)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.communicate()
+    assert sync.returncode == 0, err
+    summary = out.splitlines()
+    assert any("still queued 0" in line for line in summary), out
+    meanwhile = [line for line in summary if "more left the queue meanwhile (uploaded by the running daemon)" in line]
+    assert len(meanwhile) == 1, out
+    by_daemon = int(meanwhile[0].split()[0])
+    assert 0 < by_daemon < backlog
+    assert hq_rows() == (backlog, backlog, total)
+    with stack.api() as client:
+        wait_until(lambda: client.get("/v1/status").json()["queue"]["unsynced_count"] == 0, timeout=10,
+                   what="the daemon to see the drained queue")
+        queue = client.get("/v1/status").json()["queue"]
+        assert queue["rejected_count"] == 0 and queue["last_sequence"] == backlog
