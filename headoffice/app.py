@@ -414,10 +414,12 @@ def _reverse_at_acquirer(connector: Any, auth_id: str | None, reversal: Reversal
     return True
 
 
-def pay_owed_reversal(hq: HeadOffice, auth_id: str) -> bool | None:
+def pay_owed_reversal(hq: HeadOffice, auth_id: str, *, force: bool = False) -> bool | None:
     """One attempt at a reversal head office owes the acquirer (``headoffice.authorization``): True when the
-    acquirer confirmed it, False when it did not (due again after the back-off), None when nothing was due."""
-    claimed = hq.run(lambda s: (authorization.claim_acquirer_reversal(s, auth_id, utcnow()), hq.connector_for(s)))
+    acquirer confirmed it, False when it did not (due again after the back-off), None when nothing was due.
+    ``force``: try it even if it is not due yet."""
+    claimed = hq.run(lambda s: (authorization.claim_acquirer_reversal(s, auth_id, utcnow(), force=force),
+                                hq.connector_for(s)))
     reversal, connector = claimed
     if reversal is None:
         return None
@@ -431,8 +433,15 @@ def pay_owed_reversal(hq: HeadOffice, auth_id: str) -> bool | None:
 
 def pay_due_reversals(hq: HeadOffice) -> int:
     """One pass over the owed acquirer reversals that are due; returns how many the acquirer confirmed."""
-    due = hq.run(lambda s: authorization.due_acquirer_reversals(s, utcnow()))
-    return sum(1 for auth_id in due if pay_owed_reversal(hq, auth_id))
+    return sum(1 for _auth_id, confirmed in pay_owed_reversals(hq) if confirmed)
+
+
+def pay_owed_reversals(hq: HeadOffice, *, waiting_too: bool = False,
+                       limit: int = 100) -> list[tuple[str, bool | None]]:
+    """One attempt at each owed acquirer reversal that is due (``waiting_too``: at each one owed, now), oldest
+    first: (auth id, what :func:`pay_owed_reversal` answered)."""
+    owed = hq.run(lambda s: authorization.due_acquirer_reversals(s, utcnow(), limit=limit, waiting_too=waiting_too))
+    return [(auth_id, pay_owed_reversal(hq, auth_id, force=waiting_too)) for auth_id in owed]
 
 
 async def _retry_owed_reversals(hq: HeadOffice) -> None:

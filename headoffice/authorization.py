@@ -180,20 +180,30 @@ def reverse(session: Session, terminal_id: str, request: ReversalRequest) -> dic
 
 # -- reversals head office owes the acquirer ----------------------------------------------------------------------
 
-def due_acquirer_reversals(session: Session, now: datetime, *, limit: int = 100) -> list[str]:
-    """Auth ids whose owed acquirer reversal is due (oldest first)."""
+def due_acquirer_reversals(session: Session, now: datetime, *, limit: int = 100,
+                           waiting_too: bool = False) -> list[str]:
+    """Auth ids whose owed acquirer reversal is due (oldest first); ``waiting_too``: every owed one, also those
+    waiting out a back-off or claimed by an attempt in progress."""
     due = Authorization.acquirer_reversal_due_at
-    query = select(Authorization.auth_id).where(due.is_not(None), due <= now).order_by(due).limit(limit)
-    return list(session.execute(query).scalars())
+    query = select(Authorization.auth_id).where(due.is_not(None))
+    if not waiting_too:
+        query = query.where(due <= now)
+    return list(session.execute(query.order_by(due).limit(limit)).scalars())
 
 
-def claim_acquirer_reversal(session: Session, auth_id: str, now: datetime) -> ReversalRequest | None:
+def claim_acquirer_reversal(session: Session, auth_id: str, now: datetime, *,
+                            force: bool = False) -> ReversalRequest | None:
     """Take the owed reversal of ``auth_id`` for one attempt (the row is not due again for ``REVERSAL_LEASE_S``);
-    None when nothing is owed or it is not due (another process holds it, or it was confirmed)."""
+    None when nothing is owed or it is not due (another process holds it, or it was confirmed). ``force``: take it
+    even if it is not due (staff asking for it now). That may repeat a request another process is making at the
+    same moment, which acquirers take as the repeat it is: a reversal names the authorization it undoes."""
     due = Authorization.acquirer_reversal_due_at
+    owed = [Authorization.auth_id == auth_id, due.is_not(None)]
+    if not force:
+        owed.append(due <= now)
     claimed = session.execute(
         update(Authorization)
-        .where(Authorization.auth_id == auth_id, due.is_not(None), due <= now)
+        .where(*owed)
         .values(acquirer_reversal_due_at=now + timedelta(seconds=REVERSAL_LEASE_S),
                 acquirer_reversal_attempts=Authorization.acquirer_reversal_attempts + 1)
         .execution_options(synchronize_session=False)

@@ -43,16 +43,10 @@ def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = F
     """``work(session)`` in one transaction, the schema upgraded first. ``reading``: a command that only shows
     what is there refuses a SQLite file that does not exist (a mistyped --database-url or --home) instead of
     creating an empty database and showing nothing."""
-    from sqlalchemy.engine import make_url
-
     from headoffice.db import make_engine, session_factory, upgrade
 
-    url = make_url(settings.database_url)
-    if reading and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not Path(url.database).exists():
-        raise click.ClickException(
-            f"no head-office database at {url.database} (check --home / --database-url; `smartpos-hq serve` or "
-            "`smartpos-hq db upgrade` creates it)")
+    if reading:
+        _refuse_missing_sqlite(settings)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -60,6 +54,18 @@ def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = F
             return work(session)
     finally:
         engine.dispose()
+
+
+def _refuse_missing_sqlite(settings: Any) -> None:
+    """A SQLite file that does not exist is a mistyped --database-url or --home: say so instead of creating it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        raise click.ClickException(
+            f"no head-office database at {url.database} (check --home / --database-url; `smartpos-hq serve` or "
+            "`smartpos-hq db upgrade` creates it)")
 
 
 def _when(value: Any) -> str | None:
@@ -281,6 +287,65 @@ def authorizations_list(settings: Any, terminal_id: str | None, only_reversed: b
     _table(["terminal", "key", "type", "amount_minor", "currency", "approved", "reason", "reversed_at",
             "reversal_reason", "acquirer_owed"],
            [{**r, "reversed_at": r["reversed_at"] or "", "acquirer_owed": r["acquirer_owed"] or ""} for r in rows])
+
+
+@authorizations.command("reverse-owed")
+@click.option("--acquirer", envvar="SMARTPOS_HQ_ACQUIRER", metavar="MODULE:FACTORY",
+              help="The acquirer connector `serve` uses (default $SMARTPOS_HQ_ACQUIRER, else the simulated one).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_db_options
+def authorizations_reverse_owed(settings: Any, acquirer: str | None, limit: int, as_json: bool) -> None:
+    """Send every reversal head office owes the acquirer now, once each, without waiting out the back-off of the
+    serve processes' retry pass (say, once the acquirer's link is back after an outage). Exit 1 if any is still
+    owed afterwards."""
+    from headoffice.app import HeadOffice, load_connector, pay_owed_reversals
+    from headoffice.db import upgrade
+    from headoffice.keystore import KeystoreError
+
+    connector_for = None
+    if acquirer:
+        try:
+            connector_for = load_connector(acquirer)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--acquirer") from None
+    _refuse_missing_sqlite(settings)
+    try:
+        hq = HeadOffice(settings, connector_for=connector_for)
+    except KeystoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        upgrade(hq.engine)
+        attempts = pay_owed_reversals(hq, waiting_too=True, limit=limit)
+        known = {a["auth_id"]: a for a in _reversal_rows(hq, [auth_id for auth_id, _ in attempts])}
+    finally:
+        hq.engine.dispose()
+    outcome = {True: "confirmed", False: "failed", None: "nothing owed any more"}
+    rows = [{"auth_id": auth_id, "terminal": known[auth_id]["terminal"], "key": known[auth_id]["key"],
+             "result": outcome[confirmed], "next_try": _when(known[auth_id]["due"]),
+             "attempts": known[auth_id]["attempts"]}
+            for auth_id, confirmed in attempts]
+    if as_json:
+        _print_json(rows)
+    elif rows:
+        _table(["terminal", "key", "result", "next_try", "attempts"],
+               [{**r, "next_try": r["next_try"] or ""} for r in rows])
+    else:
+        click.echo("no reversal is owed to the acquirer")
+    failed = sum(1 for r in rows if r["result"] == "failed")
+    if failed:
+        raise click.ClickException(f"{failed} reversal(s) still owed; the serve processes keep retrying them")
+
+
+def _reversal_rows(hq: Any, auth_ids: list[str]) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from headoffice.models import Authorization
+
+    query = select(Authorization).where(Authorization.auth_id.in_(auth_ids))
+    return hq.run(lambda s: [{"auth_id": a.auth_id, "terminal": a.terminal_id, "key": a.idempotency_key,
+                              "due": a.acquirer_reversal_due_at, "attempts": a.acquirer_reversal_attempts}
+                             for a in s.execute(query).scalars()])
 
 
 # -- API tokens --------------------------------------------------------------------------------------------------

@@ -5,7 +5,12 @@ restart of head office) is in test_deployment.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +162,40 @@ def test_the_retry_interval_reaches_the_worker_processes(tmp_path):
     assert settings.reversal_retry_s == 0.5
     assert HQSettings.resolve(home=tmp_path, environ=settings.to_env()).reversal_retry_s == 0.5
     assert HQSettings.resolve(home=tmp_path, environ={}).reversal_retry_s == 30.0
+
+
+def test_staff_send_the_owed_reversals_now_instead_of_waiting_out_the_back_off(office, tmp_path):
+    """`smartpos-hq authorizations reverse-owed`, with the connector serve uses: while the acquirer's link is down
+    the reversal stays owed and the command says so (exit 1); once it is back, the command sends it at once though
+    the back-off says not yet, and nothing is owed any more."""
+    hq, _in_process = office
+    auth_id = _late_approval(hq)
+    down, log = tmp_path / "acquirer-down", tmp_path / "acquirer.log"
+    down.write_text("")
+    env = {**os.environ, "PLUGIN_ACQUIRER_DOWN": str(down), "PLUGIN_ACQUIRER_LOG": str(log),
+           "SMARTPOS_HQ_DATABASE_URL": hq.settings.database_url, "SMARTPOS_HQ_KEYSTORE": str(tmp_path / "keys")}
+    root = Path(__file__).resolve().parents[2]
+
+    def reverse_owed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "headoffice.cli", "authorizations", "reverse-owed",
+                               "--acquirer", "tests.headoffice.acquirer_plugin:connector", *args],
+                              capture_output=True, text=True, env=env, cwd=root, timeout=60)
+
+    failed = reverse_owed("--json")
+    assert failed.returncode == 1 and "1 reversal(s) still owed" in failed.stderr
+    [row] = json.loads(failed.stdout)
+    assert (row["auth_id"], row["key"], row["result"], row["attempts"]) == (auth_id, "pay-1", "failed", 1)
+    owed = _row(hq, auth_id)
+    assert as_utc(owed.acquirer_reversal_due_at) > utcnow() + timedelta(seconds=5)  # backing off
+    assert not log.exists()
+
+    down.unlink()
+    done = reverse_owed()
+    assert done.returncode == 0, done.stderr
+    assert "confirmed" in done.stdout and "pay-1" in done.stdout
+    assert log.read_text().split() == ["pay-1", auth_id]
+    assert _row(hq, auth_id).acquirer_reversal_due_at is None
+
+    again = reverse_owed()
+    assert again.returncode == 0 and "no reversal is owed to the acquirer" in again.stdout
+    assert log.read_text().split() == ["pay-1", auth_id]  # not sent twice
