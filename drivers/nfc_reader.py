@@ -154,6 +154,9 @@ class _Wait:
             return True
 
 
+_CARD_LEFT = "the card read last is still on the reader; the next tap counts once it is taken away"
+
+
 class NfcpyReader:
     """``CardReader`` over one nfcpy device (see the module docstring for what it reads)."""
 
@@ -194,6 +197,7 @@ class NfcpyReader:
         self._state_lock = threading.Lock()
         self._state = "absent"
         self._detail = "not opened yet"
+        self._device_detail = ""  # what status shows while the device is open and the field empty
         self._opened = threading.Event()
         self._removal_pending = False  # worker only: a card was read and the field has not been seen empty since
 
@@ -322,7 +326,8 @@ class NfcpyReader:
             self._set_state("error", f"no nfc reader found at {self.path}")
             return None
         self._clf = clf
-        self._set_state("ready", f"{clf.device}" if clf.device is not None else self.path)
+        self._device_detail = f"{clf.device}" if clf.device is not None else self.path
+        self._set_state("ready", self._device_detail)
         self._opened.set()
         return clf
 
@@ -368,11 +373,13 @@ class NfcpyReader:
             detected_at = time.monotonic()
             if self._removal_pending or wait is None or wait.abandoned.is_set():
                 self._release(clf, None)
+                self._show_field(occupied=True)
                 break
             if self._read(clf, target, wait, detected_at):
                 return True
         if not occupied:
             self._removal_pending = False
+            self._show_field(occupied=False)
         return False
 
     def _sense(self, clf: Any, tech: str) -> tuple[Any, bool]:
@@ -400,8 +407,7 @@ class NfcpyReader:
         """
         nfc = import_nfc()
         tag = None
-        with self._state_lock:
-            self._state = "card_present"
+        self._show_field(occupied=True)
         try:
             try:
                 tag = nfc.tag.activate(clf, target)
@@ -410,6 +416,7 @@ class NfcpyReader:
             except Exception as exc:  # nfcpy indexes activation answers without checking their length
                 raise CardDataError("card answered the activation with malformed data") from exc
             if tag is None:
+                self._show_field(occupied=False)
                 return False
             result = self._read_tag(tag, wait.td, detected_at)
         except CardError as exc:
@@ -417,14 +424,21 @@ class NfcpyReader:
             self._spent(wait, wait.finish(error=exc))
             if isinstance(exc, ReaderUnavailableError):
                 self._device_failed(exc.message)
+            self._show_field(occupied=self._removal_pending)
             return True
         finally:
             self._release(clf, tag)
-            with self._state_lock:
-                if self._state == "card_present":
-                    self._state = "ready"
         self._spent(wait, wait.finish(result))
+        self._show_field(occupied=self._removal_pending)
         return True
+
+    def _show_field(self, *, occupied: bool) -> None:
+        """Status ``card_present`` while a card is in the field (being read, or read and not yet taken away: the
+        next tap counts only once it is), as the PC/SC stack reports a card left on its reader; else ``ready``."""
+        with self._state_lock:
+            if self._state in ("ready", "card_present"):
+                self._state = "card_present" if occupied else "ready"
+                self._detail = _CARD_LEFT if occupied and self._removal_pending else self._device_detail
 
     def _spent(self, wait: _Wait, delivered: bool) -> None:
         """After a read of the card now in the field: start waiting for its removal unless it reached nobody."""

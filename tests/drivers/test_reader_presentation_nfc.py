@@ -37,6 +37,9 @@ def test_phone_left_on_the_reader_is_not_read_again_until_removed(nfc_sims, nfc_
         with pytest.raises(ReadTimeout):
             _wait(reader, 2.5)
     assert left.poll() is None  # its second tap never came: the reader sent it no APDU
+    # The status says why (as PC/SC's does for a card left on its reader), so the cashier knows to take it away.
+    status = reader.status()
+    assert status["state"] == "card_present" and "still on the reader" in status["detail"], status
 
     ProcessGroup.stop(left)  # the phone is taken away...
     nfc_sims.phone(nfc_port, profile="visa", taps=1)  # ...and the next customer taps a card
@@ -45,6 +48,12 @@ def test_phone_left_on_the_reader_is_not_read_again_until_removed(nfc_sims, nfc_
     assert isinstance(read, EmvCardRead) and read.masked_pan == mask_pan(load_profile("visa").pan)
     # udp: the removal is seen after one unanswered poll of each technology (~1 s each); then the tap is read.
     assert time.monotonic() - started < 6
+    # That card's emulator made one tap and left: once the reader has seen the field empty it is ready again.
+    deadline = time.monotonic() + 8
+    while reader.status()["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = reader.status()
+    assert status["state"] == "ready" and "still on the reader" not in status["detail"], status
 
 
 def test_failing_card_left_on_the_reader_fails_once(nfc_sims, nfc_port, nfc_reader):
