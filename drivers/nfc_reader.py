@@ -373,7 +373,8 @@ class NfcpyReader:
             detected_at = time.monotonic()
             if self._removal_pending or wait is None or wait.abandoned.is_set():
                 self._release(clf, None)
-                self._show_field(occupied=True)
+                # Shown only while a removal is pending: only then do polls go on until the field is seen empty.
+                self._show_field(occupied=self._removal_pending)
                 break
             if self._read(clf, target, wait, detected_at):
                 return True
