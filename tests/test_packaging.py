@@ -13,12 +13,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("terminal", "drivers", "offline_queue", "config", "headoffice", "protocol")
 DATA = ("*.toml", "*.service", "*.ini", "*.mako", "*.py")
 
 
-def _build_wheel(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built once for this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
     for name in PACKAGES:
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -46,9 +51,9 @@ def _shipped_files() -> set[str]:
     return files
 
 
-def test_the_wheel_carries_every_migration_profile_and_config_file(tmp_path):
-    with zipfile.ZipFile(_build_wheel(tmp_path)) as wheel:
-        names = set(wheel.namelist())
+def test_the_wheel_carries_every_migration_profile_and_config_file(wheel):
+    with zipfile.ZipFile(wheel) as built:
+        names = set(built.namelist())
     shipped = _shipped_files()
     assert any(n.startswith("offline_queue/migrations/versions/") for n in shipped)  # the check sees them
     assert any(n.startswith("drivers/simulators/profiles/") for n in shipped)
@@ -63,12 +68,12 @@ def _newest(versions: Path) -> str:
     return match.group(1)
 
 
-def test_a_wheel_install_migrates_both_databases_from_its_own_files(tmp_path):
+def test_a_wheel_install_migrates_both_databases_from_its_own_files(wheel, tmp_path):
     """Unpacked first on the path, the wheel's modules are the ones imported (not the work tree's): the queue and
     head office's schema are created by the migrations inside it, and a simulator profile loads from it."""
     site = tmp_path / "site"
-    with zipfile.ZipFile(_build_wheel(tmp_path)) as wheel:
-        wheel.extractall(site)
+    with zipfile.ZipFile(wheel) as built:
+        built.extractall(site)
     script = (
         "import sqlite3, sys, pathlib\n"
         "import offline_queue.store, headoffice.db, drivers.simulators.emv_card as card\n"

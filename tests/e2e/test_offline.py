@@ -89,25 +89,6 @@ def test_a_late_online_answer_is_reversed_at_head_office(pos_stack):
     stack.hq.cli("acquirer", "set", "--delay-ms", "0")
 
 
-def _record_backlog(stack, count: int) -> int:
-    """``count`` offline sales put straight into the terminal's queue (one sealed card): a backlog of a shop that
-    was cut off for a while. Returns their total."""
-    from config.loading import load_settings
-    from offline_queue.cardprotect import CardProtection
-    from offline_queue.store import QueueStore
-    from tests.harness.headoffice import emv_card
-
-    settings = load_settings(stack.config_path)[0]
-    card = CardProtection.from_state_dir(stack.state_dir).protect(emv_card())
-    total = 0
-    with QueueStore.open(settings.db_path, terminal_id="T-1") as store:
-        store._writer.execute("PRAGMA synchronous=OFF")  # set-up, not what is tested
-        for i in range(count):
-            store.record(type="sale", amount_minor=100 + i % 50, currency="EUR", card=card, auth={"mode": "offline"})
-            total += 100 + i % 50
-    return total
-
-
 def test_a_technicians_sync_alongside_the_running_daemon_drains_the_backlog_once(pos_stack):
     """`smartpos sync --wait` on site while the daemon runs: both engines drain one queue at once. Head office ends
     with every transaction exactly once, and the technician is told that the daemon took part of the backlog
@@ -116,11 +97,12 @@ def test_a_technicians_sync_alongside_the_running_daemon_drains_the_backlog_once
     import subprocess
 
     from tests.harness.daemon import SMARTPOS
+    from tests.harness.headoffice import record_backlog
 
     stack = pos_stack
     stack.add_config("[sync]\ninterval_s = 0.2")
     backlog = 3000
-    total = _record_backlog(stack, backlog)
+    total = record_backlog(stack.config_path, stack.state_dir, "T-1", backlog)  # a shop cut off for a while
     # One transaction per upload: the technician's sync is still early in the backlog when the daemon starts.
     sync = subprocess.Popen([*SMARTPOS, "sync", "--wait", "--page-size", "1", "--config", str(stack.config_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -375,20 +375,9 @@ class TerminalEnv:
 
     def record(self, count: int, *, amount: int = 1250, pan: str = TEST_PANS[0], scheme: str = "visa",
                type: str = "sale") -> int:
-        """Record ``count`` transactions (one sealed card reused: sealing is not what these tests are about).
-        Returns their total amount."""
-        from offline_queue.cardprotect import CardProtection
-
-        card = CardProtection.from_state_dir(self.state_dir).protect(emv_card(pan, scheme))
-        total = 0
-        with self.store() as store:
-            # Filling the queue is set-up here, not what is tested: skip the per-commit fsync for speed.
-            store._writer.execute("PRAGMA synchronous=OFF")
-            for i in range(count):
-                value = amount + (i % 7)
-                store.record(type=type, amount_minor=value, currency="EUR", card=card, auth={"mode": "offline"})
-                total += value
-        return total
+        """Record ``count`` transactions (see :func:`record_backlog`); returns their total amount."""
+        return record_backlog(self.config, self.state_dir, self.terminal_id, count, amount=amount, pan=pan,
+                              scheme=scheme, type=type)
 
     def client(self, url: str | None = None, **kwargs: Any) -> Any:
         from config.provisioning import load_enrollment
@@ -403,6 +392,27 @@ class TerminalEnv:
             "SELECT count(*), count(DISTINCT sequence), coalesce(sum(amount_minor), 0) FROM transactions "
             "WHERE terminal_id = :t AND status = 'accepted'", t=self.terminal_id)[0]
         return int(count), int(distinct), int(total)
+
+
+def record_backlog(config: Path, state_dir: Path, terminal_id: str, count: int, *, amount: int = 1250,
+                   pan: str = TEST_PANS[0], scheme: str = "visa", type: str = "sale") -> int:
+    """Record ``count`` offline transactions straight into the queue of the terminal enrolled with ``config`` and
+    ``state_dir`` (one sealed card reused: sealing is not what these tests are about), amounts ``amount`` to
+    ``amount + 6``. Returns their total amount."""
+    from config.loading import load_settings
+    from offline_queue.cardprotect import CardProtection
+    from offline_queue.store import QueueStore
+
+    card = CardProtection.from_state_dir(state_dir).protect(emv_card(pan, scheme))
+    total = 0
+    with QueueStore.open(load_settings(config)[0].db_path, terminal_id=terminal_id) as store:
+        # Filling the queue is set-up here, not what is tested: skip the per-commit fsync for speed.
+        store._writer.execute("PRAGMA synchronous=OFF")
+        for i in range(count):
+            value = amount + (i % 7)
+            store.record(type=type, amount_minor=value, currency="EUR", card=card, auth={"mode": "offline"})
+            total += value
+    return total
 
 
 @pytest.fixture
