@@ -20,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -66,6 +66,17 @@ async def _body(request: Request) -> bytes:
     if len(body) > MAX_BODY:
         raise HQError(413, "body_too_large", f"body above {MAX_BODY} bytes")
     return body
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def _query_time(name: str, value: str) -> datetime:
+    """A time from a query parameter, in the forms pydantic takes (ISO 8601; no offset means UTC)."""
+    try:
+        return _DATETIME.validate_python(value)
+    except PydanticValidationError:
+        raise HQError(400, f"invalid_{name}", f"{name} must be an ISO 8601 time, e.g. 2026-12-01T00:00:00Z") from None
 
 
 def _signed_path(request: Request) -> str:
@@ -353,13 +364,16 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def list_batches(
         request: Request,
         status: str | None = Query(None, description="open, balanced or out_of_balance"),
-        since: datetime | None = Query(None, description="closed (or opened, if open) at or after; no offset = UTC"),
+        since: str | None = Query(None, description="ISO 8601 time: closed (or opened, if open) at or after it; no "
+                                  "offset = UTC", json_schema_extra={"format": "date-time"}),
         terminal: str | None = None,
         after: int | None = Query(None, ge=0, le=MAX_ID, description="only batches with an id above this one"),
         limit: int = Query(batches.MAX_LIST, ge=1, le=batches.MAX_LIST),
     ) -> Response:
+        # A filter sent empty (`?status=&since=`, as a client with a form of optional filters does) is no filter.
+        since_at = _query_time("since", since) if since else None
         docs = await hq.call(staff(request, lambda s: batches.list_batches(
-            s, status=status, since=since, terminal_id=terminal, after=after, limit=limit)))
+            s, status=status or None, since=since_at, terminal_id=terminal or None, after=after, limit=limit)))
         # A full page may have more behind it: ask again with after=next_after.
         return _json({"batches": docs, "next_after": docs[-1]["id"] if len(docs) == limit else None})
 

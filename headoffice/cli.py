@@ -108,6 +108,7 @@ def serve(settings: Any, host: str, port: int, workers: int, access_log: bool, l
     from headoffice.app import ENV_ACQUIRER, load_connector
     from headoffice.db import make_engine, upgrade
     from headoffice.keystore import FileKeystore
+    from headoffice.logs import log_config
 
     if acquirer:
         try:
@@ -126,6 +127,7 @@ def serve(settings: Any, host: str, port: int, workers: int, access_log: bool, l
     uvicorn.run(
         "headoffice.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
         http="httptools", loop="uvloop", access_log=access_log, log_level=log_level,
+        log_config=log_config(log_level),
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_keep_alive=30,
     )
 
@@ -357,13 +359,19 @@ def tokens() -> None:
 
 
 @tokens.command("create")
-@click.option("--name", required=True)
+@click.option("--name", help="Who or what uses it, to list and revoke it by (default: token-<UTC time>-<4 hex>).")
 @_db_options
-def tokens_create(settings: Any, name: str) -> None:
-    """Create a token; it is printed once and stored only as a hash."""
-    from headoffice import apitokens
+def tokens_create(settings: Any, name: str | None) -> None:
+    """Create a token; it is printed once (the only line on stdout) and stored only as a hash."""
+    import secrets
 
-    click.echo(_session_run(settings, lambda s: apitokens.create_token(s, name)))
+    from headoffice import apitokens
+    from headoffice.clock import utcnow
+
+    named = name or f"token-{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    click.echo(_session_run(settings, lambda s: apitokens.create_token(s, named)))
+    if name is None:
+        click.echo(f"token named {named!r}; revoke it with: smartpos-hq tokens revoke --name {named}", err=True)
 
 
 @tokens.command("revoke")
@@ -622,7 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: known errors are one line and exit status 1, never a traceback."""
     from headoffice.errors import HQError
     from headoffice.keystore import KeystoreError
+    from headoffice.logs import setup_cli_logging
 
+    setup_cli_logging()
     try:
         cli.main(args=argv, prog_name="smartpos-hq", standalone_mode=True)
     except SystemExit:

@@ -141,6 +141,7 @@ class HQ:
     backend: str
     proc: Any = None
     env: dict[str, str] = field(default_factory=dict)
+    serve_args: tuple[str, ...] = ("--log-level", "warning")
 
     def cli(self, *args: str, input: str | None = None) -> str:
         from headoffice.cli import cli
@@ -152,7 +153,7 @@ class HQ:
 
     def start(self) -> None:
         self.proc = self.group.spawn(
-            [sys.executable, "-m", "headoffice.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "headoffice.cli", "serve", "--port", str(self.port), *self.serve_args],
             name=f"hq-{self.port}", env=self.env,
         )
         deadline = time.monotonic() + 30

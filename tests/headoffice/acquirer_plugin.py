@@ -27,11 +27,13 @@ class RefundsOnly:
         return AcquirerResult(False, None, "plugin_declines_sales")
 
     def reverse(self, auth_id: str | None, request: ReversalRequest) -> None:
-        """Fails while the file named by $PLUGIN_ACQUIRER_DOWN exists; confirmed reversals are appended to
+        """Fails while the file named by $PLUGIN_ACQUIRER_DOWN exists (with the file's text in the error, as a careless
+        integration might put the card number there); confirmed reversals are appended to
         $PLUGIN_ACQUIRER_LOG (one idempotency key and auth id per line)."""
         down = os.environ.get("PLUGIN_ACQUIRER_DOWN")
         if down and Path(down).exists():
-            raise ConnectionError("acquirer link down")
+            detail = Path(down).read_text().strip()
+            raise ConnectionError("acquirer link down" + (f": {detail}" if detail else ""))
         log = os.environ.get("PLUGIN_ACQUIRER_LOG")
         if log:
             with open(log, "a") as out:

@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.harness.headoffice import HQ, TerminalEnv
@@ -154,6 +155,12 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     assert code == 0 and out.startswith("hq_")
     listed = run("tokens", "list")[1]
     assert "accounting (revoked #" in listed
+    # Without --name (as the contract writes the command) the token is named after its creation time.
+    code, out, err = run("tokens", "create")
+    assert code == 0 and out.startswith("hq_") and len(out.split()) == 1
+    named = err.split("'")[1]
+    assert named.startswith("token-20") and named in run("tokens", "list")[1]
+    assert httpx.get(f"{hq.url}/api/v1/batches", headers={"authorization": f"Bearer {out.strip()}"}).status_code == 200
     code, _, err = run("parameters", "set", "no_such_limit=5")
     assert code == 1 and "no_such_limit" in err and len(err.strip().splitlines()) == 1
     code, _, err = run("parameters", "set", "txn_limit_minor=abc")

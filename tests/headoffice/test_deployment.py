@@ -148,7 +148,8 @@ def test_an_approval_after_its_reversal_is_reversed_at_the_acquirer_even_if_that
     hq = HQ(base.url, base.database_url, base.home, base.port, ProcessGroup(tmp_path), backend,
             env={**base.env, "SMARTPOS_HQ_ACQUIRER": "tests.headoffice.acquirer_plugin:connector",
                  "SMARTPOS_HQ_REVERSAL_RETRY_S": "0.3", "PLUGIN_ACQUIRER_DOWN": str(down),
-                 "PLUGIN_ACQUIRER_LOG": str(log), "PLUGIN_ACQUIRER_HOLD": str(hold)})
+                 "PLUGIN_ACQUIRER_LOG": str(log), "PLUGIN_ACQUIRER_HOLD": str(hold)},
+            serve_args=("--log-level", "info"))
     hq.start()
     terminal = WireTerminal.enroll(hq)
 
@@ -191,6 +192,9 @@ def test_an_approval_after_its_reversal_is_reversed_at_the_acquirer_even_if_that
         assert lines == ["late-1 None", f"late-1 {row['auth_id']}"]  # confirmed once, by the approval's auth id
         again = terminal.request("POST", "/api/v1/authorizations", refund).json()
         assert again["approved"] is False and again["reason"] == "reversed"
+        # head office's own info line (these were dropped before its logging was set up)
+        assert f"smartpos.headoffice: acquirer confirmed the owed reversal of authorization {row['auth_id']}" in \
+            hq.group.log_text(f"hq-{hq.port}")
     finally:
         terminal.http.close()
         hq.group.stop_all()

@@ -171,7 +171,7 @@ def test_staff_send_the_owed_reversals_now_instead_of_waiting_out_the_back_off(o
     hq, _in_process = office
     auth_id = _late_approval(hq)
     down, log = tmp_path / "acquirer-down", tmp_path / "acquirer.log"
-    down.write_text("")
+    down.write_text("no route while sending card 4111111111111111")  # a connector's error quoting the card
     env = {**os.environ, "PLUGIN_ACQUIRER_DOWN": str(down), "PLUGIN_ACQUIRER_LOG": str(log),
            "SMARTPOS_HQ_DATABASE_URL": hq.settings.database_url, "SMARTPOS_HQ_KEYSTORE": str(tmp_path / "keys")}
     root = Path(__file__).resolve().parents[2]
@@ -183,6 +183,9 @@ def test_staff_send_the_owed_reversals_now_instead_of_waiting_out_the_back_off(o
 
     failed = reverse_owed("--json")
     assert failed.returncode == 1 and "1 reversal(s) still owed" in failed.stderr
+    # the connector's error is logged (redacted, as by serve), not dropped and not in clear
+    assert "acquirer link down: no route while sending card 411111******1111" in failed.stderr
+    assert "4111111111111111" not in failed.stderr + failed.stdout
     [row] = json.loads(failed.stdout)
     assert (row["auth_id"], row["key"], row["result"], row["attempts"]) == (auth_id, "pay-1", "failed", 1)
     owed = _row(hq, auth_id)
