@@ -7,11 +7,25 @@ they live in memory only until the queue seals them for head office.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SCHEMES = ("visa", "mastercard", "amex", "discover", "jcb", "unionpay", "other")
+
+# ``wait_for_card``'s ``on_detected``: called with the reader's name when a card is sensed and its read begins.
+OnDetected = Callable[[str], None]
+
+
+def notify_detected(on_detected: OnDetected | None, reader: str) -> None:
+    """Call ``on_detected`` from a reader's thread; what it raises is logged, never let into the read."""
+    if on_detected is None:
+        return
+    try:
+        on_detected(reader)
+    except Exception:
+        logging.getLogger(__name__).exception("on_detected callback failed")
 
 
 class _RenderedOnRead:

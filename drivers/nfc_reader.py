@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.cardread import CardRead, NdefRead, UidCardRead
+from drivers.cardread import CardRead, NdefRead, OnDetected, UidCardRead, notify_detected
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
     UNAVAILABLE_GRACE_S,
@@ -132,6 +132,7 @@ class _Wait:
     result: CardRead | None = None
     error: CardError | None = None
     gave_up: str | None = None  # why the waiter gave up (error code), set with ``abandoned``
+    on_detected: OnDetected | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def finish(self, result: CardRead | None = None, error: CardError | None = None) -> bool:
@@ -202,14 +203,15 @@ class NfcpyReader:
         self._removal_pending = False  # worker only: a card was read and the field has not been seen empty since
 
     # -- CardReader --------------------------------------------------------------------------------------------
-    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None,
+                      on_detected: OnDetected | None = None) -> CardRead:
         """Wait for the next tap and read it. ``ReadTimeout`` (``timeout`` / ``cancelled``) or another
         ``CardError`` subclass; never another exception type. A card still on the reader since an earlier read is
         not read again (see "Card removal" in the module docstring)."""
         if self._closing.is_set():
             raise ReaderUnavailableError(f"nfc reader {self.path} is closed")
         self.start()
-        wait = _Wait(td)
+        wait = _Wait(td, on_detected=on_detected)
         self._waits.put(wait)
         now = time.monotonic()
         deadline = now + max(0.0, timeout)
@@ -419,6 +421,7 @@ class NfcpyReader:
             if tag is None:
                 self._show_field(occupied=False)
                 return False
+            notify_detected(wait.on_detected, self.name)
             result = self._read_tag(tag, wait.td, detected_at)
         except CardError as exc:
             log.info("nfc read on %s failed: %s", self.path, exc.code)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.cardread import CardRead, UidCardRead
+from drivers.cardread import CardRead, OnDetected, UidCardRead, notify_detected
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
     UNAVAILABLE_GRACE_S,
@@ -129,6 +129,7 @@ class _Waiter:
     abandoned: str | None = None  # why the wait gave up (error code); set under ``PcscReaders._cond``, as the outcome
     result: CardRead | None = None
     error: CardError | None = None
+    on_detected: OnDetected | None = None
 
 
 class PcscReaders:
@@ -378,7 +379,8 @@ class PcscReaders:
         result: CardRead | None = None
         error: CardError | None = None
         try:
-            result = self.read_present(name, waiter.td, detected_at=detected_at, atr=atr, connect=True)
+            result = self.read_present(name, waiter.td, detected_at=detected_at, atr=atr, connect=True,
+                                       on_connected=waiter.on_detected)
         except _GoneBeforeConnect:
             with self._cond:
                 reader.connect_retries += 1
@@ -409,7 +411,8 @@ class PcscReaders:
             with contextlib.suppress(Exception):
                 _scard().SCardCancel(ctx)
 
-    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None,
+                      on_detected: OnDetected | None = None) -> CardRead:
         """Wait for the next card on any matching reader and read it (EMV, else UID). One waiter at a time.
 
         A card that was already present and not read yet (tapped just before the wait) is read; a card that was
@@ -418,7 +421,7 @@ class PcscReaders:
         """
         cancel = cancel or threading.Event()
         self.start()
-        waiter = _Waiter(td)
+        waiter = _Waiter(td, on_detected=on_detected)
         with self._cond:
             if self._waiter is not None and not self._waiter.done.is_set():
                 raise ReaderUnavailableError("another read is already waiting on this reader")
@@ -471,10 +474,12 @@ class PcscReaders:
         return None
 
     def read_present(
-        self, reader: str, td: TerminalData, *, detected_at: float, atr: bytes = b"", connect: bool = False
+        self, reader: str, td: TerminalData, *, detected_at: float, atr: bytes = b"", connect: bool = False,
+        on_connected: OnDetected | None = None,
     ) -> CardRead:
         """Connect to the card now in ``reader`` and read it, in the calling thread. (``connect=True``: a card
-        already gone at connect raises ``_GoneBeforeConnect`` for the monitor to retry or skip.)"""
+        already gone at connect raises ``_GoneBeforeConnect`` for the monitor to retry or skip.) ``on_connected``
+        is told the reader's name once the card answered the connect, before its read."""
         sc = _scard()
         for attempt in (1, 2):
             ctx = self._read_context()
@@ -493,6 +498,7 @@ class PcscReaders:
             if attempt == 2:
                 raise err
         try:
+            notify_detected(on_connected, reader)
             transport = PcscTransport(handle, protocol)
             return self._read(transport, reader, td, detected_at, atr)
         finally:

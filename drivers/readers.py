@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from drivers.cardread import CardRead
+from drivers.cardread import CardRead, OnDetected
 from drivers.emv import TerminalData
 from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
 
@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 class CardReader(Protocol):
     name: str
 
-    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event) -> CardRead:
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event,
+                      on_detected: OnDetected | None = None) -> CardRead:
         """The next card read. ``ReadTimeout`` on timeout (code ``timeout``) or cancel (code ``cancelled``);
-        other ``CardError`` subclasses on bad reads; never another exception type."""
+        other ``CardError`` subclasses on bad reads; never another exception type. ``on_detected(reader name)`` is
+        called (from the reader's own thread) when a card is sensed and its read starts, so the cashier's screen
+        can say "reading, hold the card" for the read's duration; it must return quickly and not raise."""
         ...
 
     def status(self) -> dict: ...
@@ -44,16 +47,17 @@ class MultiReader:
         self.readers = list(readers)
         self.name = "+".join(r.name for r in self.readers)
 
-    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None) -> CardRead:
+    def wait_for_card(self, td: TerminalData, *, timeout: float, cancel: threading.Event | None = None,
+                      on_detected: OnDetected | None = None) -> CardRead:
         cancel = cancel or threading.Event()
         if len(self.readers) == 1:
-            return self.readers[0].wait_for_card(td, timeout=timeout, cancel=cancel)
+            return self.readers[0].wait_for_card(td, timeout=timeout, cancel=cancel, on_detected=on_detected)
         inner = threading.Event()
         results: queue.Queue[tuple[CardRead | None, CardError | None]] = queue.Queue()
 
         def run(reader: CardReader) -> None:
             try:
-                results.put((reader.wait_for_card(td, timeout=timeout, cancel=inner), None))
+                results.put((reader.wait_for_card(td, timeout=timeout, cancel=inner, on_detected=on_detected), None))
             except CardError as exc:
                 results.put((None, exc))
             except Exception as exc:  # a reader breaking its contract must not take the others down

@@ -8,6 +8,7 @@ deterministically (see ``terminal.payment.resolve_after_restart``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -59,7 +60,24 @@ class Reversals(Protocol):
 
 
 class Reader(Protocol):
-    def wait_for_card(self, td: Any, *, timeout: float, cancel: threading.Event) -> Any: ...
+    def wait_for_card(self, td: Any, *, timeout: float, cancel: threading.Event,
+                      on_detected: Callable[[str], None] | None = None) -> Any: ...
+
+
+class _ReadingGate:
+    """One ``wait_for_card`` call's ``reading`` announcement: made at most once, from the reader's thread when the
+    card is sensed, and never after the wait returned (so it cannot land on top of a later state)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shown = False
+        self.closed = False
+
+    def close(self) -> bool:
+        """End the wait's window; True when ``reading`` was shown during it."""
+        with self.lock:
+            self.closed = True
+            return self.shown
 
 
 class Receipts(Protocol):
@@ -323,42 +341,71 @@ class PaymentFlow:
             if self._cancel.is_set():
                 self._cancelled(payment)
                 return
+            gate = _ReadingGate()
             try:
-                read = self._reader.wait_for_card(td, timeout=min(remaining, 5.0), cancel=self._cancel)
+                read = self._reader.wait_for_card(td, timeout=min(remaining, 5.0), cancel=self._cancel,
+                                                  on_detected=functools.partial(self._show_reading, payment, gate))
             except ReadTimeout as exc:
+                reading = gate.close()
                 if exc.code == "cancelled" or self._cancel.is_set():
                     self._cancelled(payment)
                     return
+                if reading:
+                    self._back_to_waiting(payment)
                 continue  # slice of the wait elapsed; loop re-checks the overall deadline
             except CardError as exc:  # ReaderUnavailableError included
+                if gate.close():
+                    self._back_to_waiting(payment)
                 self._read_problem(payment, exc)
                 continue
+            reading = gate.close()
             if self._cancel.is_set():
                 self._cancelled(payment)
                 return
             if not isinstance(read, EmvCardRead) and not (self._settings.closed_loop_uid
                                                           and isinstance(read, UidCardRead)):
+                if reading:
+                    self._back_to_waiting(payment)
                 self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
                 continue
-            self._authorize(payment, read)
+            self._authorize(payment, read, reading)
             return
 
-    def _authorize(self, payment: Payment, card: EmvCardRead | UidCardRead) -> None:
+    def _show_reading(self, payment: Payment, gate: _ReadingGate, _reader: str) -> None:
+        """From the reader's thread: a card was sensed and its read begins. The front end sees ``reading`` (its
+        cue to tell the customer to hold the card) for as long as the read takes, not only once it is done."""
+        with gate.lock:
+            if gate.closed or gate.shown or self._cancel.is_set():
+                return
+            gate.shown = True
+            self._announce_state(payment, State.READING)
+
+    def _back_to_waiting(self, payment: Payment) -> None:
+        """The read that ``reading`` announced came to nothing (card pulled away, not a payment card): the payment
+        shows its stored state, ``waiting_for_card``, again."""
+        self._forget_live(payment["id"])
+        self._publish(payment["id"], self._ledger.payment(payment["id"]) or payment)
+
+    def _authorize(self, payment: Payment, card: EmvCardRead | UidCardRead, reading_shown: bool = False) -> None:
         pid = payment["id"]
         self.last_error = self._last_error_payment = None  # a good read: the reader's last problem is over
         timings = {"card_detected": card.detected_at, "card_read": card.read_at}
         public = {k: v for k, v in card.to_public_dict().items() if k in
                   ("scheme", "masked_pan", "entry_mode", "aid", "label", "wallet", "reader")}
-        # "reading" and "authorizing" are announced at once. Only a state that guards a side effect outside this
+        # "reading" was shown when the card was sensed (``reading_shown``; else it is announced now, with the card),
+        # then "authorizing" with the card at once. Only a state that guards a side effect outside this
         # process is stored on its own: "authorizing" before head office is asked. Before an offline decision
         # the next commit is the recorded approval itself (or the decline), so a crash in between resolves
         # exactly as a crash in a stored "authorizing" would: not recorded -> failed.
         asks_online = self._online is not None and payment["mode"] != "force-offline"
-        payment = self._announce_state(payment, State.READING, card=public)
+        if reading_shown:
+            payment = {**payment, "state": State.READING.value}
+        else:
+            payment = self._announce_state(payment, State.READING, card=public)
         if asks_online:
             payment = self._transition(payment, State.AUTHORIZING, card=public)
         else:
-            payment = self._announce_state(payment, State.AUTHORIZING)
+            payment = self._announce_state(payment, State.AUTHORIZING, card=public)
         online = None
         if self._online is not None:
             online_call = self._online

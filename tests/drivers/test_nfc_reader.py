@@ -48,8 +48,14 @@ def test_emv_profile_reads_through_nfcpy_udp(profile_name, nfc_sims, nfc_port, n
 
 def test_phone_is_a_wallet_with_its_own_label(nfc_sims, nfc_port, nfc_reader):
     nfc_sims.phone(nfc_port, profile="phone", taps=1)
-    read = _read(nfc_reader(nfc_port))
+    reader = nfc_reader(nfc_port)
+    sensed: list[tuple[str, float]] = []
+    read = reader.wait_for_card(TD, timeout=10, cancel=threading.Event(),
+                                on_detected=lambda name: sensed.append((name, time.monotonic())))
     assert isinstance(read, EmvCardRead)
+    # told once, once the phone was activated and before its read (the "reading" cue)
+    assert [name for name, _ in sensed] == [reader.name]
+    assert read.detected_at <= sensed[0][1] <= read.read_at
     assert (read.aid, read.label, read.expiry, read.wallet) == ("A0000000031010", "WALLET VISA", "2906", True)
     assert read.masked_pan == "489537******3478"
 

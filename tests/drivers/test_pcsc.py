@@ -53,8 +53,13 @@ def readers(private_pcscd):
 )
 def test_reads_each_profile_through_pcscd(readers, tap, profile, mode, masked, aid, label, expiry, scheme):
     card = tap(profile, mode=mode)
-    result = readers.wait_for_card(TD, timeout=10, cancel=threading.Event())
+    sensed: list[tuple[str, float, int]] = []  # reader, when, APDUs the card had answered by then
+    result = readers.wait_for_card(TD, timeout=10, cancel=threading.Event(),
+                                   on_detected=lambda name: sensed.append((name, time.monotonic(), card.apdus_served)))
     assert isinstance(result, EmvCardRead)
+    # told once, as the read began (the card connected, no command answered yet): the "reading" cue
+    assert [(name, apdus) for name, _, apdus in sensed] == [(READER, 0)]
+    assert result.detected_at <= sensed[0][1] <= result.read_at
     assert (result.masked_pan, result.aid, result.label, result.expiry, result.scheme) == (
         masked, aid, label, expiry, scheme
     )  # fmt: skip

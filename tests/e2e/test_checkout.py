@@ -312,3 +312,35 @@ def test_closed_loop_uid_card_pays_when_enabled(pos_stack):
             assert client.get(f"/v1/payments/{payment['id']}").json()["sync_state"] == "accepted"
     rows = json.loads(stack.hq.cli("authorizations", "list", "--json").stdout)
     assert [r["amount_minor"] for r in rows if r["key"] == online["id"]] == [450]
+
+
+def test_the_front_end_sees_reading_for_as_long_as_the_card_is_read(pos_stack):
+    """A slow card (0.1 s per command, half a second for the read, as real contactless cards can take): the
+    payment shows `reading` from the moment the card is sensed, while its commands are still being answered, then
+    `authorizing` and `approved`. (It used to announce `reading` only once the read was over.)"""
+    stack = pos_stack
+    stack.start_daemon()
+    with stack.api() as client:
+        r = client.post("/v1/payments", json={"type": "sale", "amount_minor": 990, "currency": "EUR",
+                                              "mode": "force-offline"}, headers={"Idempotency-Key": "slow-card"})
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        card = stack.tap("visa", apdu_delay=0.1)
+        seen = []  # (state, commands the card had answered when the event arrived, card shown)
+        polled = None
+        with client.stream("GET", f"/v1/payments/{pid}/events") as events:
+            for line in events.iter_lines():
+                if line.startswith("data: "):
+                    doc = json.loads(line[6:])
+                    seen.append((doc["state"], card.apdus_served, doc.get("card")))
+                    if doc["state"] == "reading" and polled is None:
+                        polled = (client.get(f"/v1/payments/{pid}").json()["state"], card.apdus_served)
+        final = client.get(f"/v1/payments/{pid}").json()
+    assert final["state"] == "approved" and final["card"]["masked_pan"] == "476173******0010"
+    states = [state for i, (state, _, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != state]
+    assert states == ["waiting_for_card", "reading", "authorizing", "approved"], seen  # (approved: then receipts)
+    total = card.apdus_served  # the read's commands (5 for this card: about 0.5 s)
+    _, answered_when_reading, shown = seen[1]
+    assert total >= 4 and answered_when_reading <= 1 and not shown  # the read had only begun, nothing shown yet
+    assert polled is not None and polled[0] == "reading" and polled[1] < total  # GET says so too, mid-read
+    assert seen[2][2]["masked_pan"] == "476173******0010"  # the card shown with authorizing

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from drivers.cardread import EmvCardRead, UidCardRead
-from drivers.errors import ReadTimeout
+from drivers.errors import ReaderUnavailableError, ReadTimeout
 from terminal.authorization import OfflineDecision
 from terminal.payment import ACTIVE, State
 
@@ -37,7 +37,7 @@ class ScriptedReader:
         self.taps = queue.Queue()
         self.waits = 0
 
-    def wait_for_card(self, td, *, timeout, cancel):
+    def wait_for_card(self, td, *, timeout, cancel, on_detected=None):
         self.waits += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -47,10 +47,25 @@ class ScriptedReader:
                 item = self.taps.get(timeout=0.01)
             except queue.Empty:
                 continue
+            if on_detected is not None and not isinstance(item, ReaderUnavailableError):
+                on_detected("fake")  # a card was sensed: its read begins (a failed read was sensed too)
+            if isinstance(item, SlowRead):
+                while not item.done.wait(0.01):  # the read is in progress until the test lets it finish
+                    if cancel.is_set():
+                        raise ReadTimeout("cancelled", code="cancelled")
+                item = item.outcome
             if isinstance(item, Exception):
                 raise item
             return item
         raise ReadTimeout("no card")
+
+
+class SlowRead:
+    """A tap whose read lasts until ``done`` is set; then it ends with ``outcome`` (a read or an exception)."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.done = threading.Event()
 
 
 class MemoryLedger:

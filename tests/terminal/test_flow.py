@@ -9,7 +9,7 @@ from protocol.errors import ValidationError
 from terminal.authorization import OfflineDecision, OnlineUnavailable
 from terminal.flow import FlowError, FlowSettings, PaymentFlow
 from terminal.payment import State
-from tests.terminal.flowfakes import MemoryLedger, ReceiptLog, ScriptedReader, emv_read, uid_read
+from tests.terminal.flowfakes import MemoryLedger, ReceiptLog, ScriptedReader, SlowRead, emv_read, uid_read
 
 SALE = {"type": "sale", "amount_minor": 1250, "currency": "EUR", "reference": "R-1"}
 
@@ -157,6 +157,51 @@ def test_cancel_while_waiting(running):
     cancelled = flow.cancel(payment["id"])
     assert cancelled["state"] == "cancelled"
     assert ledger.recorded == {}
+
+
+def _wait_live(flow, pid, state, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = flow.live(pid)
+        if live is not None and live["state"] == state:
+            return live
+        time.sleep(0.005)
+    raise AssertionError(f"payment never showed {state} (live: {flow.live(pid)})")
+
+
+def test_reading_is_shown_while_the_card_is_read_and_a_cancel_then_lands(running):
+    """The front end sees `reading` as soon as the card is sensed, for as long as its read lasts (its cue to say
+    "hold the card"); a cancel in that state ends the payment cancelled, nothing recorded."""
+    flow, ledger, reader, _receipts, published = running()
+    payment, _ = flow.create("k", SALE)
+    slow = SlowRead(emv_read())
+    reader.taps.put(slow)
+    live = _wait_live(flow, payment["id"], "reading")
+    assert live.get("card") is None  # not read yet
+    assert (payment["id"], "reading") in published.events
+    cancelled = flow.cancel(payment["id"])
+    assert cancelled["state"] == "cancelled"
+    assert ledger.recorded == {}
+    slow.done.set()
+
+
+def test_a_read_that_comes_to_nothing_shows_waiting_for_card_again(running):
+    flow, ledger, reader, _receipts, published = running()
+    payment, _ = flow.create("k", SALE)
+    pulled = SlowRead(CardRemovedError("card removed during read"))
+    reader.taps.put(pulled)
+    _wait_live(flow, payment["id"], "reading")
+    pulled.done.set()
+    deadline = time.monotonic() + 3
+    while flow.live(payment["id"]) is not None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert flow.live(payment["id"]) is None and ledger.payment(payment["id"])["state"] == "waiting_for_card"
+    reader.taps.put(emv_read())
+    wait_state(ledger, payment["id"], "approved")
+    states = [state for pid, state in published.events if pid == payment["id"]]
+    first = states.index("reading")
+    assert states[first + 1] == "waiting_for_card"  # back to waiting, with the read's problem
+    assert states[-3:] == ["reading", "authorizing", "approved"] and states.count("reading") == 2
 
 
 def test_cancel_after_approval_is_409(running):
