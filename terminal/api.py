@@ -80,6 +80,10 @@ class ApiError(Exception):
         self.message = message
 
 
+DEFAULT_READ_TIMEOUT_S = 15
+MAX_READ_TIMEOUT_S = 60
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     # Messages may quote what the caller sent (an amount, a currency, a field name): anything in them shaped like
     # a PAN or track data is masked, whichever field it came in.
@@ -204,6 +208,27 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
     async def status() -> JSONResponse:
         return JSONResponse(await run_in_threadpool(service.status))
 
+    @app.post(
+        "/v1/reads",
+        openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"timeout_s": {"type": "number", "minimum": 1, "maximum": MAX_READ_TIMEOUT_S,
+                                         "default": DEFAULT_READ_TIMEOUT_S}}}}}}},
+    )
+    async def read_card(request: Request) -> JSONResponse:
+        """Wait for a tap outside any payment (NDEF member tag or coupon, UID card; a payment card only masked)
+        and answer what was read. 408 ``card_timeout`` when nothing came, 409 ``terminal_busy`` while a payment
+        or another read is in progress."""
+        body = await _json_object(request, empty_ok=True)
+        unknown = set(body) - {"timeout_s"}
+        if unknown:
+            raise ApiError(400, "invalid_request", f"unknown field {sorted(unknown)[0]!r}")
+        timeout_s = body.get("timeout_s", DEFAULT_READ_TIMEOUT_S)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
+                or not 1 <= timeout_s <= MAX_READ_TIMEOUT_S:
+            raise ApiError(400, "invalid_request", f"timeout_s must be a number from 1 to {MAX_READ_TIMEOUT_S}")
+        return JSONResponse({"read": await run_in_threadpool(service.flow.read_card, float(timeout_s))})
+
     @app.post("/v1/batches/close")
     async def close_batch() -> JSONResponse:
         return JSONResponse(await run_in_threadpool(service.close_batch))
@@ -308,7 +333,7 @@ def _idempotency_key(request: Request, *, required: bool) -> str | None:
     return key
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
     # Read in pieces and stop at the limit: a chunked body announces no length, and must not be held whole.
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -317,6 +342,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
             raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    if empty_ok and not raw.strip():
+        return {}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

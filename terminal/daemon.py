@@ -181,6 +181,7 @@ class Daemon:
                 card_timeout_s=self.settings.payments.card_timeout_s,
                 terminal_data=self._terminal_data,
                 closed_loop_uid=self.settings.payments.closed_loop_uid,
+                currency=self.settings.payments.currency,
             ),
             on_outcome=self._payment_finished,
             reversals=self.hq,

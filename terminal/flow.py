@@ -107,6 +107,7 @@ class FlowSettings:
     reader_retry_s: float = 0.25
     # closed loop: a UID-only card pays (identified by its keyed UID token; no EMV data, nothing sealed)
     closed_loop_uid: bool = False
+    currency: str = "EUR"  # the terminal data of a read outside a payment (``read_card``)
 
 
 class PaymentFlow:
@@ -145,6 +146,7 @@ class PaymentFlow:
         self.last_error: dict[str, str] | None = None
         self._last_error_payment: str | None = None
         self.heartbeat = time.monotonic()
+        self._read_cancel: threading.Event | None = None  # set while a read outside a payment waits (read_card)
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
     def recover(self) -> list[Payment]:
@@ -188,6 +190,8 @@ class PaymentFlow:
             self._stopping = True
             self._cancel_reason = "terminal_shutdown"
             self._cancel.set()
+            if self._read_cancel is not None:
+                self._read_cancel.set()
             self._work.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -205,10 +209,7 @@ class PaymentFlow:
                 return existing, False
             if self._stopping:
                 raise FlowError(503, "shutting_down", "the terminal is shutting down")
-            for busy_id in (self._queued, self._current):
-                busy = self._ledger.payment(busy_id) if busy_id else None
-                if busy is not None and not is_final(busy["state"]):
-                    raise FlowError(409, "terminal_busy", f"payment {busy_id} is still {busy['state']}")
+            self._refuse_if_busy()
             payment = self._ledger.create_payment(idempotency_key=idempotency_key, request=request)
             self._queued = payment["id"]
             self._cancel.clear()
@@ -217,6 +218,48 @@ class PaymentFlow:
         log.info("payment.created", extra=_fields(payment))
         self._publish(payment["id"], payment)
         return payment, True
+
+    def _refuse_if_busy(self) -> None:
+        """Under ``self._lock``: 409 while a payment is not final or a read outside a payment waits for a tap."""
+        for busy_id in (self._queued, self._current):
+            busy = self._ledger.payment(busy_id) if busy_id else None
+            if busy is not None and not is_final(busy["state"]):
+                raise FlowError(409, "terminal_busy", f"payment {busy_id} is still {busy['state']}")
+        if self._read_cancel is not None:
+            raise FlowError(409, "terminal_busy", "a card read (POST /v1/reads) is waiting for a tap")
+
+    def read_card(self, timeout_s: float) -> dict[str, Any]:
+        """Wait up to ``timeout_s`` for a tap outside any payment and return what was read, as shown to anyone:
+        an NDEF tag's records (member id, coupon), a UID card's UID, a payment card masked. For a POS front end that
+        takes member tags or coupons while the daemon owns the readers. Nothing is stored. One at a time, and never
+        while a payment is in progress (409 ``terminal_busy`` either way; a payment asked for meanwhile gets it too).
+        """
+        from drivers.emv import TerminalData
+        from drivers.errors import ReaderUnavailableError
+
+        with self._lock:
+            if self._stopping:
+                raise FlowError(503, "shutting_down", "the terminal is shutting down")
+            self._refuse_if_busy()
+            cancel = self._read_cancel = threading.Event()
+        try:
+            request = {"type": "sale", "amount_minor": 0, "currency": self._settings.currency}
+            td = (self._settings.terminal_data(request) if self._settings.terminal_data
+                  else TerminalData(amount_minor=0, currency=self._settings.currency))
+            read = self._reader.wait_for_card(td, timeout=timeout_s, cancel=cancel)
+        except ReadTimeout as exc:
+            if exc.code == "cancelled":
+                raise FlowError(503, "shutting_down", "the terminal is shutting down; the read was cancelled") from None
+            raise FlowError(408, "card_timeout", f"no card was tapped within {timeout_s:g} s") from None
+        except ReaderUnavailableError as exc:
+            raise FlowError(503, exc.code, exc.message) from None
+        except CardError as exc:
+            raise FlowError(422, exc.code, exc.message) from None
+        finally:
+            with self._lock:
+                self._read_cancel = None
+        log.info("card.read_outside_payment", extra={"kind": read.kind, "reader": read.reader})
+        return read.to_public_dict()
 
     def validate_request(self, request: dict[str, Any]) -> dict[str, Any]:
         kind = request.get("type", "sale")

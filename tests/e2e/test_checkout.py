@@ -344,3 +344,47 @@ def test_the_front_end_sees_reading_for_as_long_as_the_card_is_read(pos_stack):
     assert total >= 4 and answered_when_reading <= 1 and not shown  # the read had only begun, nothing shown yet
     assert polled is not None and polled[0] == "reading" and polled[1] < total  # GET says so too, mid-read
     assert seen[2][2]["masked_pan"] == "476173******0010"  # the card shown with authorizing
+
+
+def test_the_front_end_reads_a_member_tag_through_the_daemon(pos_stack):
+    """NDEF member tags and coupons while the daemon owns the readers (`smartpos read` cannot open a reader the
+    daemon holds): POST /v1/reads waits for the tap on the daemon's nfcpy reader and answers the tag's records. A
+    payment asked for meanwhile is refused; nothing is recorded; a read with no tap ends 408."""
+    import time
+
+    from drivers.cardread import NdefRecord
+    from drivers.simulators.nfc_tag import run_tag
+
+    stack = pos_stack
+    tag_port = free_udp_port()
+    stack.add_config(f"[readers]\nnfcpy = [\"udp:127.0.0.1:{tag_port}\"]")
+    stack.start_daemon()
+    with stack.api() as client:
+        wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
+                   timeout=10, what="the nfcpy reader to show up")
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(client.post("/v1/reads", json={"timeout_s": 20})))
+        waiting.start()
+        time.sleep(1.0)  # the read is waiting by now
+        during = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
+                             headers={"Idempotency-Key": "during-read"})
+        assert during.status_code == 409 and during.json()["error"]["code"] == "terminal_busy", during.text
+        records = [NdefRecord("text", "MEMBER-0042", lang="en"), NdefRecord("uri", "https://shop.example/c/SAVE10")]
+        tag = threading.Thread(target=run_tag, args=(records, tag_port), kwargs={"taps": 1}, daemon=True)
+        tag.start()
+        waiting.join(30)
+        tag.join(10)
+        [answer] = answers
+        assert answer.status_code == 200, answer.text
+        read = answer.json()["read"]
+        assert read["kind"] == "ndef" and [r["value"] for r in read["records"]] == [
+            "MEMBER-0042", "https://shop.example/c/SAVE10"]
+        assert client.get("/v1/payments").json()["payments"] == []  # nothing was recorded or created
+        nothing = client.post("/v1/reads", json={"timeout_s": 1})
+        assert nothing.status_code == 408 and nothing.json()["error"]["code"] == "card_timeout"
+        bad = client.post("/v1/reads", json={"timeout_s": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+        # and payments are taken again
+        again = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
+                            headers={"Idempotency-Key": "after-read"})
+        assert again.status_code == 201, again.text

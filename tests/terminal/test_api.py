@@ -178,7 +178,7 @@ def test_openapi_documents_the_contract(client):
     spec = client.get("/openapi.json").json()
     for path in ("/v1/payments", "/v1/payments/{payment_id}", "/v1/payments/{payment_id}/events",
                  "/v1/payments/{payment_id}/cancel", "/v1/payments/{payment_id}/void",
-                 "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close"):
+                 "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close", "/v1/reads"):
         assert path in spec["paths"]
     # The error object the API really sends, not FastAPI's {"detail": [...]}; and the bearer token.
     assert "HTTPValidationError" not in json.dumps(spec)
@@ -222,6 +222,33 @@ def test_any_json_body_gets_json_4xx_or_a_payment_never_500(client, service, bod
         service.flow.cancel(r.json()["id"])
     else:
         assert set(r.json()) == {"error"}
+
+
+read_bodies = st.dictionaries(st.sampled_from(["timeout_s", "extra"]), json_values, max_size=2) | json_values
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=read_bodies)
+def test_any_json_body_to_reads_gets_json_400_unless_it_is_a_valid_timeout(client, body):
+    from hypothesis import assume
+
+    valid = isinstance(body, dict) and set(body) <= {"timeout_s"} and (
+        "timeout_s" not in body or (isinstance(body["timeout_s"], int | float)
+                                    and not isinstance(body["timeout_s"], bool) and 1 <= body["timeout_s"] <= 60))
+    assume(not valid)  # a valid one waits for a tap: below
+    r = client.post("/v1/reads", content=json.dumps(body, allow_nan=True).encode(),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and r.json()["error"]["code"] in ("invalid_request", "malformed_json")
+
+
+def test_a_read_outside_a_payment_answers_what_was_tapped(client, service):
+    service.reader.taps.put(emv_read())
+    r = client.post("/v1/reads")  # no body: the default timeout
+    assert r.status_code == 200, r.text
+    read = r.json()["read"]
+    assert read["kind"] == "emv" and read["masked_pan"] == "476173******0010" and "pan" not in read
+    assert service.ledger.payments == {}
 
 
 def test_store_failure_is_503_with_its_code(service, client, monkeypatch):

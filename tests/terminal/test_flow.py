@@ -393,3 +393,52 @@ def test_closed_loop_terminal_takes_a_uid_card_and_a_shop_terminal_does_not():
             assert wait_state(ledger, payment["id"], "approved", "timed_out")["state"] == expected
         finally:
             flow.shutdown(2)
+
+
+def test_a_read_outside_a_payment_returns_the_public_view_and_keeps_payments_out(running):
+    """POST /v1/reads' half in the flow: what was read, masked; a payment asked for meanwhile is refused (409), as
+    a read asked for during a payment is; nothing is recorded."""
+    flow, ledger, reader, *_ = running()
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(flow.read_card(5.0)))
+    waiting.start()
+    deadline = time.monotonic() + 3
+    while reader.waits == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with pytest.raises(FlowError) as busy:
+        flow.create("k-during-read", SALE)
+    assert (busy.value.status, busy.value.code) == (409, "terminal_busy") and "POST /v1/reads" in busy.value.message
+    with pytest.raises(FlowError) as twice:
+        flow.read_card(1.0)
+    assert twice.value.code == "terminal_busy"
+    reader.taps.put(emv_read())
+    waiting.join(5)
+    [shown] = answers
+    assert shown["kind"] == "emv" and shown["masked_pan"] == "476173******0010"
+    assert "4761739001010010" not in str(shown)
+    assert ledger.payments == {} and ledger.recorded == {}
+    # once the read is over, payments are taken again; during one, a read is refused
+    payment, _ = flow.create("k-after-read", SALE)
+    with pytest.raises(FlowError) as during:
+        flow.read_card(1.0)
+    assert during.value.code == "terminal_busy" and payment["id"] in during.value.message
+
+
+def test_a_read_outside_a_payment_times_out_or_fails_typed(running):
+    from drivers.errors import CardDataError
+
+    flow, _ledger, reader, *_ = running()
+    with pytest.raises(FlowError) as timed_out:
+        flow.read_card(0.2)
+    assert (timed_out.value.status, timed_out.value.code) == (408, "card_timeout")
+    reader.taps.put(CardDataError("card returned no PAN"))
+    with pytest.raises(FlowError) as bad:
+        flow.read_card(2.0)
+    assert (bad.value.status, bad.value.code) == (422, "card_data")
+    reader.taps.put(ReaderUnavailableError("pcscd is not running"))
+    with pytest.raises(FlowError) as away:
+        flow.read_card(2.0)
+    assert (away.value.status, away.value.code) == (503, "reader_unavailable")
+    reader.taps.put(uid_read())
+    shown = flow.read_card(2.0)
+    assert (shown["kind"], shown["uid"]) == ("uid", "04A1B2C3")
