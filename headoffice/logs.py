@@ -17,14 +17,17 @@ from uvicorn.logging import AccessFormatter, DefaultFormatter
 from protocol.carddata import redact
 
 
-class RedactingFormatter(DefaultFormatter):
+class _Redacting(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
 
-class RedactingAccessFormatter(AccessFormatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+class RedactingFormatter(_Redacting, DefaultFormatter):
+    pass
+
+
+class RedactingAccessFormatter(_Redacting, AccessFormatter):
+    pass
 
 
 def log_config(level: str = "info") -> dict[str, Any]:

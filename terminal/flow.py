@@ -234,7 +234,6 @@ class PaymentFlow:
         takes member tags or coupons while the daemon owns the readers. Nothing is stored. One at a time, and never
         while a payment is in progress (409 ``terminal_busy`` either way; a payment asked for meanwhile gets it too).
         """
-        from drivers.emv import TerminalData
         from drivers.errors import ReaderUnavailableError
 
         with self._lock:
@@ -243,9 +242,9 @@ class PaymentFlow:
             self._refuse_if_busy()
             cancel = self._read_cancel = threading.Event()
         try:
-            request = {"type": "sale", "amount_minor": 0, "currency": self._settings.currency}
-            td = (self._settings.terminal_data(request) if self._settings.terminal_data
-                  else TerminalData(amount_minor=0, currency=self._settings.currency))
+            terminal_data = self._settings.terminal_data  # as _process builds it, for an amount of zero
+            td = terminal_data({"type": "sale", "amount_minor": 0, "currency": self._settings.currency}) \
+                if terminal_data else None
             read = self._reader.wait_for_card(td, timeout=timeout_s, cancel=cancel)
         except ReadTimeout as exc:
             if exc.code == "cancelled":
