@@ -227,8 +227,9 @@ class Daemon:
         live = self.flow.live(payment_id) if self.flow is not None and view is not None else None
         if live is not None and view is not None and not is_final(view["state"]):
             view["state"] = live["state"]
-            card = live.get("card") or {}
-            view["card"] = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
+            card = live.get("card")
+            if card:  # (``reading`` is shown before the card's details are known: the card stays null until then)
+                view["card"] = {k: card.get(k) for k in ("scheme", "masked_pan", "entry_mode", "aid", "label")}
             if is_final(live["state"]):  # a final state the store could not take yet (disk full): and why
                 view["error"] = live.get("error")
         if view is not None and self.spooler is not None:

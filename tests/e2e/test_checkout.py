@@ -325,13 +325,15 @@ def test_the_front_end_sees_reading_for_as_long_as_the_card_is_read(pos_stack):
                                               "mode": "force-offline"}, headers={"Idempotency-Key": "slow-card"})
         assert r.status_code == 201, r.text
         pid = r.json()["id"]
-        card = stack.tap("visa", apdu_delay=0.1)
+        card = None
         seen = []  # (state, commands the card had answered when the event arrived, card shown)
         polled = None
         with client.stream("GET", f"/v1/payments/{pid}/events") as events:
             for line in events.iter_lines():
                 if line.startswith("data: "):
                     doc = json.loads(line[6:])
+                    if card is None:  # the tap comes once the stream shows the payment waiting
+                        card = stack.tap("visa", apdu_delay=0.1)
                     seen.append((doc["state"], card.apdus_served, doc.get("card")))
                     if doc["state"] == "reading" and polled is None:
                         polled = (client.get(f"/v1/payments/{pid}").json()["state"], card.apdus_served)
