@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
@@ -82,6 +83,7 @@ class ApiError(Exception):
 
 DEFAULT_READ_TIMEOUT_S = 15
 MAX_READ_TIMEOUT_S = 60
+HANGUP_POLL_S = 0.1  # how often a waiting read checks that its front end is still connected
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -227,7 +229,22 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) \
                 or not 1 <= timeout_s <= MAX_READ_TIMEOUT_S:
             raise ApiError(400, "invalid_request", f"timeout_s must be a number from 1 to {MAX_READ_TIMEOUT_S}")
-        return JSONResponse({"read": await run_in_threadpool(service.flow.read_card, float(timeout_s))})
+        hung_up = threading.Event()
+        reading = asyncio.ensure_future(run_in_threadpool(service.flow.read_card, float(timeout_s), hung_up))
+        while not reading.done():
+            # A front end that gives up (the cashier skips the member tag) closes the connection: the read ends
+            # then, not at its timeout, so that the payment asked for next is not refused as terminal_busy.
+            await asyncio.wait((reading,), timeout=HANGUP_POLL_S)
+            if not reading.done() and await request.is_disconnected():
+                hung_up.set()
+                break
+        return JSONResponse({"read": await reading})
+
+    @app.post("/v1/reads/cancel")
+    async def cancel_read() -> JSONResponse:
+        """End the read that waits for a tap (POST /v1/reads, which then answers 409 ``read_cancelled``).
+        ``cancelled`` is false when no read was waiting."""
+        return JSONResponse({"cancelled": await run_in_threadpool(service.flow.cancel_read)})
 
     @app.post("/v1/batches/close")
     async def close_batch() -> JSONResponse:

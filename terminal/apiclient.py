@@ -112,6 +112,11 @@ class LocalApi:
     def reprint(self, payment_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/payments/{payment_id}/receipt")
 
+    def read_card(self, timeout_s: float) -> dict[str, Any]:
+        """What the daemon's readers read within ``timeout_s`` (1 to 60): ``POST /v1/reads``."""
+        return dict(self._call("POST", "/v1/reads", json={"timeout_s": timeout_s},
+                               timeout=httpx.Timeout(timeout_s + 10.0, connect=5.0))["read"])
+
     def close_batch(self) -> dict[str, Any]:
         return self._call("POST", "/v1/batches/close")
 

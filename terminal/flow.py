@@ -228,11 +228,13 @@ class PaymentFlow:
         if self._read_cancel is not None:
             raise FlowError(409, "terminal_busy", "a card read (POST /v1/reads) is waiting for a tap")
 
-    def read_card(self, timeout_s: float) -> dict[str, Any]:
+    def read_card(self, timeout_s: float, cancel: threading.Event | None = None) -> dict[str, Any]:
         """Wait up to ``timeout_s`` for a tap outside any payment and return what was read, as shown to anyone:
         an NDEF tag's records (member id, coupon), a UID card's UID, a payment card masked. For a POS front end that
         takes member tags or coupons while the daemon owns the readers. Nothing is stored. One at a time, and never
         while a payment is in progress (409 ``terminal_busy`` either way; a payment asked for meanwhile gets it too).
+        Setting ``cancel`` (the API does when the front end hangs up) or :meth:`cancel_read` ends the wait with 409
+        ``read_cancelled``, so the next payment need not wait for the read's timeout.
         """
         from drivers.errors import ReaderUnavailableError
 
@@ -240,15 +242,17 @@ class PaymentFlow:
             if self._stopping:
                 raise FlowError(503, "shutting_down", "the terminal is shutting down")
             self._refuse_if_busy()
-            cancel = self._read_cancel = threading.Event()
+            cancel = self._read_cancel = cancel if cancel is not None else threading.Event()
         try:
             terminal_data = self._settings.terminal_data  # as _process builds it, for an amount of zero
             td = terminal_data({"type": "sale", "amount_minor": 0, "currency": self._settings.currency}) \
                 if terminal_data else None
             read = self._reader.wait_for_card(td, timeout=timeout_s, cancel=cancel)
         except ReadTimeout as exc:
-            if exc.code == "cancelled":
+            if exc.code == "cancelled" and self._stopping:
                 raise FlowError(503, "shutting_down", "the terminal is shutting down; the read was cancelled") from None
+            if exc.code == "cancelled":
+                raise FlowError(409, "read_cancelled", "the read was cancelled before a card was read") from None
             raise FlowError(408, "card_timeout", f"no card was tapped within {timeout_s:g} s") from None
         except ReaderUnavailableError as exc:
             raise FlowError(503, exc.code, exc.message) from None
@@ -259,6 +263,14 @@ class PaymentFlow:
                 self._read_cancel = None
         log.info("card.read_outside_payment", extra={"kind": read.kind, "reader": read.reader})
         return read.to_public_dict()
+
+    def cancel_read(self) -> bool:
+        """End the read outside a payment that is waiting (POST /v1/reads/cancel); False when none is."""
+        with self._lock:
+            if self._read_cancel is None:
+                return False
+            self._read_cancel.set()
+            return True
 
     def validate_request(self, request: dict[str, Any]) -> dict[str, Any]:
         kind = request.get("type", "sale")

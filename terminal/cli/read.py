@@ -1,8 +1,10 @@
 """`smartpos read`: wait for one tap and show what was read (masked), for technicians.
 
-Readers: every PC/SC reader (or those whose name contains ``--reader``) plus the nfcpy readers from the config
-(``[readers] nfcpy``) and ``--nfc PATH``. ``--reader`` with an nfcpy path (``udp:...``, ``usb:...``, ``tty:...``)
-reads only that nfcpy reader.
+While the daemon (``smartpos run``) answers on its local API, the read goes through it (``POST /v1/reads``): it
+owns the readers, and an nfcpy reader it holds cannot be opened a second time. Otherwise, or with ``--direct``,
+``--reader`` or ``--nfc``, this process opens the readers itself: every PC/SC reader (or those whose name contains
+``--reader``) plus the nfcpy readers from the config (``[readers] nfcpy``) and ``--nfc PATH``. ``--reader`` with an
+nfcpy path (``udp:...``, ``usb:...``, ``tty:...``) reads only that nfcpy reader.
 
 Exit status: 0 read, 1 failed read (bad card, reader gone), 3 no card before the timeout.
 """
@@ -64,11 +66,10 @@ def _build_readers(reader: str | None, nfc: tuple[str, ...], settings: Any) -> l
     return readers
 
 
-def _show(result: Any) -> None:
+def _show(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    data = result.to_public_dict()
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -89,16 +90,69 @@ def _show(result: Any) -> None:
               help="Seconds to wait for a tap.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--nfc", multiple=True, metavar="PATH", help="Also wait on this nfcpy reader (repeatable).")
+@click.option("--direct", is_flag=True,
+              help="Open the readers here even when the daemon runs (only readers it does not hold).")
 @click.option("--config", "config_file", default=None, envvar="SMARTPOS_CONFIG", help="Config file.")
-def read(reader: str | None, timeout: float, as_json: bool, nfc: tuple[str, ...], config_file: str | None) -> None:
+def read(reader: str | None, timeout: float, as_json: bool, nfc: tuple[str, ...], direct: bool,
+         config_file: str | None) -> None:
     """Wait for a card, phone or tag and show what was read (PAN masked)."""
+    settings = _settings(config_file, as_json)
+    if not (direct or reader is not None or nfc):
+        through_daemon = _read_through_daemon(settings, timeout, as_json)
+        if through_daemon is not None:
+            _output(through_daemon, as_json)
+            return
+    _output(_read_here(settings, reader, nfc, timeout, as_json), as_json)
+
+
+def _output(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(data).decode())
+    else:
+        _show(data)
+
+
+def _read_through_daemon(settings: Any, timeout: float, as_json: bool) -> dict[str, Any] | None:
+    """What the running daemon's readers read, or None when no daemon answers. The daemon takes reads of 1 to
+    60 s, so a longer ``--timeout`` is asked for in turns; Ctrl-C hangs up, which ends the daemon's read at once."""
+    import time
+
+    from terminal.apiclient import ApiCallError, LocalApi, api_url
+
+    with LocalApi(api_url(settings), token=settings.api.token, timeout=5.0) as api:
+        try:
+            api.status()
+        except ApiCallError as exc:
+            if exc.code == "daemon_unreachable":
+                return None
+            _fail(exc.code, f"the daemon at {api.base_url} refused: {exc.message}", as_json=as_json,
+                  status=EXIT_FAILED)  # fmt: skip
+        if not as_json:
+            click.echo(f"Waiting up to {timeout:g} s for a tap on the readers of the daemon at {api.base_url} ...",
+                       err=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            turn = max(1.0, min(60.0, deadline - time.monotonic()))
+            try:
+                return api.read_card(turn)
+            except ApiCallError as exc:
+                if exc.code == "card_timeout" and deadline - time.monotonic() >= 1.0:
+                    continue
+                if exc.code == "card_timeout":
+                    _fail(exc.code, f"no card was tapped within {timeout:g} s", as_json=as_json, status=EXIT_TIMEOUT)
+                _fail(exc.code, f"the daemon's read failed: {exc.message}", as_json=as_json, status=EXIT_FAILED)
+
+
+def _read_here(settings: Any, reader: str | None, nfc: tuple[str, ...], timeout: float,
+               as_json: bool) -> dict[str, Any]:
     from drivers.emv import TerminalData
     from drivers.errors import CardError, ReadTimeout
     from drivers.readers import MultiReader
 
     # The reader layer logs outages as warnings; here the outcome is reported as one line, so keep them quiet.
     logging.getLogger("drivers").addHandler(logging.NullHandler())
-    settings = _settings(config_file, as_json)
     try:
         readers = _build_readers(reader, nfc, settings)
     except CardError as exc:
@@ -122,12 +176,7 @@ def read(reader: str | None, timeout: float, as_json: bool, nfc: tuple[str, ...]
         _fail(exc.code, exc.message, as_json=as_json, status=EXIT_FAILED)
     finally:
         multi.close()
-    if as_json:
-        import orjson
-
-        click.echo(orjson.dumps(result.to_public_dict()).decode())
-    else:
-        _show(result)
+    return dict(result.to_public_dict())
 
 
 def _fail_fast_without_pcscd(readers: list[Any], wait: float, as_json: bool, name: str | None = None) -> None:

@@ -4,6 +4,7 @@ virtual printer -> sync -> head office -> batch pulled as CSV."""
 import csv
 import io
 import json
+import os
 import socket
 import threading
 
@@ -390,3 +391,73 @@ def test_the_front_end_reads_a_member_tag_through_the_daemon(pos_stack):
         again = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
                             headers={"Idempotency-Key": "after-read"})
         assert again.status_code == 201, again.text
+
+
+def test_smartpos_read_goes_through_the_running_daemon_and_a_hang_up_frees_the_readers(pos_stack):
+    """A technician runs `smartpos read` while the daemon holds the nfcpy reader: the tag is read through the
+    daemon. A read whose caller gives up (Ctrl-C on the command, a front end closing its connection, or
+    POST /v1/reads/cancel) ends then, not at its timeout, so the next payment is taken at once."""
+    import signal
+    import subprocess
+    import time
+
+    from drivers.cardread import NdefRecord
+    from drivers.simulators.nfc_tag import run_tag
+    from tests.harness.daemon import REPO
+
+    stack = pos_stack
+    tag_port = free_udp_port()
+    stack.add_config(f"[readers]\nnfcpy = [\"udp:127.0.0.1:{tag_port}\"]")
+    stack.start_daemon()
+    env = stack.daemon_env
+    with stack.api() as client:
+        wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
+                   timeout=10, what="the nfcpy reader to show up")
+        tag = threading.Thread(target=run_tag, args=([NdefRecord("text", "MEMBER-0077", lang="en")], tag_port),
+                               kwargs={"taps": 1}, daemon=True)  # fmt: skip
+        tag.start()
+        done = run_cli([*SMARTPOS, "read", "--json", "--timeout", "20"], env=env, timeout=40)
+        tag.join(10)
+        assert done.returncode == 0, done.stderr
+        read = json.loads(done.stdout)
+        assert read["kind"] == "ndef" and [r["value"] for r in read["records"]] == ["MEMBER-0077"]
+        assert "Waiting" not in done.stderr  # --json: one object, no progress line
+
+        def payment_taken(key):
+            r = client.post("/v1/payments", json={"type": "sale", "amount_minor": 100, "currency": "EUR"},
+                            headers={"Idempotency-Key": key})
+            if r.status_code == 201:
+                client.post(f"/v1/payments/{r.json()['id']}/cancel")
+                return True
+            assert r.status_code == 409 and r.json()["error"]["code"] == "terminal_busy", r.text
+            return False
+
+        # Ctrl-C on a waiting `smartpos read` (30 s): the daemon's read ends as the command hangs up
+        waiting = subprocess.Popen([*SMARTPOS, "read", "--timeout", "30"], env={**os.environ, **env}, cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            line = waiting.stderr.readline()
+            assert "readers of the daemon at" in line, line
+            time.sleep(1.0)  # its POST /v1/reads is waiting by now
+            assert not payment_taken("during-cli-read")
+            waiting.send_signal(signal.SIGINT)
+            waiting.wait(10)
+            hung_up = time.monotonic()
+            wait_until(lambda: payment_taken("after-cli-read"), timeout=5, what="a payment to be taken again")
+            assert time.monotonic() - hung_up < 5
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(5)
+
+        # POST /v1/reads/cancel: the waiting read answers 409 read_cancelled
+        answers = []
+        reader = threading.Thread(target=lambda: answers.append(client.post("/v1/reads", json={"timeout_s": 30},
+                                                                            timeout=40)))  # fmt: skip
+        reader.start()
+        wait_until(lambda: client.post("/v1/reads/cancel").json()["cancelled"], timeout=5, what="the read to wait")
+        reader.join(10)
+        [answer] = answers
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "read_cancelled", answer.text
+        assert client.post("/v1/reads/cancel").json() == {"cancelled": False}
+        assert payment_taken("after-cancel")

@@ -424,6 +424,39 @@ def test_a_read_outside_a_payment_returns_the_public_view_and_keeps_payments_out
     assert during.value.code == "terminal_busy" and payment["id"] in during.value.message
 
 
+def test_a_read_outside_a_payment_ends_when_cancelled_and_payments_are_taken_at_once(running):
+    """The front end hung up (the API sets the read's own event) or asked POST /v1/reads/cancel: the read ends
+    409 read_cancelled well before its timeout, and the next payment is not refused as terminal_busy."""
+    flow, _ledger, reader, *_ = running()
+    assert flow.cancel_read() is False  # nothing to cancel
+    for how in ("hang_up", "cancel_read"):
+        hung_up, outcome = threading.Event(), []
+
+        def wait(hung_up=hung_up, outcome=outcome):
+            try:
+                flow.read_card(30.0, hung_up)
+            except FlowError as exc:
+                outcome.append(exc)
+
+        before = reader.waits
+        waiting = threading.Thread(target=wait)
+        started = time.monotonic()
+        waiting.start()
+        while reader.waits == before and time.monotonic() - started < 3:
+            time.sleep(0.005)
+        if how == "hang_up":
+            hung_up.set()
+        else:
+            assert flow.cancel_read() is True
+        waiting.join(5)
+        [ended] = outcome
+        assert (ended.status, ended.code) == (409, "read_cancelled") and time.monotonic() - started < 5
+        payment, created = flow.create(f"k-after-{how}", SALE)
+        assert created and payment["state"] == "waiting_for_card"
+        flow.cancel(payment["id"])
+    assert flow.cancel_read() is False
+
+
 def test_a_read_outside_a_payment_times_out_or_fails_typed(running):
     from drivers.errors import CardDataError
 
