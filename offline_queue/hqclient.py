@@ -133,6 +133,23 @@ def _doc(response: httpx.Response) -> Any:
         raise HeadOfficeUnreachable("bad_response", "head office answer was not valid JSON") from None
 
 
+def _authorization_answer(data: Any) -> AuthorizationResult:
+    """Head office's 200 to an authorization, checked: ``approved`` a JSON boolean, ``auth_id`` a non-empty string,
+    ``code``/``reason`` strings or null. Anything else is no usable answer, as a cut body is: head office may have
+    approved, so the caller owes a reversal (a string ``"false"`` must never read as an approval)."""
+    if not isinstance(data, dict):
+        raise HeadOfficeUnreachable("bad_response", "head office's authorization answer is not a JSON object")
+    approved, auth_id = data.get("approved"), data.get("auth_id")
+    if not isinstance(approved, bool) or not isinstance(auth_id, str) or not auth_id:
+        raise HeadOfficeUnreachable(
+            "bad_response", "head office's authorization answer lacks a boolean 'approved' or an 'auth_id'"
+        )
+    code, reason = data.get("code"), data.get("reason")
+    if not (code is None or isinstance(code, str)) or not (reason is None or isinstance(reason, str)):
+        raise HeadOfficeUnreachable("bad_response", "head office's authorization answer has a non-text code or reason")
+    return AuthorizationResult(approved, code, reason, auth_id)
+
+
 def enroll(base_url: str, code: str, public_key: str, *, timeout: float = 10.0,
            transport: httpx.BaseTransport | None = None, verify: bool | str = True) -> dict[str, Any]:
     """Unsigned (the terminal has no identity yet): the one-time code authenticates the enrollment."""
@@ -229,7 +246,7 @@ class HeadOfficeClient:
             "reference": reference, "envelope": envelope,
         }
         data = _doc(self._request("POST", "/api/v1/authorizations", doc, timeout=timeout))
-        return AuthorizationResult(bool(data["approved"]), data.get("code"), data.get("reason"), str(data["auth_id"]))
+        return _authorization_answer(data)
 
     def reverse(self, *, idempotency_key: str, type: str, amount_minor: int, currency: str,
                 reason: str | None = None, timeout: float | None = None) -> dict[str, Any]:

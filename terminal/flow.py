@@ -136,6 +136,7 @@ class PaymentFlow:
         self._queued: str | None = None
         self._current: str | None = None
         self._cancel = threading.Event()
+        self._cancel_for: str | None = None  # the payment `_cancel` belongs to: a late cancel never ends the next
         self._cancel_reason = "cancelled_by_pos"
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -211,7 +212,7 @@ class PaymentFlow:
                 raise FlowError(503, "shutting_down", "the terminal is shutting down")
             self._refuse_if_busy()
             payment = self._ledger.create_payment(idempotency_key=idempotency_key, request=request)
-            self._queued = payment["id"]
+            self._queued = self._cancel_for = payment["id"]
             self._cancel.clear()
             self._cancel_reason = "cancelled_by_pos"
             self._work.notify_all()
@@ -299,7 +300,9 @@ class PaymentFlow:
         if payment["state"] not in CANCELLABLE:
             raise FlowError(409, "not_cancellable", f"payment is {payment['state']}; it can no longer be cancelled")
         with self._lock:
-            if self._queued == payment_id or self._current == payment_id:
+            # Only while this payment is the one queued or in progress and `_cancel` is still its own: the state
+            # read above may be stale, and the next payment may already be queued (its creation cleared `_cancel`).
+            if self._cancel_for == payment_id and payment_id in (self._queued, self._current):
                 self._cancel_reason = "cancelled_by_pos"
                 self._cancel.set()
         deadline = time.monotonic() + wait_s
@@ -649,6 +652,11 @@ class PaymentFlow:
             if payment is None or is_final(payment["state"]):
                 return
             if self._ledger.is_recorded(payment_id):
+                return
+            if payment["state"] == State.AUTHORIZING and not self._owe_reversal(payment, "internal_error",
+                                                                               strict=False):
+                # Head office was asked and may have approved; with the reversal neither stored nor sent, the
+                # payment stays authorizing so that the next start owes it (as recover() does).
                 return
             self._finish(payment, State.FAILED, error={"code": "internal_error", "message": "the payment failed"})
         except Exception:

@@ -395,6 +395,45 @@ def test_closed_loop_terminal_takes_a_uid_card_and_a_shop_terminal_does_not():
             flow.shutdown(2)
 
 
+def test_a_late_cancel_of_a_finished_payment_does_not_cancel_the_next_one(running):
+    """The cashier's cancel of A read A still waiting; A was approved before the cancel took effect, and the front
+    end (following A's events) asked for B at once. The cancel was A's: B waits for its card as asked."""
+    flow, ledger, reader, receipts, _ = running()
+    in_receipt, release = threading.Event(), threading.Event()
+    submit = receipts.submit
+
+    def slow_submit(payment, **kwargs):  # the worker is still on A, queueing its receipt
+        submit(payment, **kwargs)
+        in_receipt.set()
+        release.wait(5)
+
+    receipts.submit = slow_submit
+    a, _ = flow.create("k-a", SALE)
+    seen_waiting = dict(a)
+    reader.taps.put(emv_read())
+    assert in_receipt.wait(3) and ledger.payment(a["id"])["state"] == "approved"
+    b, created = flow.create("k-b", SALE)
+    assert created
+    real_get = flow._get
+    stale = [seen_waiting]  # cancel's first look at A, taken before A was approved
+
+    def get(pid):
+        return stale.pop() if pid == a["id"] and stale else real_get(pid)
+
+    flow._get = get
+    try:
+        with pytest.raises(FlowError) as late:
+            flow.cancel(a["id"], wait_s=0.2)
+    finally:
+        flow._get = real_get
+        release.set()
+    assert late.value.code == "not_cancellable" and "approved" in late.value.message
+    time.sleep(0.3)  # the worker has moved on to B by now
+    assert ledger.payment(b["id"])["state"] == "waiting_for_card"
+    reader.taps.put(emv_read())
+    assert wait_state(ledger, b["id"], "approved", "cancelled")["state"] == "approved"
+
+
 def test_a_read_outside_a_payment_returns_the_public_view_and_keeps_payments_out(running):
     """POST /v1/reads' half in the flow: what was read, masked; a payment asked for meanwhile is refused (409), as
     a read asked for during a payment is; nothing is recorded."""

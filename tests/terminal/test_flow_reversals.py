@@ -172,3 +172,20 @@ def test_an_error_after_the_record_committed_keeps_the_sale_and_its_approval(flo
     reader.taps.put(emv_read())
     done = wait_state(ledger, payment["id"], "approved", "declined", "failed")
     assert done["state"] == "approved" and ledger.reversals == {}
+
+
+def test_an_unexpected_error_after_head_office_was_asked_owes_the_reversal(flows):
+    """The worker's last resort (any exception once the online request was sent) fails the payment as before, and
+    owes the reversal first: head office may have approved it."""
+
+    def broken(request):
+        raise RuntimeError("an answer this terminal did not expect")
+
+    flow, ledger, reader, link = flows(broken, "prefer-online")
+    payment, _ = flow.create("k", SALE)
+    reader.taps.put(emv_read())
+    done = wait_state(ledger, payment["id"], "approved", "declined", "failed")
+    assert done["state"] == "failed" and done["error"]["code"] == "internal_error"
+    assert ledger.reversals[payment["id"]]["reason"] == "internal_error"
+    assert steps(ledger, payment["id"]) == ["waiting_for_card", "authorizing", "reversal_owed", "failed"]
+    assert link.woken == 1
