@@ -36,6 +36,7 @@ log = logging.getLogger("smartpos.api")
 MAX_BODY_BYTES = 16 * 1024
 RECEIPT_WAIT_S = 60.0  # how long an approval's event stream waits for its receipt to print or fail
 RECEIPT_POLL_S = 0.1
+KEEPALIVE_S = 10.0  # an idle event stream sends a comment this often, and looks at the stored payment again
 _PAYMENT_FIELDS = {"type", "amount_minor", "currency", "reference", "mode"}
 
 
@@ -272,9 +273,12 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
                 if is_final(current["state"]):
                     break
                 try:
-                    raw = await asyncio.wait_for(queue.get(), timeout=10.0)
+                    raw = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_S)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
+                    stored = await run_in_threadpool(service.payment_view, payment_id)
+                    if stored is not None and is_final(stored["state"]):
+                        current = stored  # final but never announced (its event was lost): the stream still ends
                     continue
                 # The state this event announced, not whatever the payment is by the time it is read: "reading"
                 # and "authorizing" last milliseconds offline, and a listener must still see each of them.

@@ -157,6 +157,29 @@ def test_events_stream_until_final_state(client, service):
     assert states == ["waiting_for_card", "reading", "authorizing", "approved"], states
 
 
+def test_an_event_stream_ends_with_a_final_state_whose_event_was_lost(service, monkeypatch):
+    """The approval was stored but its event never reached the stream: at the next keep-alive the stream looks at
+    the stored payment, shows it approved and ends, instead of showing authorizing until the front end gives up."""
+    import terminal.api
+
+    monkeypatch.setattr(terminal.api, "KEEPALIVE_S", 0.2)
+    publish = service.flow._publish
+    service.flow._publish = lambda pid, payment: None if payment["state"] == "approved" else publish(pid, payment)
+    with TestClient(create_app(service)) as c:
+        payment = post_sale(c).json()
+        states, keepalives = [], 0
+        with c.stream("GET", f"/v1/payments/{payment['id']}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    states.append(json.loads(line[6:])["state"])
+                    if len(states) == 1:
+                        service.reader.taps.put(emv_read())
+                keepalives += line.startswith(": keep-alive")
+                if keepalives > 10:  # 2 s with no end: the stream would show authorizing for good
+                    break
+    assert states == ["waiting_for_card", "reading", "authorizing", "approved"], states
+
+
 def test_cancel_then_get(client):
     payment = post_sale(client).json()
     r = client.post(f"/v1/payments/{payment['id']}/cancel")
