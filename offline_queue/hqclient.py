@@ -41,6 +41,11 @@ class HeadOfficeUnreachable(HeadOfficeError):
         self.maybe_delivered = maybe_delivered
 
 
+class HeadOfficeBadAnswer(HeadOfficeUnreachable):
+    """A 200 whose body is not the answer asked for (a bug, a proxy, a hostile server): nothing of it is applied,
+    as after a cut body, so rows stay queued and reversals owed. Asking again soon would get the same answer."""
+
+
 class HeadOfficeRejected(HeadOfficeError):
     """Head office answered 4xx. ``status`` is the HTTP status, ``code`` head office's machine-readable code."""
 
@@ -131,6 +136,69 @@ def _doc(response: httpx.Response) -> Any:
     except orjson.JSONDecodeError:
         # A 200 with a cut or garbled body: we cannot know what head office did, so it is a retry case.
         raise HeadOfficeUnreachable("bad_response", "head office answer was not valid JSON") from None
+
+
+REVERSAL_STATUSES = frozenset({"reversed", "already_reversed", "not_approved", "reversed_before_authorization"})
+_MAX_SEQUENCE = 2**63 - 1
+
+
+def _bad(message: str) -> HeadOfficeBadAnswer:
+    return HeadOfficeBadAnswer("bad_response", message)
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_SEQUENCE
+
+
+def head_office_text(value: Any, max_len: int = 200) -> str | None:
+    """A reason head office wrote, as this terminal stores and shows it: one printable line, card-shaped numbers
+    masked, at most ``max_len`` characters."""
+    from protocol.carddata import redact
+
+    if not isinstance(value, str):
+        return None
+    line = "".join(ch if ch.isprintable() else " " for ch in redact(value)).strip()
+    return line[:max_len] or None
+
+
+def _upload_answer(data: Any) -> UploadResult:
+    if not isinstance(data, dict) or not isinstance(data.get("results", []), list):
+        raise _bad("head office's upload answer is not an object with a list of results")
+    results = []
+    for r in data.get("results", []):
+        if not isinstance(r, dict) or not _whole(r.get("sequence"), 1) or not isinstance(r.get("status"), str) \
+                or not isinstance(r.get("duplicate", False), bool):
+            raise _bad("head office's upload answer has a result without an integer sequence and a text status")
+        results.append(SequenceResult(r["sequence"], r["status"], head_office_text(r.get("reason")),
+                                      r.get("duplicate", False)))  # fmt: skip
+    head, version = data.get("head_sequence", 0), data.get("parameters_version")
+    if not _whole(head) or not (version is None or _whole(version)):
+        raise _bad("head office's upload answer has a head_sequence or parameters_version that is no integer")
+    return UploadResult(head, results, version, announced_versions(data))
+
+
+def parameters_doc(data: Any) -> ParametersDoc:
+    """Checked whole before anything is stored: a doc this terminal could not apply keeps the parameters it has."""
+    from pydantic import ValidationError as PydanticError
+
+    from offline_queue.risk import merge_parameters
+    from protocol.tokens import is_token
+
+    if not isinstance(data, dict) or not _whole(data.get("version")) or not isinstance(data.get("parameters"), dict) \
+            or not isinstance(data.get("deny_list"), list):
+        raise _bad("head office's parameters are not {version, parameters, deny_list}")
+    if not all(isinstance(tok, str) and is_token(tok) for tok in data["deny_list"]):
+        raise _bad("head office's deny list holds entries that are not card tokens")
+    risk = data["parameters"].get("risk", data["parameters"])
+    if not isinstance(risk, dict):
+        raise _bad("head office's risk parameters are not an object")
+    try:
+        merge_parameters(risk, None)
+    except (PydanticError, ValueError) as exc:
+        first = exc.errors()[0] if isinstance(exc, PydanticError) and exc.errors() else None
+        where = f" ({'.'.join(map(str, first['loc']))}: {first['msg']})" if first else ""
+        raise _bad(f"head office's risk parameters are not valid{where}") from None
+    return ParametersDoc(data["version"], data["parameters"], data["deny_list"])
 
 
 def _authorization_answer(data: Any) -> AuthorizationResult:
@@ -254,23 +322,25 @@ class HeadOfficeClient:
         ``reversed``, ``already_reversed``, ``not_approved`` or ``reversed_before_authorization``)."""
         doc = {"idempotency_key": idempotency_key, "type": type, "amount_minor": amount_minor,
                "currency": currency, "reason": reason}
-        return dict(_doc(self._request("POST", "/api/v1/authorizations/reversals", doc, timeout=timeout)))
+        answer = _doc(self._request("POST", "/api/v1/authorizations/reversals", doc, timeout=timeout))
+        if not isinstance(answer, dict) or answer.get("status") not in REVERSAL_STATUSES:
+            # Not one of head office's answers: the reversal cannot be taken as done, so it stays owed.
+            raise HeadOfficeUnreachable("bad_response", "head office's reversal answer has no known status")
+        return answer
 
     def upload(self, page: list[dict[str, Any]]) -> UploadResult:
         path = f"/api/v1/terminals/{self.terminal_id}/transactions"
-        data = _doc(self._request("POST", path, {"transactions": page}, compress=self.compress))
-        results = [
-            SequenceResult(int(r["sequence"]), str(r["status"]), r.get("reason"), bool(r.get("duplicate")))
-            for r in data.get("results", [])
-        ]
-        return UploadResult(int(data.get("head_sequence", 0)), results, data.get("parameters_version"),
-                            announced_versions(data))
+        return _upload_answer(_doc(self._request("POST", path, {"transactions": page}, compress=self.compress)))
 
     def close_batch(self, batch: int, totals: list[dict[str, Any]], *, first_sequence: int | None = None,
                     last_sequence: int | None = None) -> dict[str, Any]:
         path = f"/api/v1/terminals/{self.terminal_id}/batches/{int(batch)}/close"
         doc = {"totals": totals, "first_sequence": first_sequence, "last_sequence": last_sequence}
-        return _doc(self._request("POST", path, doc))
+        answer = _doc(self._request("POST", path, doc))
+        if not isinstance(answer, dict) or answer.get("status") not in ("balanced", "out_of_balance"):
+            raise HeadOfficeUnreachable("bad_response", "head office's batch close answer is neither balanced "
+                                        "nor out_of_balance")  # fmt: skip
+        return answer
 
     def parameters(self, if_version: int | None = None) -> ParametersDoc | None:
         """The current parameters and deny list, or None when head office still has ``if_version``."""
@@ -280,8 +350,7 @@ class HeadOfficeClient:
         response = self._request("GET", path)
         if response.status_code == 304:
             return None
-        data = _doc(response)
-        return ParametersDoc(int(data["version"]), dict(data["parameters"]), list(data["deny_list"]))
+        return parameters_doc(_doc(response))
 
     def ping(self) -> dict[str, Any]:
         """Reachable and authenticated: head office knows this terminal and accepts its signature."""

@@ -30,11 +30,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from offline_queue.hqclient import HeadOfficeClient, HeadOfficeRejected, HeadOfficeUnreachable, UploadResult
+from offline_queue.hqclient import (
+    HeadOfficeBadAnswer,
+    HeadOfficeClient,
+    HeadOfficeRejected,
+    HeadOfficeUnreachable,
+    UploadResult,
+)
 
 log = logging.getLogger("smartpos.sync")
 
@@ -271,6 +277,8 @@ class SyncEngine:
                 raise _Stopped()
             try:
                 value = fn()
+            except HeadOfficeBadAnswer:
+                raise  # head office answered, with something unusable: asking again at once would get the same
             except HeadOfficeUnreachable as exc:
                 self.note_contact(False)
                 if not wait:
@@ -335,8 +343,8 @@ class SyncEngine:
                 return
             current = window.popleft()
             try:
-                upload = current.future.result()
-            except HeadOfficeUnreachable as exc:
+                upload = _only_sent(current.future.result(), current.page)
+            except HeadOfficeUnreachable as exc:  # also an unusable answer: nothing of it is applied
                 self.note_contact(False)
                 self._settle(window, result, progress)
                 after = 0
@@ -374,8 +382,7 @@ class SyncEngine:
             attempt = 0
             page_size = self.page_size
             result.pages += 1
-            answered = {r.sequence for r in upload.results}
-            if not answered.intersection(row["sequence"] for row in current.page):
+            if not upload.results:
                 # An answer that covers none of what was sent would loop forever: stop and report.
                 raise HeadOfficeUnreachable("bad_response", "head office answered for none of the uploaded rows")
             # A "gap" for a page sent while an earlier one was still unanswered only means it overtook it.
@@ -413,7 +420,7 @@ class SyncEngine:
                 continue
             if not trust_rejections:
                 continue
-            code = (rej.reason or "rejected").split(":", 1)[0]
+            code = (rej.reason or "rejected").split(":", 1)[0][:64].strip() or "rejected"
             self.store.mark_rejected(rej.sequence, code, rej.reason or "rejected by head office")
             self._note_rejection(result, rej.sequence, code, rej.reason)
             result.rejected += 1
@@ -429,8 +436,8 @@ class SyncEngine:
         while window:
             pending = window.popleft()
             try:
-                upload = pending.future.result()
-            except HeadOfficeUnreachable:
+                upload = _only_sent(pending.future.result(), pending.page)
+            except HeadOfficeUnreachable:  # also an unusable answer: its rows are sent again
                 self.note_contact(False)
                 continue
             except HeadOfficeRejected as exc:
@@ -467,7 +474,13 @@ class SyncEngine:
     def _refresh_parameters(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         stored = self.store.parameters()
         have = stored.version if stored is not None else None
-        doc = self._call(lambda: self.client.parameters(if_version=have), result, wait=wait, stop=stop)
+        try:
+            doc = self._call(lambda: self.client.parameters(if_version=have), result, wait=wait, stop=stop)
+        except HeadOfficeBadAnswer as exc:
+            # Kept whole: the risk rules and deny list in force stay, and the uploads of this pass go on.
+            log.warning("head office's parameters were not applied (%s); version %s stays", exc.message, have)
+            result.parameters_version = have
+            return
         if doc is None:
             result.parameters_version = have
             return
@@ -499,10 +512,15 @@ class SyncEngine:
                 log.warning("head office refused the reversal of %s: %s", key, exc.message)
                 self.store.mark_reversal(key, done=True, hq_status=f"refused:{exc.code}")
                 continue
+            except HeadOfficeBadAnswer as exc:
+                log.warning("head office's answer to the reversal of %s was unusable (%s); it stays owed", key,
+                            exc.message)  # fmt: skip
+                self.store.mark_reversal(key, done=False, hq_status=None)
+                continue
             except HeadOfficeUnreachable:
                 self.store.mark_reversal(key, done=False, hq_status=None)
                 raise
-            status = str(answer.get("status") or "reversed")
+            status = str(answer["status"])
             self.store.mark_reversal(key, done=True, hq_status=status)
             result.reversals_sent += 1
             log.info("authorization %s reversed at head office (%s)", key, status)
@@ -522,8 +540,29 @@ class SyncEngine:
                     raise
                 log.warning("head office refused batch %d close: %s", batch.number, exc.message)
                 continue
+            except HeadOfficeBadAnswer as exc:
+                log.warning("head office's answer to batch %d close was unusable (%s); it is reported again later",
+                            batch.number, exc.message)  # fmt: skip
+                continue
             self.store.mark_batch_reported(batch.number, answer["status"], answer)
             result.batches_reported += 1
+
+
+def _only_sent(upload: UploadResult, page: list[dict[str, Any]]) -> UploadResult:
+    """The answer's results for rows of this page only. A result for a row that was not sent must never mark it
+    (an acceptance would wipe the envelope of a transaction head office does not have); one row both accepted and
+    rejected makes the whole answer unusable."""
+    sent = {row["sequence"] for row in page}
+    kept = [r for r in upload.results if r.sequence in sent]
+    if len(kept) < len(upload.results):
+        log.warning("head office answered for %d rows that were not in the page; ignored",
+                    len(upload.results) - len(kept))  # fmt: skip
+    statuses: dict[int, set[str]] = {}
+    for r in kept:
+        statuses.setdefault(r.sequence, set()).add(r.status)
+    if any({"accepted", "rejected"} <= both for both in statuses.values()):
+        raise HeadOfficeBadAnswer("bad_response", "head office both accepted and rejected one transaction")
+    return replace(upload, results=kept)
 
 
 def _first_of(store: Any, batch: int) -> int | None:

@@ -240,7 +240,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     from config.loading import ConfigError, config_path, parse_settings
     from config.provisioning import ENROLLMENT, HQ_PUBLIC_KEY, TERMINAL_KEY, TOKEN_KEY
     from config.settings import QUEUE_FILE
-    from offline_queue.hqclient import HeadOfficeRejected, HeadOfficeUnreachable
+    from offline_queue.hqclient import HeadOfficeBadAnswer, HeadOfficeRejected, HeadOfficeUnreachable, parameters_doc
     from offline_queue.hqclient import enroll as hq_enroll
     from protocol.envelope import EnvelopeError, announced_versions, load_public_key, public_key_pem
     from protocol.signing import public_key_to_text
@@ -287,15 +287,29 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
         raise click.ClickException(f"{exc.message}; nothing changed, run the same command again") from None
 
     try:
-        terminal_id = str(answer["terminal_id"])
+        if not isinstance(answer, dict):
+            raise ValueError("it is not a JSON object")
+        terminal_id = answer.get("terminal_id")
+        if not isinstance(terminal_id, str) or not terminal_id.strip():
+            raise ValueError("no terminal_id")
         hq_public = load_public_key(str(answer["hq_public_key"]).encode())
         import base64
 
+        if not isinstance(answer.get("token_key"), str):
+            raise ValueError("no token_key")
         token_key = base64.b64decode(answer["token_key"], validate=True)
         if len(token_key) != 32:
             raise ValueError("token key must be 32 bytes")
+        if not isinstance(answer.get("merchant") or {}, dict):
+            raise ValueError("merchant is not an object")
+        # The parameters and deny list it starts with, checked as a sync checks them: a doc the daemon could not
+        # apply would stop it from starting, after the one-time code was spent.
+        parameters_doc({"version": answer.get("parameters_version") or 0,
+                        "parameters": answer.get("parameters") or {}, "deny_list": answer.get("deny_list") or []})
     except (KeyError, ValueError, EnvelopeError) as exc:
         raise click.ClickException(f"head office answer is incomplete: {exc}") from None
+    except HeadOfficeBadAnswer as exc:
+        raise click.ClickException(f"head office answer is not usable: {exc.message}") from None
 
     # Validate the config before writing anything final, so a bad existing file is reported, not half-updated.
     try:

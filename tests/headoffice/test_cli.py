@@ -89,6 +89,67 @@ def test_enroll_with_head_office_down_changes_nothing(tmp_path: Path):
     assert not (tmp_path / "c.toml").exists()
 
 
+def _good_enrollment_answer() -> dict:
+    import base64
+
+    from protocol.envelope import generate_keypair, public_key_pem
+
+    return {"terminal_id": "T-9", "hq_public_key": public_key_pem(generate_keypair()[1]).decode(),
+            "token_key": base64.b64encode(os.urandom(32)).decode(), "merchant": {"id": "M-1", "name": "Shop"},
+            "parameters": {"risk": {"txn_limit_minor": 5000}}, "deny_list": [], "parameters_version": 1}
+
+
+@pytest.mark.parametrize("change", [
+    {},  # the good answer: enrolls, so the check refuses only what is broken
+    {"merchant": "Acme"},
+    {"deny_list": ["x"]},
+    {"deny_list": {"a": 1}},
+    {"parameters": [1]},
+    {"parameters": {"risk": {"txn_limit_minor": -1}}},
+    {"parameters_version": -1},
+    {"token_key": 123},
+    {"terminal_id": ["T-9"]},
+    "not an object",
+], ids=lambda c: next(iter(c), "good") if isinstance(c, dict) else "text")  # fmt: skip
+def test_enroll_with_an_answer_it_cannot_use_is_one_line_and_writes_nothing(tmp_path: Path, change):
+    """A head office (or a proxy) answering the enrollment with a body of another shape: one clear line, and no
+    config or enrollment written that would keep the daemon from starting."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = [_good_enrollment_answer() | change] if isinstance(change, dict) else [change]
+
+    class Enrollments(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.dumps(answer[0]).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Enrollments)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = _run(str(BIN / "smartpos"), "enroll", "--hq", f"http://127.0.0.1:{server.server_port}", "--code",
+                    "AAAA-BBBB", "--config", str(tmp_path / "c.toml"), "--state-dir", str(tmp_path / "s"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    if change == {}:
+        assert done.returncode == 0, done.stderr
+        assert json.loads((tmp_path / "s" / "enrollment.json").read_text())["terminal_id"] == "T-9"
+        return
+    assert done.returncode == 1, done.stdout
+    assert "head office answer" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.toml").exists() and not (tmp_path / "s" / "enrollment.json").exists()
+
+
 def test_sync_command_drains_with_progress_and_json(hq: HQ, tmp_path: Path):
     terminal = TerminalEnv.enroll(hq, tmp_path)
     total = terminal.record(120)
