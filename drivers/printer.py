@@ -171,6 +171,12 @@ def _split_query(rest: str) -> tuple[str, dict[str, str]]:
     return base, dict(parse_qsl(query, keep_blank_values=True))
 
 
+# Serial line settings a URI may give, and what pyserial takes for them.
+_SERIAL_NUMBERS: dict[str, tuple[float, ...] | range] = {
+    "baudrate": range(50, 4_000_001), "bytesize": (5, 6, 7, 8), "stopbits": (1, 1.5, 2),
+}
+
+
 def parse_uri(uri: str) -> PrinterUri:
     """Parse a printer URI (see the module table); raises ``PrinterUriError`` with what is wrong."""
     if not isinstance(uri, str) or not uri.strip():
@@ -232,12 +238,17 @@ def parse_uri(uri: str) -> PrinterUri:
             host, _, port_s = address.rstrip("/").rpartition(":")
             if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
                 raise PrinterUriError(f"printer URI {uri!r}: expected serial:{scheme}://HOST:PORT")
-        for key in ("baudrate", "bytesize", "stopbits"):
+        for key, allowed in _SERIAL_NUMBERS.items():
             if key in ours:
                 try:
-                    float(ours[key])
+                    value = float(ours[key])
                 except ValueError:
                     raise PrinterUriError(f"printer URI {uri!r}: {key} must be a number") from None
+                if not (value in allowed if isinstance(allowed, tuple) else
+                        value.is_integer() and allowed.start <= value < allowed.stop):  # nan, inf, 1e400 fail too
+                    shown = "/".join(f"{v:g}" for v in allowed) if isinstance(allowed, tuple) else \
+                        f"a whole number from {allowed.start} to {allowed.stop - 1}"
+                    raise PrinterUriError(f"printer URI {uri!r}: {key} must be {shown}")
         target = base + (f"?{urlencode(theirs)}" if theirs else "")
         return PrinterUri("serial", target, ours)
     if uri.startswith("file:"):

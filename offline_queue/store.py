@@ -1569,15 +1569,17 @@ class QueueStore:
             row = cur.execute(f"{self._JOB_SELECT} WHERE request_id = ?", (request_id,)).fetchone()
         return self._job(row) if row else None
 
-    def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100) -> list[PrintJob]:
+    def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100, *,
+                   newest_first: bool = False) -> list[PrintJob]:
+        order = "ORDER BY id DESC" if newest_first else "ORDER BY id"
         with self._raw_read() as cur:
             if states is None:
-                rows = cur.execute(f"{self._JOB_SELECT} ORDER BY id LIMIT ?", (limit,)).fetchall()
+                rows = cur.execute(f"{self._JOB_SELECT} {order} LIMIT ?", (limit,)).fetchall()
             else:
                 wanted = list(states)
                 marks = ", ".join("?" * len(wanted)) or "NULL"
                 rows = cur.execute(
-                    f"{self._JOB_SELECT} WHERE state IN ({marks}) ORDER BY id LIMIT ?", (*wanted, limit)
+                    f"{self._JOB_SELECT} WHERE state IN ({marks}) {order} LIMIT ?", (*wanted, limit)
                 ).fetchall()
         return [self._job(r) for r in rows]
 

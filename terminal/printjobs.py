@@ -7,7 +7,9 @@ Job states (stored in the offline queue's SQLite database, one commit per change
     pending --claim--> sending --> printed
                           |------> failed   (error code: paper_out, offline, no_reply, unavailable,
                           |                  disconnected, timeout -> retried when the printer is ready again,
-                          |                  within ``retry_window_s``; bad_receipt -> never retried)
+                          |                  within ``retry_window_s``, at most ``max_attempts`` in all -- one
+                          |                  more only when it failed after the whole receipt was written;
+                          |                  bad_receipt -> never retried)
                           '------> unknown  (all bytes sent but the printer stopped answering, or the terminal
                                              restarted mid-job: not re-sent automatically)
 
@@ -73,7 +75,8 @@ class PrintJobStore(Protocol):
     def add_print_job(self, kind: str, txn_uuid: str | None, request_id: str, payload: dict[str, Any]) -> PrintJob: ...
     def claim_print_job(self, job_id: int | None = None) -> PrintJob | None: ...
     def mark_print_job(self, job_id: int, state: str, error: str | None = None) -> Any: ...
-    def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100) -> list[PrintJob]: ...
+    def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100, *,
+                   newest_first: bool = False) -> list[PrintJob]: ...
     def print_jobs_for_txn(self, txn_uuid: str) -> list[PrintJob]: ...
 
 
@@ -85,6 +88,7 @@ class _Attempt:
     state: str
     code: str = ""
     message: str = ""
+    after_send: bool = False  # failed once the whole receipt had been written
 
 
 def error_code(error: str | None) -> str:
@@ -149,10 +153,11 @@ class PrintSpooler:
                 job.id, "unknown",
                 "interrupted: terminal restarted while this receipt was being sent; not re-sent (reprint if needed)",
             )
-        # failed jobs from before the restart get retried too, if still in their window
+        # Failed jobs from before the restart get retried too, only while still in their window, counted from when
+        # they last failed: a receipt that failed days ago (and was likely reprinted) does not come out again.
         now = time.monotonic()
-        for job in self.store.print_jobs(["failed"]):
-            self._first_failed.setdefault(job.id, now)
+        for job in self.store.print_jobs(["failed"], newest_first=True):
+            self._first_failed.setdefault(job.id, now - _age_s(job.updated_at))
         self._thread = threading.Thread(target=self._run, name="print-spooler", daemon=True)
         self._thread.start()
         return self
@@ -327,23 +332,34 @@ class PrintSpooler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self.store.claim_print_job()
+                self._step()
             except Exception as exc:
-                self._last_error = redact(f"store: {exc}")
-                log.error("print spooler cannot read jobs: %s", self._last_error)
+                # The spooler outlives any one failure (a store that refuses a write, a driver error that is no
+                # PrinterError): the jobs stay where they are and are taken up again, the status says why.
+                self._last_error = _one_line(redact(f"spooler: {type(exc).__name__}: {exc}"))
+                log.error("print spooler step failed: %s", self._last_error)
                 self._wake.wait(self.retry_interval_s)
                 self._wake.clear()
-                continue
-            if job is not None:
-                self._idle.clear()
-                self._run_job(job)
-                continue
-            self._idle.set()
-            if self._prepare.is_set() and not self._prepared:
-                self._warm_up()
-            self._maybe_probe()
-            self._wake.wait(min(self.retry_interval_s, self.idle_probe_s))
+
+    def _step(self) -> None:
+        try:
+            job = self.store.claim_print_job()
+        except Exception as exc:
+            self._last_error = redact(f"store: {exc}")
+            log.error("print spooler cannot read jobs: %s", self._last_error)
+            self._wake.wait(self.retry_interval_s)
             self._wake.clear()
+            return
+        if job is not None:
+            self._idle.clear()
+            self._run_job(job)
+            return
+        self._idle.set()
+        if self._prepare.is_set() and not self._prepared:
+            self._warm_up()
+        self._maybe_probe()
+        self._wake.wait(min(self.retry_interval_s, self.idle_probe_s))
+        self._wake.clear()
 
     def _warm_up(self) -> None:
         # A throwaway render (test page: text, codepages, QR) imports and initialises what real receipts use.
@@ -357,7 +373,11 @@ class PrintSpooler:
     def _run_job(self, job: PrintJob) -> None:
         attempt = self._attempt(job)
         self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
-        error = f"{attempt.code}: {redact(attempt.message)}" if attempt.code else None
+        if attempt.after_send:
+            # at most one more copy of a receipt that may already be on paper
+            self._attempts[job.id] = max(self._attempts[job.id], self.max_attempts - 1)
+        # One line: a driver's message may span several (pyusb's does), and the store keeps printable text only.
+        error = _one_line(f"{attempt.code}: {redact(attempt.message)}") if attempt.code else None
         if attempt.state == "failed":
             self._first_failed.setdefault(job.id, time.monotonic())
             self._last_error = error or ""
@@ -371,6 +391,12 @@ class PrintSpooler:
         except Exception as exc:
             self._last_error = redact(f"store: {exc}")
             log.error("could not store print job %s state %s: %s", job.id, attempt.state, self._last_error)
+            # The job is still `sending`: try once more with the bare code, so it does not stay pending for good
+            # (at start-up a job left in `sending` becomes unknown, never re-sent).
+            try:
+                self.store.mark_print_job(job.id, attempt.state, attempt.code or None)
+            except Exception:
+                log.error("print job %s stays in sending until the next start", job.id)
         log.info("print job %s (%s): %s%s", job.id, job.kind, attempt.state, f" ({error})" if error else "")
 
     def _attempt(self, job: PrintJob) -> _Attempt:
@@ -380,9 +406,10 @@ class PrintSpooler:
             return _Attempt("failed", "bad_receipt", str(exc))
         try:
             conn = self.printer_factory()
-        except PrinterError as exc:
+        except Exception as exc:  # PrinterError, or a driver's own (a setting it cannot take): the job fails, typed
             self._set_status(PrinterStatus(False, "unknown", str(exc)))
             return _Attempt("failed", "unavailable", str(exc))
+        sent = False
         with conn:
             try:
                 if conn.supports_status:
@@ -391,18 +418,22 @@ class PrintSpooler:
                     if not before.ready:
                         return _Attempt("failed", _not_ready_code(before), before.detail or before.summary)
                 conn.write(data)
+                sent = True
                 if not conn.supports_status:
                     return _Attempt("printed")
                 after = conn.status()
                 self._set_status(after)
+            # After the whole receipt was written, a failure cannot tell a printer that got it all (a print server
+            # that closes the connection after each job) from one that dropped mid-receipt (TCP accepted bytes the
+            # printer never saw): such a job gets one more automatic attempt, not max_attempts of them.
             except PrinterTimeout as exc:
                 self._set_status(PrinterStatus(None, "unknown", str(exc)))
-                return _Attempt("failed", "timeout", str(exc))
+                return _Attempt("failed", "timeout", str(exc), after_send=sent)
             except PrinterDisconnected as exc:
                 self._set_status(PrinterStatus(False, "unknown", str(exc)))
-                return _Attempt("failed", "disconnected", str(exc))
+                return _Attempt("failed", "disconnected", str(exc), after_send=sent)
             except PrinterError as exc:
-                return _Attempt("failed", exc.code, str(exc))
+                return _Attempt("failed", exc.code, str(exc), after_send=sent)
         if after.paper == "out" or after.online is False:
             return _Attempt("failed", _not_ready_code(after), "printer stopped while printing: " + after.summary)
         if after.online is None:
@@ -414,7 +445,8 @@ class PrintSpooler:
         if now < self._next_probe:
             return
         try:
-            retry = [j for j in self.store.print_jobs(["failed"]) if self._retry_allowed(j, now)]
+            # Newest first: the retry window is minutes, and old failures past it must not hide new ones.
+            retry = [j for j in self.store.print_jobs(["failed"], newest_first=True) if self._retry_allowed(j, now)]
         except Exception as exc:
             self._last_error = redact(f"store: {exc}")
             return
@@ -436,10 +468,27 @@ class PrintSpooler:
         try:
             with self.printer_factory() as conn:
                 status = conn.status()
-        except PrinterError as exc:
+        except Exception as exc:  # a probe never stops the spooler: a status it cannot get is unknown
             status = PrinterStatus(False, "unknown", str(exc))
         self._set_status(status)
         return status
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:limit]
+
+
+def _age_s(stamp: str) -> float:
+    """Seconds since a stored UTC timestamp (ISO 8601); 0 when it cannot be read."""
+    from datetime import UTC, datetime
+
+    try:
+        then = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return 0.0
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 def _not_ready_code(status: PrinterStatus) -> str:

@@ -116,6 +116,7 @@ class VirtualPrinter:
         self.mode = "ok"
         self._mode_after: tuple[str, int] | None = None
         self._drop_after: int | None = None
+        self.close_after_receipt = False  # as a print server that hangs up after each job, before any status reply
         self.receipts: list[ReceivedReceipt] = []
         self.bytes_received = 0
         self.events_dropped = 0
@@ -146,6 +147,7 @@ class VirtualPrinter:
             self.mode = "ok"
             self._mode_after = None
             self._drop_after = None
+            self.close_after_receipt = False
             self._changed.notify_all()
 
     def snapshot(self) -> dict[str, Any]:
@@ -209,6 +211,8 @@ class VirtualPrinter:
     def _feed(self, session: _Session, data: bytes, reply: bytearray) -> None:
         for event in session.decoder.feed(data):
             if isinstance(event, StatusRequest):
+                if session.close_now:
+                    continue  # hanging up: nothing more is answered
                 self.status_requests += 1
                 answer = _STATUS_REPLIES.get(self.mode, {}).get(event.n)
                 if answer is not None:
@@ -240,6 +244,8 @@ class VirtualPrinter:
         session.current.append(event)
         if isinstance(event, Cut):
             self._finish(session, complete=True)
+            if self.close_after_receipt:
+                session.close_now = True
 
     def end_session(self, session: _Session) -> None:
         with self._lock:

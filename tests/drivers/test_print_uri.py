@@ -24,6 +24,8 @@ from protocol.errors import ValidationError
         ("usb://04b8:0E15", "usb", "04b8:0e15", {}),
         ("usb://0416:5011?in_ep=0x81&out_ep=0x03", "usb", "0416:5011", {"in_ep": "0x81", "out_ep": "0x03"}),
         ("serial:/dev/ttyS0?baudrate=19200", "serial", "/dev/ttyS0", {"baudrate": "19200"}),
+        ("serial:/dev/ttyS0?baudrate=115200&bytesize=7&stopbits=1.5", "serial", "/dev/ttyS0",
+         {"baudrate": "115200", "bytesize": "7", "stopbits": "1.5"}),
         ("serial:socket://127.0.0.1:7000", "serial", "socket://127.0.0.1:7000", {}),
         ("serial:loop://?logging=debug&baudrate=9600", "serial", "loop://?logging=debug", {"baudrate": "9600"}),
         ("serial:rfc2217://host:2217?rtscts=1", "serial", "rfc2217://host:2217", {"rtscts": "1"}),
@@ -41,7 +43,11 @@ def test_parses_every_connection_kind(uri, scheme, target, options):
     ["", "lpt1", "http://x", "tcp://:9100", "tcp://host:abc", "tcp://host:70000", "usb://zz:1", "usb://04b8",
      "serial:", "serial:ttyS0", "serial:/dev/ttyS0?baudrate=fast", "file:relative/path", "usb://04b8:0e15?speed=1",
      "usb://04b8:0202?in_ep=zz", "usb://04b8:0202?out_ep=0x1ff", "serial:socket://", "serial:socket://nohost",
-     "serial:rfc2217://host:port", "tcp://"],
+     "serial:rfc2217://host:port", "tcp://",
+     # numbers pyserial cannot take (they used to pass here and kill the print spooler at its first connect)
+     "serial:/dev/ttyS0?baudrate=nan", "serial:/dev/ttyS0?baudrate=1e400", "serial:/dev/ttyS0?baudrate=inf",
+     "serial:/dev/ttyS0?baudrate=9600.5", "serial:/dev/ttyS0?baudrate=0", "serial:/dev/ttyS0?bytesize=nan",
+     "serial:/dev/ttyS0?bytesize=9", "serial:/dev/ttyS0?stopbits=3", "serial:/dev/ttyS0?stopbits=nan"],
 )
 def test_bad_uris_give_one_clear_typed_error(uri):
     with pytest.raises(PrinterUriError) as err:

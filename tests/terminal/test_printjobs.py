@@ -3,8 +3,10 @@ retried when the printer recovers, and never hold up the caller."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import sqlite3
 import time
 
 import pytest
@@ -30,6 +32,10 @@ def store(tmp_path):
 def _spooler(store, uri, profile, **kw):
     factory = functools.partial(open_printer, uri, profile=profile, timeout=WRITE_TIMEOUT,
                                 status_timeout=STATUS_TIMEOUT)
+    return _spooler_of(store, factory, profile, **kw)
+
+
+def _spooler_of(store, factory, profile, **kw):
     return PrintSpooler(store, factory, profile=profile, merchant=s.MERCHANT, terminal_id="T-0001",
                         retry_interval_s=0.1, idle_probe_s=5.0, **kw)
 
@@ -293,3 +299,106 @@ def test_the_printers_last_error_clears_once_it_prints_again(spool, store, tcp_p
     tcp_printer.printer.set_mode("ok")
     wait_until(lambda: _states(store) == ["printed"], timeout=5, what="the retry after paper loaded")
     assert spool.status()["last_error"] == ""
+
+
+def test_a_driver_message_on_several_lines_still_ends_the_job_failed(store, printer_profile):
+    """pyusb's "device not found" spans lines; stored as it came, the store refused it and the job stayed pending
+    for good. It ends failed, with its message on one line."""
+    from drivers.printer import PrinterUnavailable
+
+    def missing():
+        raise PrinterUnavailable("USB printer 04b8:0e15 not found\n(is it plugged in?)\tcheck the cable")
+
+    spooler = _spooler_of(store, missing, printer_profile).start()
+    try:
+        spooler.submit("sale", s.sale(), "pay-1", copies=["customer"])
+        wait_until(lambda: _states(store) == ["failed"], timeout=3, what="job failed: printer missing")
+        [job] = store.print_jobs()
+        assert error_code(job.error) == "unavailable" and "\n" not in job.error and "\t" not in job.error
+        assert "not found (is it plugged in?) check the cable" in job.error
+        assert spooler.receipt_state(s.TXN_UUID) == "failed"
+    finally:
+        spooler.stop()
+
+
+def test_a_driver_error_that_is_no_printer_error_does_not_stop_the_spooler(store, tcp_printer, printer_profile):
+    """A setting the driver cannot take (int(float('nan')) in a serial set-up) raised past the spooler, which died
+    with the job claimed: every receipt after it stayed pending. Now the job fails typed and is retried."""
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("cannot convert float NaN to integer")
+        return open_printer(tcp_printer.uri, profile=printer_profile, timeout=WRITE_TIMEOUT,
+                            status_timeout=STATUS_TIMEOUT)
+
+    spooler = _spooler_of(store, flaky, printer_profile).start()
+    try:
+        spooler.submit("sale", s.sale(), "pay-1", copies=["customer"])
+        wait_until(lambda: _states(store) == ["printed"], timeout=5, what="the job printed on the retry")
+        assert spooler._thread.is_alive() and len(tcp_printer.wait_receipts(1)) == 1
+    finally:
+        spooler.stop()
+
+
+def test_a_receipt_that_failed_after_it_was_all_sent_gets_one_more_copy_only(spool, store, tcp_printer):
+    """A print server that hangs up after each job, before the status reply: the receipt is on paper but the
+    spooler cannot know it. It tries once more (a printer that dropped mid-receipt gets its complete copy) and then
+    leaves it failed, instead of printing up to max_attempts (20) copies."""
+    tcp_printer.printer.close_after_receipt = True
+    spool.submit("sale", s.sale(), "pay-1", copies=["customer"])
+    wait_until(lambda: len(tcp_printer.receipts) >= 2 and _states(store) == ["failed"], timeout=5,
+               what="two attempts")
+    time.sleep(1.0)  # ten retry intervals: no third copy comes
+    assert [r.complete for r in tcp_printer.receipts] == [True, True]
+    assert _states(store) == ["failed"] and error_code(store.print_jobs()[0].error) in ("disconnected", "no_reply",
+                                                                                        "timeout")
+    tcp_printer.printer.close_after_receipt = False
+    spool.reprint(s.sale(), "reprint-1")  # the cashier can still ask for one
+    wait_until(lambda: len(tcp_printer.receipts) == 3, timeout=5, what="the reprint")
+
+
+def _failed_job(st, db, request_id, *, age_s):
+    payload = receipt_for_transaction(s.sale(), merchant=s.MERCHANT, terminal_id="T-0001", copy="customer").to_dict()
+    job = st.add_print_job("sale", s.TXN_UUID, request_id, payload)
+    st.claim_print_job(job.id)
+    st.mark_print_job(job.id, "failed", "paper_out: paper out")
+    from datetime import UTC, datetime, timedelta
+
+    stamp = (datetime.now(UTC) - timedelta(seconds=age_s)).isoformat()
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # back-dated, as a failure that long ago left it
+        conn.execute("UPDATE print_jobs SET updated_at = ? WHERE id = ?", (stamp, job.id))
+    return job.id
+
+
+def test_a_restart_retries_only_receipts_that_failed_within_the_retry_window(tmp_path, tcp_printer, printer_profile):
+    st = open_store(tmp_path)
+    old = _failed_job(st, tmp_path / "queue.db", "old:customer", age_s=3 * 86400)  # likely reprinted since
+    recent = _failed_job(st, tmp_path / "queue.db", "recent:customer", age_s=5)
+    spooler = _spooler(st, tcp_printer.uri, printer_profile, retry_window_s=600).start()
+    try:
+        wait_until(lambda: st.get_print_job(recent).state == "printed", timeout=5, what="the recent one retried")
+        time.sleep(0.5)
+        assert st.get_print_job(old).state == "failed" and len(tcp_printer.receipts) == 1
+    finally:
+        spooler.stop()
+        st.close()
+
+
+def test_old_failures_beyond_a_hundred_do_not_hide_a_new_one(tmp_path, tcp_printer, printer_profile):
+    """The retry scan read the 100 oldest failed jobs: once a terminal had that many, no new failure was retried."""
+    st = open_store(tmp_path)
+    for i in range(120):
+        _failed_job(st, tmp_path / "queue.db", f"old-{i}:customer", age_s=86400)
+    spooler = _spooler(st, tcp_printer.uri, printer_profile, retry_window_s=600).start()
+    try:
+        tcp_printer.printer.set_mode("out")
+        [new] = spooler.submit("sale", s.sale(), "new-1", copies=["customer"])
+        wait_until(lambda: st.get_print_job(new).state == "failed", timeout=3, what="the new one failed")
+        tcp_printer.printer.set_mode("ok")
+        wait_until(lambda: st.get_print_job(new).state == "printed", timeout=5, what="the new one retried")
+        assert len(tcp_printer.receipts) == 1  # and none of the old ones
+    finally:
+        spooler.stop()
+        st.close()
