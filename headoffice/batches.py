@@ -77,7 +77,12 @@ def hq_totals(session: Session, batch_id: int) -> dict[tuple[str, str, str], tup
         .where(Transaction.batch_id == batch_id, Transaction.status == "accepted")
         .group_by(Transaction.type, Transaction.scheme, Transaction.currency)
     ).all()
-    return {_key(t, s, c): (int(n), int(a)) for t, s, c, n, a in rows}
+    # A missing scheme and an empty one are the same key: their groups add up (the last one used to win).
+    totals: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for t, s, c, n, a in rows:
+        count, amount = totals.get(_key(t, s, c), (0, 0))
+        totals[_key(t, s, c)] = (count + int(n), amount + int(a))
+    return totals
 
 
 def totals_list(totals: dict[tuple[str, str, str], tuple[int, int]]) -> list[dict[str, Any]]:

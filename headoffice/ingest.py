@@ -413,7 +413,7 @@ def _accepted_row(terminal_id: str, wire: dict[str, Any], keystore: Keystore) ->
         if value is None:
             if key == "created_at":
                 raise _Rejected("invalid: created_at missing")
-        elif len(value) > limit:
+        elif len(value) > limit or not value.isprintable():  # a NUL made PostgreSQL refuse the whole page, for ever
             raise _Rejected(f"invalid: {key}")
         elif shape is not None:
             if not shape.fullmatch(value):

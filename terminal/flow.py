@@ -36,6 +36,11 @@ log = logging.getLogger("smartpos.payments")
 Payment = dict[str, Any]
 
 
+# At start-up, approvals of the last 15 minutes (at most 20) whose receipt a stop may have lost are queued again.
+LOST_RECEIPT_WINDOW_S = 900
+LOST_RECEIPT_SCAN = 20
+
+
 class Ledger(Protocol):
     """What the flow needs from the durable queue (``terminal.ledger.QueueLedger`` is the real one)."""
 
@@ -43,6 +48,7 @@ class Ledger(Protocol):
     def payment_by_key(self, idempotency_key: str) -> Payment | None: ...
     def payment(self, payment_id: str) -> Payment | None: ...
     def active_payments(self) -> list[Payment]: ...
+    def recent_payments(self, limit: int) -> list[Payment]: ...
     def set_state(self, payment_id: str, state: State, **fields: Any) -> Payment: ...
     def is_recorded(self, payment_id: str) -> bool: ...
     def offline_decision(self, payment: Payment, card: EmvCardRead) -> OfflineDecision: ...
@@ -176,7 +182,29 @@ class PaymentFlow:
             if recorded and self._receipts is not None:
                 # The spooler is idempotent on request_id: a receipt already queued is not printed twice.
                 self._receipts.submit(fixed, request_id=f"{fixed['id']}:receipt")
+        self._queue_lost_receipts()
         return resolved
+
+    def _queue_lost_receipts(self) -> None:
+        """The approval commits with its transaction and its receipt is queued just after: a stop in between (power
+        cut) left an approved payment whose receipt nobody would print. Recent approvals are submitted again;
+        per-copy request ids make that a no-op for a receipt already queued or printed."""
+        if self._receipts is None:
+            return
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        for payment in self._ledger.recent_payments(LOST_RECEIPT_SCAN):
+            if payment.get("state") != State.APPROVED or payment.get("type") not in ("sale", "refund"):
+                continue
+            try:
+                approved_at = datetime.fromisoformat(str(payment.get("updated_at")))
+            except ValueError:
+                continue
+            if approved_at.tzinfo is None:
+                approved_at = approved_at.replace(tzinfo=UTC)
+            if (now - approved_at).total_seconds() <= LOST_RECEIPT_WINDOW_S:
+                self._receipts.submit(payment, request_id=f"{payment['id']}:receipt")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="payment-worker", daemon=True)

@@ -439,3 +439,39 @@ def test_upload_pages_do_not_burn_batch_ids(wire_terminal: WireTerminal):
     ids = [r[0] for r in wire_terminal.hq.sql("SELECT id FROM batches WHERE terminal_id = :t ORDER BY batch_no",
                                               t=wire_terminal.terminal_id)]
     assert len(ids) == 2 and ids[1] == ids[0] + 1, ids
+
+
+def _rechained(wire_terminal: WireTerminal, rows: list[dict]) -> list[dict]:
+    from protocol import chain
+
+    prev = rows[0]["prev_hash"]
+    for row in rows:
+        row["prev_hash"] = prev
+        row["hash"] = prev = chain.chain_hash(prev, row)
+    wire_terminal.prev_hash = prev
+    return rows
+
+
+def test_sales_without_a_scheme_and_with_an_empty_one_all_count(wire_terminal: WireTerminal):
+    """A missing scheme and an empty one are one group in head office's totals: they used to be two groups of the
+    same key, and the last one replaced the other (3 sales of 100 showed as 1 of 100, and the close was out of
+    balance with every row there)."""
+    rows = [wire_terminal.txn(amount=100) for _ in range(3)]
+    for row, scheme in zip(rows, (None, "", None), strict=True):
+        row["scheme"] = scheme
+    assert wire_terminal.upload(_rechained(wire_terminal, rows)).json()["accepted"] == 3
+    totals = [{"type": "sale", "scheme": None, "currency": "EUR", "count": 3, "amount_minor": 300}]
+    path = f"/api/v1/terminals/{wire_terminal.terminal_id}/batches/1/close"
+    answer = wire_terminal.request("POST", path, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()
+    assert answer["status"] == "balanced" and answer["differences"] == [], answer
+
+
+def test_a_nul_in_a_text_field_rejects_that_row_alone(wire_terminal: WireTerminal):
+    """PostgreSQL takes no NUL in text: stored as sent, it failed the whole page with a 500, and the terminal sent
+    it again for ever. The row is rejected (its chain position kept) and the rows around it go on."""
+    rows = [wire_terminal.txn(amount=100), wire_terminal.txn(amount=200), wire_terminal.txn(amount=300)]
+    rows[1]["reference"] = "R-\x00-1"
+    r = wire_terminal.upload(_rechained(wire_terminal, rows))
+    assert r.status_code == 200, r.text
+    assert [(x["status"], x["reason"]) for x in r.json()["results"]] == [
+        ("accepted", None), ("rejected", "invalid: reference"), ("accepted", None)]

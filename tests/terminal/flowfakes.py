@@ -102,6 +102,9 @@ class MemoryLedger:
     def active_payments(self):
         return [dict(p) for p in self.payments.values() if p["state"] in ACTIVE]
 
+    def recent_payments(self, limit):
+        return [dict(p) for p in list(self.payments.values())[::-1][:limit]]
+
     def set_state(self, payment_id, state, **fields):
         with self.lock:
             p = self.payments[payment_id]

@@ -325,6 +325,25 @@ def test_recovery_resolves_inflight_payments():
     assert ledger.payment(recorded["id"])["state"] == "approved"
 
 
+def test_a_restart_queues_the_receipt_of_a_recent_approval_that_a_stop_lost():
+    """Approved (committed with its transaction) but stopped before its receipt was queued: the restart queues it.
+    Only recent approvals (an old one was printed or reprinted long ago), and only approvals."""
+    from datetime import UTC, datetime, timedelta
+
+    ledger = MemoryLedger()
+    now = datetime.now(UTC)
+    ids = {}
+    for key, age_s, state in (("recent", 60, "approved"), ("old", 3 * 3600, "approved"),
+                              ("declined", 60, "declined"), ("no-stamp", 60, "approved")):  # fmt: skip
+        payment = ledger.create_payment(idempotency_key=key, request=SALE)
+        stamp = (now - timedelta(seconds=age_s)).isoformat() if key != "no-stamp" else None
+        ledger.payments[payment["id"]].update(state=state, updated_at=stamp)
+        ids[key] = payment["id"]
+    flow, _, _, receipts, _ = make_flow(ledger=ledger)
+    flow.recover()
+    assert receipts.jobs == [(ids["recent"], "approved", f"{ids['recent']}:receipt")]
+
+
 def test_void_records_once(running):
     flow, ledger, reader, _receipts, _ = running()
     payment, _ = flow.create("k", SALE)
