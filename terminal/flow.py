@@ -194,7 +194,12 @@ class PaymentFlow:
         from datetime import UTC, datetime
 
         now = datetime.now(UTC)
-        for payment in self._ledger.recent_payments(LOST_RECEIPT_SCAN):
+        try:
+            recent = self._ledger.recent_payments(LOST_RECEIPT_SCAN)
+        except Exception:  # the daemon starts all the same; the cashier can still reprint
+            log.exception("receipt.recovery_failed")
+            return
+        for payment in recent:
             if payment.get("state") != State.APPROVED or payment.get("type") not in ("sale", "refund"):
                 continue
             try:
@@ -203,8 +208,12 @@ class PaymentFlow:
                 continue
             if approved_at.tzinfo is None:
                 approved_at = approved_at.replace(tzinfo=UTC)
-            if (now - approved_at).total_seconds() <= LOST_RECEIPT_WINDOW_S:
+            if (now - approved_at).total_seconds() > LOST_RECEIPT_WINDOW_S:
+                continue
+            try:
                 self._receipts.submit(payment, request_id=f"{payment['id']}:receipt")
+            except Exception:
+                log.exception("receipt.recovery_failed", extra={"payment_id": payment["id"]})
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="payment-worker", daemon=True)

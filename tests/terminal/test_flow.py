@@ -344,6 +344,17 @@ def test_a_restart_queues_the_receipt_of_a_recent_approval_that_a_stop_lost():
     assert receipts.jobs == [(ids["recent"], "approved", f"{ids['recent']}:receipt")]
 
 
+def test_a_store_error_while_looking_for_lost_receipts_does_not_stop_the_start():
+    ledger = MemoryLedger()
+
+    def broken(limit):
+        raise OSError("disk I/O error")
+
+    ledger.recent_payments = broken
+    flow, _, _, receipts, _ = make_flow(ledger=ledger)
+    assert flow.recover() == [] and receipts.jobs == []
+
+
 def test_void_records_once(running):
     flow, ledger, reader, _receipts, _ = running()
     payment, _ = flow.create("k", SALE)
