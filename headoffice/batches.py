@@ -80,8 +80,9 @@ def hq_totals(session: Session, batch_id: int) -> dict[tuple[str, str, str], tup
     # A missing scheme and an empty one are the same key: their groups add up (the last one used to win).
     totals: dict[tuple[str, str, str], tuple[int, int]] = {}
     for t, s, c, n, a in rows:
-        count, amount = totals.get(_key(t, s, c), (0, 0))
-        totals[_key(t, s, c)] = (count + int(n), amount + int(a))
+        key = _key(t, s, c)
+        count, amount = totals.get(key, (0, 0))
+        totals[key] = (count + int(n), amount + int(a))
     return totals
 
 

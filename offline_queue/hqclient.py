@@ -151,14 +151,10 @@ def _whole(value: Any, low: int = 0) -> bool:
 
 
 def head_office_text(value: Any, max_len: int = 200) -> str | None:
-    """A reason head office wrote, as this terminal stores and shows it: one printable line, card-shaped numbers
-    masked, at most ``max_len`` characters."""
-    from protocol.carddata import redact
+    """A reason head office wrote, as this terminal stores and shows it (:func:`redact_line`), None if no text."""
+    from protocol.carddata import redact_line
 
-    if not isinstance(value, str):
-        return None
-    line = "".join(ch if ch.isprintable() else " " for ch in redact(value)).strip()
-    return line[:max_len] or None
+    return (redact_line(value, max_len) or None) if isinstance(value, str) else None
 
 
 def _upload_answer(data: Any) -> UploadResult:

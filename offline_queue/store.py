@@ -143,6 +143,15 @@ def utcnow_iso(now: datetime | None = None) -> str:
     return now.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def parse_utc_iso(text: object) -> datetime | None:
+    """A time as :func:`utcnow_iso` writes it (or any ISO 8601 text; naive means UTC), None when it is none."""
+    try:
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 _second_prefix: tuple[int, str] = (-1, "")
 
 

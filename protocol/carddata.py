@@ -53,6 +53,13 @@ def has_track2(text: str) -> bool:
     return bool(_TRACK2_LIKE.search(text))
 
 
+def redact_line(text: str, limit: int) -> str:
+    """``redact(text)`` as one printable line (control characters and runs of blanks become one space) of at most
+    ``limit`` characters: how a message from outside (a printer driver, head office) is stored and shown."""
+    printable = "".join(ch if ch.isprintable() else " " for ch in redact(text))
+    return " ".join(printable.split())[:limit]
+
+
 def redact(text: str) -> str:
     """Replace anything in ``text`` that looks like track data or a PAN (Luhn-valid digit run) with a mask.
 

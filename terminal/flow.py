@@ -88,6 +88,7 @@ class _ReadingGate:
 
 class Receipts(Protocol):
     def submit(self, payment: Payment, *, request_id: str, reprint: bool = False) -> None: ...
+    def receipt_state(self, txn_uuid: str | None) -> str | None: ...
 
 
 class _ReversalUnsaved(Exception):
@@ -193,6 +194,8 @@ class PaymentFlow:
             return
         from datetime import UTC, datetime
 
+        from offline_queue.store import parse_utc_iso
+
         now = datetime.now(UTC)
         try:
             recent = self._ledger.recent_payments(LOST_RECEIPT_SCAN)
@@ -200,18 +203,14 @@ class PaymentFlow:
             log.exception("receipt.recovery_failed")
             return
         for payment in recent:
-            if payment.get("state") != State.APPROVED or payment.get("type") not in ("sale", "refund"):
+            approved_at = parse_utc_iso(payment.get("updated_at"))
+            if payment.get("state") != State.APPROVED or payment.get("type") not in ("sale", "refund") \
+                    or approved_at is None or (now - approved_at).total_seconds() > LOST_RECEIPT_WINDOW_S:
                 continue
             try:
-                approved_at = datetime.fromisoformat(str(payment.get("updated_at")))
-            except ValueError:
-                continue
-            if approved_at.tzinfo is None:
-                approved_at = approved_at.replace(tzinfo=UTC)
-            if (now - approved_at).total_seconds() > LOST_RECEIPT_WINDOW_S:
-                continue
-            try:
-                self._receipts.submit(payment, request_id=f"{payment['id']}:receipt")
+                # Read before any write: a receipt already queued (the usual case) costs no commit at start-up.
+                if self._receipts.receipt_state(payment.get("transaction_id")) is None:
+                    self._receipts.submit(payment, request_id=f"{payment['id']}:receipt")
             except Exception:
                 log.exception("receipt.recovery_failed", extra={"payment_id": payment["id"]})
 

@@ -8,7 +8,6 @@ never goes further than that call.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from config.provisioning import Enrollment
@@ -111,8 +110,10 @@ class QueueLedger:
             # Until the first sync, the parameters and deny list head office gave at enrollment are the rules.
             store.save_parameters(version, dict(enrollment.parameters or {}), enrollment.deny_list)
         if store.last_contact() is None:
+            from offline_queue.store import parse_utc_iso
+
             # Enrollment itself was a successful head-office contact: the offline-age rule counts from there.
-            enrolled = _parse_time(enrollment.enrolled_at)
+            enrolled = parse_utc_iso(enrollment.enrolled_at)
             if enrolled is not None:
                 store.record_contact(enrolled)
         return cls(store, protection, settings, enrollment)
@@ -389,11 +390,3 @@ def _public_auth(auth: Any) -> dict[str, Any] | None:
     method = auth.get("method") or auth.get("mode")
     return {"method": method, "code": auth.get("code"), "reason": auth.get("reason"),
             "auth_id": auth.get("auth_id"), "fallback": auth.get("fallback")}
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (TypeError, ValueError):
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -42,7 +42,7 @@ from drivers.printer import (
     PrinterStatus,
     PrinterTimeout,
 )
-from protocol.carddata import redact
+from protocol.carddata import redact, redact_line
 from protocol.errors import ValidationError
 from terminal.receipt import (
     COPIES,
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = {"paper_out", "offline", "no_reply", "unavailable", "disconnected", "timeout", "not_ready"}
 JOB_STATES = ("pending", "sending", "printed", "failed", "unknown")
+ERROR_TEXT_MAX = 300  # a job's stored error: one line of at most this many characters
 
 
 class PrintJob(Protocol):
@@ -336,7 +337,7 @@ class PrintSpooler:
             except Exception as exc:
                 # The spooler outlives any one failure (a store that refuses a write, a driver error that is no
                 # PrinterError): the jobs stay where they are and are taken up again, the status says why.
-                self._last_error = _one_line(redact(f"spooler: {type(exc).__name__}: {exc}"))
+                self._last_error = redact_line(f"spooler: {type(exc).__name__}: {exc}", ERROR_TEXT_MAX)
                 log.error("print spooler step failed: %s", self._last_error)
                 self._wake.wait(self.retry_interval_s)
                 self._wake.clear()
@@ -377,7 +378,7 @@ class PrintSpooler:
             # at most one more copy of a receipt that may already be on paper
             self._attempts[job.id] = max(self._attempts[job.id], self.max_attempts - 1)
         # One line: a driver's message may span several (pyusb's does), and the store keeps printable text only.
-        error = _one_line(f"{attempt.code}: {redact(attempt.message)}") if attempt.code else None
+        error = redact_line(f"{attempt.code}: {attempt.message}", ERROR_TEXT_MAX) if attempt.code else None
         if attempt.state == "failed":
             self._first_failed.setdefault(job.id, time.monotonic())
             self._last_error = error or ""
@@ -474,21 +475,14 @@ class PrintSpooler:
         return status
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:limit]
-
-
 def _age_s(stamp: str) -> float:
-    """Seconds since a stored UTC timestamp (ISO 8601); 0 when it cannot be read."""
+    """Seconds since a stored UTC timestamp; 0 when it cannot be read."""
     from datetime import UTC, datetime
 
-    try:
-        then = datetime.fromisoformat(stamp)
-    except (TypeError, ValueError):
-        return 0.0
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - then).total_seconds())
+    from offline_queue.store import parse_utc_iso
+
+    then = parse_utc_iso(stamp)
+    return max(0.0, (datetime.now(UTC) - then).total_seconds()) if then is not None else 0.0
 
 
 def _not_ready_code(status: PrinterStatus) -> str:

@@ -442,9 +442,8 @@ def test_smartpos_read_goes_through_the_running_daemon_and_a_hang_up_frees_the_r
             assert not payment_taken("during-cli-read")
             waiting.send_signal(signal.SIGINT)
             waiting.wait(10)
-            hung_up = time.monotonic()
+            # well before the read's 30 s: the hang-up ended it
             wait_until(lambda: payment_taken("after-cli-read"), timeout=5, what="a payment to be taken again")
-            assert time.monotonic() - hung_up < 5
         finally:
             if waiting.poll() is None:
                 waiting.kill()

@@ -158,6 +158,10 @@ class MemoryLedger:
 class ReceiptLog:
     def __init__(self):
         self.jobs = []
+        self.states = {}  # transaction id -> receipt state, for receipts queued before the test began
+
+    def receipt_state(self, txn_uuid):
+        return self.states.get(txn_uuid)
 
     def submit(self, payment, *, request_id, reprint=False):
         self.jobs.append((payment["id"], payment["state"], request_id))

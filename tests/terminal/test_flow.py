@@ -334,12 +334,14 @@ def test_a_restart_queues_the_receipt_of_a_recent_approval_that_a_stop_lost():
     now = datetime.now(UTC)
     ids = {}
     for key, age_s, state in (("recent", 60, "approved"), ("old", 3 * 3600, "approved"),
-                              ("declined", 60, "declined"), ("no-stamp", 60, "approved")):  # fmt: skip
+                              ("declined", 60, "declined"), ("no-stamp", 60, "approved"),
+                              ("queued", 60, "approved")):  # fmt: skip
         payment = ledger.create_payment(idempotency_key=key, request=SALE)
         stamp = (now - timedelta(seconds=age_s)).isoformat() if key != "no-stamp" else None
-        ledger.payments[payment["id"]].update(state=state, updated_at=stamp)
+        ledger.payments[payment["id"]].update(state=state, updated_at=stamp, transaction_id=f"txn-{key}")
         ids[key] = payment["id"]
     flow, _, _, receipts, _ = make_flow(ledger=ledger)
+    receipts.states["txn-queued"] = "printed"  # its receipt was queued: not submitted again (no write at start-up)
     flow.recover()
     assert receipts.jobs == [(ids["recent"], "approved", f"{ids['recent']}:receipt")]
 
