@@ -202,15 +202,13 @@ def _authorization_answer(data: Any) -> AuthorizationResult:
     ``code``/``reason`` strings or null. Anything else is no usable answer, as a cut body is: head office may have
     approved, so the caller owes a reversal (a string ``"false"`` must never read as an approval)."""
     if not isinstance(data, dict):
-        raise HeadOfficeUnreachable("bad_response", "head office's authorization answer is not a JSON object")
+        raise _bad("head office's authorization answer is not a JSON object")
     approved, auth_id = data.get("approved"), data.get("auth_id")
     if not isinstance(approved, bool) or not isinstance(auth_id, str) or not auth_id:
-        raise HeadOfficeUnreachable(
-            "bad_response", "head office's authorization answer lacks a boolean 'approved' or an 'auth_id'"
-        )
+        raise _bad("head office's authorization answer lacks a boolean 'approved' or an 'auth_id'")
     code, reason = data.get("code"), data.get("reason")
     if not (code is None or isinstance(code, str)) or not (reason is None or isinstance(reason, str)):
-        raise HeadOfficeUnreachable("bad_response", "head office's authorization answer has a non-text code or reason")
+        raise _bad("head office's authorization answer has a non-text code or reason")
     return AuthorizationResult(approved, code, reason, auth_id)
 
 
@@ -321,7 +319,7 @@ class HeadOfficeClient:
         answer = _doc(self._request("POST", "/api/v1/authorizations/reversals", doc, timeout=timeout))
         if not isinstance(answer, dict) or answer.get("status") not in REVERSAL_STATUSES:
             # Not one of head office's answers: the reversal cannot be taken as done, so it stays owed.
-            raise HeadOfficeUnreachable("bad_response", "head office's reversal answer has no known status")
+            raise _bad("head office's reversal answer has no known status")
         return answer
 
     def upload(self, page: list[dict[str, Any]]) -> UploadResult:
@@ -334,8 +332,7 @@ class HeadOfficeClient:
         doc = {"totals": totals, "first_sequence": first_sequence, "last_sequence": last_sequence}
         answer = _doc(self._request("POST", path, doc))
         if not isinstance(answer, dict) or answer.get("status") not in ("balanced", "out_of_balance"):
-            raise HeadOfficeUnreachable("bad_response", "head office's batch close answer is neither balanced "
-                                        "nor out_of_balance")  # fmt: skip
+            raise _bad("head office's batch close answer is neither balanced nor out_of_balance")
         return answer
 
     def parameters(self, if_version: int | None = None) -> ParametersDoc | None:

@@ -137,6 +137,7 @@ def test_a_reversal_answer_without_a_known_status_leaves_it_owed(terminal_env: T
     with terminal_env.store() as store, terminal_env.client(transport=Rewriting(broken)) as client:
         store.queue_reversal(idempotency_key=key, type="sale", amount_minor=1250, currency="EUR", reason="test")
         first = SyncEngine(store, client).run_once()
+        assert first.ok, first.error  # the pass went on past it
         assert [r["idempotency_key"] for r in store.pending_reversals()] == [key]
         assert first.reversals_sent == 0
         second = SyncEngine(store, client).run_once()
@@ -158,6 +159,7 @@ def test_a_batch_close_answer_without_a_verdict_is_reported_again(terminal_env: 
     with terminal_env.store() as store, terminal_env.client(transport=Rewriting(broken)) as client:
         store.close_batch()
         first = SyncEngine(store, client).run_once()
+        assert first.ok and first.accepted == 2, first.error
         assert first.batches_reported == 0 and len(store.batches_to_report()) == 1
         second = SyncEngine(store, client).run_once()
         assert second.batches_reported == 1 and store.batches_to_report() == []
