@@ -16,6 +16,7 @@ import pytest
 from drivers.cardread import EmvCardRead
 from drivers.emv import TerminalData
 from drivers.pcsc import PcscReaders
+from tests.harness.nfc import free_udp_port
 from tests.harness.pcsc import READER, reader_empty
 from tests.harness.procs import wait_until
 
@@ -66,14 +67,8 @@ def test_sim_pcscd_runs_a_private_pcscd_until_stopped(procs):
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, what="pcscd to exit")
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sim_phone_and_tag_read_by_smartpos_read_over_nfcpy_udp(procs, tmp_path):
-    port = _free_udp_port()
+    port = free_udp_port()
     config = tmp_path / "smartpos.toml"
     config.write_text("[readers]\npcsc = false\n")
     env = {**os.environ, "SMARTPOS_CONFIG": str(config)}

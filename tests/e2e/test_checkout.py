@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import socket
 import threading
 
 import httpx
@@ -13,17 +12,12 @@ import pytest
 
 from drivers.simulators.nfc_phone import run_phone
 from tests.harness.daemon import SMARTPOS, run_cli
+from tests.harness.nfc import free_udp_port
 from tests.harness.procs import wait_until
 
 pytestmark = pytest.mark.pcscd
 
 VISA_TEST_PAN = "4761739001010010"
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pay(client, stack, body, key, profile="visa"):

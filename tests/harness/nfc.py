@@ -7,6 +7,7 @@ by PID when the test ends (also when it fails). ``python -m`` keeps them to the 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -27,11 +28,25 @@ ROOT = Path(__file__).resolve().parents[2]
 RETAP_GAP_S = 1.5
 
 
+# Emulator ports come from below the kernel's ephemeral range (``ip_local_port_range``, 32768-60999 by default).
+# A port the kernel handed out is handed out again: every sense of nfcpy's udp reader opens a new socket on a
+# random ephemeral port, so a daemon polling for a card could take an emulator's port in the moment between
+# choosing it and binding it (seen once: the tag emulator found its port taken and the read timed out).
+_EMULATOR_PORTS = range(20000, 32000)
+_pick = random.Random()
+
+
 def free_udp_port() -> int:
-    """A UDP port nobody holds right now (the emulator binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A UDP port nobody holds right now (the emulator binds it a moment later), outside the ephemeral range."""
+    for _ in range(200):
+        port = _pick.choice(_EMULATOR_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port in 20000-31999")
 
 
 def udp_port_bound(port: int) -> bool:
