@@ -27,6 +27,10 @@ from terminal.service import Notifier, Watchdog
 log = logging.getLogger("smartpos.daemon")
 
 API_FILE = "api.json"
+LOCK_FILE = "daemon.lock"
+# A payment step with no heartbeat for this long beyond its own bounds (card wait, online authorization and a
+# reversal) means the worker is stuck in a call that never returns: the watchdog stops pinging, systemd restarts.
+STALL_MARGIN_S = 60.0
 
 
 class StartupError(Exception):
@@ -74,9 +78,13 @@ class Daemon:
         self.sync: Any = None
         self.flow: Any = None
         self.metrics: Any = None
-        self._watchdog = Watchdog(self.notifier, self.healthy)
+        self._watchdog = Watchdog(self.notifier, self.health_problem)
         self._sync_thread: threading.Thread | None = None
         self._stop_sync = threading.Event()
+        self._lock_fd: int | None = None
+        s = settings
+        self._stall_limit_s = (s.payments.card_timeout_s + 2 * s.payments.online_timeout_s
+                               + 2 * s.headoffice.timeout_s + STALL_MARGIN_S)
 
     # ----- building ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,6 +95,7 @@ class Daemon:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"state dir {state_dir}: {exc.strerror}") from None
+        self._lock_state_dir(state_dir)
         try:
             self.enrollment = load_enrollment(state_dir)
         except ProvisioningError as exc:
@@ -118,6 +127,28 @@ class Daemon:
         if self.sync is not None:
             self._sync_thread = threading.Thread(target=self._run_sync, name="sync", daemon=True)
             self._sync_thread.start()
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """One daemon per state dir. A second one (a technician's `smartpos run` beside the service) would resolve
+        the first one's payment in progress as interrupted at its recovery, then run a second worker on the same
+        readers and queue; it stops here instead, before it touches anything."""
+        import fcntl
+
+        path = state_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StartupError(f"state dir {state_dir}: cannot open {LOCK_FILE}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(f"another smartpos daemon (pid {holder}) is running on state dir {state_dir}; "
+                               "stop it first (systemctl stop smartpos)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def _build_ledger(self) -> Any:
         from terminal.ledger import LedgerError, QueueLedger
@@ -292,7 +323,22 @@ class Daemon:
         return self._stopping.is_set()
 
     def healthy(self) -> bool:
-        return self.flow is not None and self.flow.alive() and time.monotonic() - self.loop_heartbeat < 10
+        return self.health_problem() is None
+
+    def health_problem(self) -> str | None:
+        """Why the watchdog should stop pinging (systemd then restarts the daemon), or None when all is well."""
+        if self.flow is None or not self.flow.alive():
+            return "payment worker not running"
+        now = time.monotonic()
+        if now - self.loop_heartbeat >= 10:
+            return "api event loop stalled"
+        if now - self.flow.heartbeat > self._stall_limit_s:
+            return f"payment worker stuck for {now - self.flow.heartbeat:.0f} s"
+        if self.spooler is not None and not self.spooler.alive():
+            return "print spooler not running"
+        if self._sync_thread is not None and not self._sync_thread.is_alive() and not self._stop_sync.is_set():
+            return "sync not running"
+        return None
 
     # ----- running -----------------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -315,6 +361,8 @@ class Daemon:
             loop="asyncio",
         )
         self._server = _api_server(config, self)
+        if self._stopping.is_set():  # a stop came while the server was being built: it would not see it
+            return
         try:
             self._server.run()
         except SystemExit:
@@ -373,8 +421,10 @@ class Daemon:
                     part.close()
                 except Exception:
                     log.exception("daemon.close_failed", extra={"part": name})
-        with contextlib.suppress(OSError):
-            (Path(self.settings.state_dir) / API_FILE).unlink()
+        if self._lock_fd is not None:  # the file is this daemon's (a second daemon refused at start leaves it)
+            _unlink_own_api_file(Path(self.settings.state_dir) / API_FILE)
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
         if self.flow is not None:
             log.info("daemon.stopped")
         for handler in logging.getLogger().handlers:
@@ -384,7 +434,7 @@ class Daemon:
         # Until the API server installs its own handlers, a stop request during start-up is remembered.
         previous = {
             sig: signal.signal(sig, lambda s, f: self.request_stop(signal.Signals(s).name))
-            for sig in (signal.SIGINT, signal.SIGTERM)
+            for sig in STOP_SIGNALS
         } if threading.current_thread() is threading.main_thread() else {}
         try:
             self.start()
@@ -398,6 +448,17 @@ class Daemon:
             for sig, old in previous.items():
                 signal.signal(sig, old)
         return 0
+
+
+# SIGHUP too: a daemon run from a technician's SSH session stops cleanly when the session closes (its payment in
+# progress ends cancelled, its files are removed) instead of dying on the spot.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _unlink_own_api_file(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
 
 
 def _safe(fn: Callable[[], Any], default: Any) -> Any:
@@ -439,7 +500,7 @@ def _api_server(config: Any, daemon: Daemon) -> Any:
                     return
                 daemon.request_stop(signal.Signals(sig).name)
 
-            original = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            original = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
             try:
                 yield
             finally:
@@ -448,6 +509,8 @@ def _api_server(config: Any, daemon: Daemon) -> Any:
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
+            if daemon.is_stopping():  # stopped while uvicorn started: no READY after STOPPING, no serving
+                self.should_exit = True
             if self.should_exit:
                 return
             sock = self.servers[0].sockets[0].getsockname()

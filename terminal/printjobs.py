@@ -163,6 +163,10 @@ class PrintSpooler:
         self._thread.start()
         return self
 
+    def alive(self) -> bool:
+        """The worker thread runs (true before ``start()``, which has nothing to run yet)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()

@@ -84,6 +84,9 @@ class ReceiptDesk:
         st["state"] = st.pop("printer", "unknown")
         return st
 
+    def alive(self) -> bool:
+        return self.spooler is None or self.spooler.alive()
+
     def close(self) -> None:
         if self.spooler is not None:
             self.spooler.stop()

@@ -54,12 +54,12 @@ def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
 
 
 class Watchdog:
-    """Sends WATCHDOG=1 every half period while ``healthy()`` is true; a hung worker stops the pings and
-    systemd restarts the service."""
+    """Sends WATCHDOG=1 every half period while ``problem()`` finds none (returns None); a hung worker stops the
+    pings and systemd restarts the service. Each problem is logged with what it is."""
 
-    def __init__(self, notifier: Notifier, healthy: Callable[[], bool], interval_s: float | None = None) -> None:
+    def __init__(self, notifier: Notifier, problem: Callable[[], str | None], interval_s: float | None = None) -> None:
         self._notifier = notifier
-        self._healthy = healthy
+        self._problem = problem
         self._interval = interval_s if interval_s is not None else watchdog_interval_s()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,10 +73,14 @@ class Watchdog:
     def _run(self) -> None:
         assert self._interval is not None
         while not self._stop.wait(self._interval):
-            if self._healthy():
+            try:
+                problem = self._problem()
+            except Exception as exc:  # a check that fails is a problem, never the end of the watchdog thread
+                problem = f"health check failed: {type(exc).__name__}"
+            if problem is None:
                 self._notifier.send("WATCHDOG=1")
             else:
-                log.warning("watchdog.unhealthy")
+                log.warning("watchdog.unhealthy", extra={"problem": problem})
 
     def stop(self) -> None:
         self._stop.set()

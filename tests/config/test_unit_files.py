@@ -1,4 +1,5 @@
 import configparser
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,6 +34,38 @@ def test_systemd_accepts_the_unit(tmp_path):
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if line.strip() and "is not executable" not in line and "/opt/smartpos/bin/smartpos" not in line]
     assert problems == []
+
+
+def test_service_keeps_restarting_except_after_a_config_error():
+    parser = unit()
+    assert parser["Unit"]["StartLimitIntervalSec"] == "0"
+    assert parser["Service"]["Restart"] == "always" and float(parser["Service"]["RestartSec"]) >= 5
+    assert "2" in parser["Service"]["RestartPreventExitStatus"].split()  # `smartpos run` exits 2 on bad config
+
+
+def test_polkit_rule_allows_the_service_user_both_pcscd_actions():
+    rule = (CONFIG_DIR / "50-smartpos-pcsc.rules").read_text()
+    assert f'subject.user === "{unit()["Service"]["User"]}"' in rule
+    for action in ("org.debian.pcsc-lite.access_pcsc", "org.debian.pcsc-lite.access_card"):
+        assert f'action.id === "{action}"' in rule
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_polkit_rule_answers_yes_for_the_service_user_only(tmp_path):
+    """The rule run as polkitd runs it (JavaScript calling polkit.addRule), with a stand-in polkit object."""
+    harness = tmp_path / "run.js"
+    harness.write_text(
+        "const rules = [];\n"
+        "const polkit = {Result: {YES: 'yes'}, addRule: (f) => rules.push(f)};\n"
+        f"eval(require('fs').readFileSync({json.dumps(str(CONFIG_DIR / '50-smartpos-pcsc.rules'))}, 'utf8'));\n"
+        "const ask = (id, user) => rules.map((f) => f({id}, {user})).find((r) => r !== undefined) || 'no';\n"
+        "console.log(JSON.stringify([ask('org.debian.pcsc-lite.access_pcsc', 'smartpos'),\n"
+        "  ask('org.debian.pcsc-lite.access_card', 'smartpos'), ask('org.debian.pcsc-lite.access_pcsc', 'alice'),\n"
+        "  ask('org.freedesktop.login1.reboot', 'smartpos')]));\n"
+    )
+    result = subprocess.run(["node", str(harness)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["yes", "yes", "no", "no"]
 
 
 def test_udev_rules_use_groups_the_service_joins():

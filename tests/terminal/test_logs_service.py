@@ -79,13 +79,13 @@ def test_ready_and_stopping_reach_systemd_socket(notify_socket):
     assert notify_socket.recv(1024) == b"STOPPING=1"
 
 
-def test_watchdog_pings_only_while_healthy(notify_socket):
-    healthy = {"ok": True}
-    dog = Watchdog(Notifier(), lambda: healthy["ok"], interval_s=0.05)
+def test_watchdog_pings_only_while_healthy(notify_socket, caplog):
+    problem = {"now": None}
+    dog = Watchdog(Notifier(), lambda: problem["now"], interval_s=0.05)
     dog.start()
     try:
         assert notify_socket.recv(1024) == b"WATCHDOG=1"
-        healthy["ok"] = False
+        problem["now"] = "payment worker stuck for 200 s"
         # drain pings already in flight, then nothing more may arrive
         notify_socket.settimeout(0.3)
         received = []
@@ -95,6 +95,25 @@ def test_watchdog_pings_only_while_healthy(notify_socket):
         except TimeoutError:
             pass
         assert len(received) <= 2
+        assert any(getattr(r, "problem", None) == "payment worker stuck for 200 s" for r in caplog.records)
+    finally:
+        dog.stop()
+
+
+def test_a_failing_health_check_stops_the_pings_not_the_watchdog(notify_socket):
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("boom")
+        return None
+
+    dog = Watchdog(Notifier(), check, interval_s=0.05)
+    dog.start()
+    try:
+        assert notify_socket.recv(1024) == b"WATCHDOG=1"  # after three failed checks: the thread lived on
+        assert len(calls) >= 4
     finally:
         dog.stop()
 
