@@ -65,9 +65,9 @@ def parse_settings(data: Mapping[str, Any], *, path: Path | None = None) -> Sett
     data = dict(data)
     terminal = data.get("terminal")
     if path is not None and isinstance(terminal, dict) and isinstance(terminal.get("state_dir"), str):
-        state_dir = Path(terminal["state_dir"]).expanduser()
-        if not state_dir.is_absolute():
-            data["terminal"] = {**terminal, "state_dir": str(path.parent / state_dir)}
+        state_dir = Path(terminal["state_dir"]).expanduser()  # "~/..." is the user's home, not a "~" directory
+        data["terminal"] = {**terminal, "state_dir": str(state_dir if state_dir.is_absolute()
+                                                         else path.parent / state_dir)}
     try:
         return Settings.model_validate(data)
     except PydanticValidationError as exc:

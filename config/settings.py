@@ -26,6 +26,39 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
 
 
+# The device paths nfcpy opens (nfc.ContactlessFrontend): usb[:vid[:pid]] or usb:bus[:dev], tty:NAME[:driver],
+# com:PORT[:driver], udp[:host[:port]] (simulation). What the driver takes (drivers.nfc_reader.is_nfcpy_path).
+_NFCPY_PATH = re.compile(
+    r"usb(:[0-9A-Fa-f]{1,4}(:[0-9A-Fa-f]{1,4})?)?"
+    r"|(tty|com):[A-Za-z0-9_.-]+(:[a-z0-9_]+)?"
+    r"|udp(:[A-Za-z0-9_.-]+(:[0-9]{1,5})?)?"
+)
+
+
+def _udp_port_ok(path: str) -> bool:
+    parts = path.split(":")
+    return parts[0] != "udp" or len(parts) < 3 or 1 <= int(parts[2]) <= 65535
+
+
+def checked_http_url(value: str) -> str:
+    """``value`` as an http(s) base URL with no trailing slash; ``ValueError`` says what is wrong with it (a bad
+    port or host is found here, naming the key, not at the first request with a bare "Invalid port")."""
+    import httpx
+
+    if not value.startswith(("http://", "https://")) or len(value) < len("http://x"):
+        raise ValueError("must be an http:// or https:// URL")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces")
+    try:
+        url = httpx.URL(value)
+        url.port  # noqa: B018 -- parsed lazily by some versions: a bad port raises here
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValueError(f"is not a usable URL ({exc})") from None
+    if not url.host:
+        raise ValueError("has no host")
+    return value.rstrip("/")
+
+
 class TerminalSection(_Section):
     id: str | None = Field(default=None, min_length=1, max_length=64)
     state_dir: Path = Field(default=DEFAULT_STATE_DIR, strict=False)
@@ -40,9 +73,7 @@ class HeadOfficeSection(_Section):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.startswith(("http://", "https://")) or len(value) < len("http://x"):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return checked_http_url(value)
 
 
 def is_loopback(host: str) -> bool:
@@ -98,8 +129,9 @@ class ReadersSection(_Section):
     @classmethod
     def _nfcpy_paths(cls, value: list[str]) -> list[str]:
         for path in value:
-            if not path or (":" not in path and path not in ("usb", "tty")):
-                raise ValueError(f"{path!r} is not an nfcpy device path like 'usb:072f:2200' or 'udp:127.0.0.1:54321'")
+            if not _NFCPY_PATH.fullmatch(path) or not _udp_port_ok(path):
+                raise ValueError(f"{path!r} is not an nfcpy device path like 'usb:072f:2200', 'tty:USB0:pn532' or "
+                                 "'udp:127.0.0.1:54321'")
         if len(set(value)) != len(value):
             raise ValueError("a reader is listed twice")
         return value

@@ -32,19 +32,26 @@ def _write_private(path: Path, data: bytes, *, like: os.stat_result | None = Non
     replaced, whose mode and owner the new one keeps (a config an administrator made 0640 root:smartpos)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a stale one of an earlier run (or a planted symlink): O_EXCL below refuses to follow it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        if like is not None:
-            with contextlib.suppress(PermissionError):  # only root may give a file away; others keep their own
-                os.fchown(fd, like.st_uid, like.st_gid)
-            os.fchmod(fd, stat.S_IMODE(like.st_mode))
-        view = memoryview(data)
-        while view:  # os.write may write less than asked
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            if like is not None:
+                with contextlib.suppress(PermissionError):  # only root may give a file away; others keep their own
+                    os.fchown(fd, like.st_uid, like.st_gid)
+                os.fchmod(fd, stat.S_IMODE(like.st_mode))
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # no half-written temporary left beside the file
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -55,15 +62,21 @@ def _write_private(path: Path, data: bytes, *, like: os.stat_result | None = Non
 def _write_config(path: Path, data: bytes) -> None:
     """Replace the config atomically, keeping its mode and owner; where its directory is not writable (e.g.
     /etc/smartpos owned by root, the file group-writable for the smartpos user) rewrite the file in place."""
+    path = path.resolve()  # a symlinked config (configuration management) is updated where it lives
     try:
-        old = path.stat()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(path, data)
-        return
-    if os.access(path.parent, os.W_OK | os.X_OK):
-        _write_private(path, data, like=old)
-        return
+        try:
+            old = path.stat()
+        except FileNotFoundError:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _write_private(path, data)
+            return
+        if os.access(path.parent, os.W_OK | os.X_OK):
+            _write_private(path, data, like=old)
+            return
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}. The terminal is enrolled: add "
+                                   "[terminal] id / state_dir and [headoffice] url by hand (see `smartpos enroll "
+                                   "--help`), or free space and enroll again with --force") from None
     before = path.read_bytes()
     try:
         _write_in_place(path, data)
@@ -129,8 +142,9 @@ def update_config_text(text: str, values: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _queue_owner(db_path: Path) -> tuple[str | None, int, int]:
-    """(terminal id, transactions, of them not yet accepted by head office) of an existing queue, read-only."""
+def _queue_owner(db_path: Path) -> tuple[str | None, int, int, int]:
+    """(terminal id, transactions, of them not yet accepted by head office, reversals or payments still owed to
+    head office) of an existing queue, read-only."""
     import sqlite3
 
     from offline_queue.tables import UNSYNCED_SQL
@@ -141,12 +155,19 @@ def _queue_owner(db_path: Path) -> tuple[str | None, int, int]:
             row = conn.execute("SELECT value FROM meta WHERE key = 'terminal_id'").fetchone()
             total, unsynced = conn.execute(
                 f"SELECT count(*), coalesce(sum({UNSYNCED_SQL}), 0) FROM transactions").fetchone()
+            owed = 0
+            for sql in ("SELECT count(*) FROM reversals WHERE state = 'pending'",
+                        "SELECT count(*) FROM payments WHERE state IN ('waiting_for_card', 'reading', 'authorizing')"):
+                try:
+                    owed += conn.execute(sql).fetchone()[0]
+                except sqlite3.OperationalError:  # a queue of a version without that table holds none
+                    pass
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise click.ClickException(f"queue {db_path} cannot be read ({exc}); re-enrolling would lose it: "
                                    "move it aside first") from None
-    return (row[0] if row else None), int(total), int(unsynced)
+    return (row[0] if row else None), int(total), int(unsynced), int(owed)
 
 
 def _check_queue_before_reenroll(db_path: Path) -> None:
@@ -154,11 +175,18 @@ def _check_queue_before_reenroll(db_path: Path) -> None:
     reach head office. Refused until they are synced."""
     if not db_path.exists():
         return
-    owner, _total, unsynced = _queue_owner(db_path)
+    owner, _total, unsynced, owed = _queue_owner(db_path)
     if unsynced:
         raise click.ClickException(
             f"queue {db_path} holds {unsynced} transaction(s) of terminal {owner} not yet accepted by head office; "
             "run `smartpos sync --wait` before enrolling again (the new key could not upload them)")
+    if owed:
+        # An authorization head office holds for this terminal must be released as this terminal: under a new
+        # terminal id its reversal would be sent for the wrong terminal (or, with the queue set aside, never).
+        raise click.ClickException(
+            f"queue {db_path} holds {owed} reversal(s) or unfinished payment(s) of terminal {owner} that head "
+            "office must still hear about; start the daemon until `smartpos status` shows none pending, then "
+            "enroll again")
 
 
 def _set_aside_other_terminals_queue(db_path: Path, terminal_id: str) -> str | None:
@@ -166,7 +194,7 @@ def _set_aside_other_terminals_queue(db_path: Path, terminal_id: str) -> str | N
     starts with its own queue. Returns a note for the technician."""
     if not db_path.exists():
         return None
-    owner, total, _unsynced = _queue_owner(db_path)
+    owner, total, _unsynced, _owed = _queue_owner(db_path)
     if owner in (None, terminal_id) or not total:
         return None
     import time
@@ -199,6 +227,14 @@ def _create_queue(db_path: Path, terminal_id: str) -> str | None:
     return None
 
 
+def _enrolled_config_text(existing: str | None, terminal_id: str, state: Path, hq_url: str) -> str:
+    old_text = existing if existing is not None else (
+        "# smartpos terminal configuration, written by `smartpos enroll`.\n"
+        "# Every key with its default is documented in config/smartpos.toml of the smartpos package.\n")
+    return update_config_text(old_text, {"terminal": {"id": terminal_id, "state_dir": str(state)},
+                                         "headoffice": {"url": hq_url}})
+
+
 def _clock_offset(answer: dict[str, Any]) -> float | None:
     import time
 
@@ -206,18 +242,25 @@ def _clock_offset(answer: dict[str, Any]) -> float | None:
     return float(server) - time.time() if isinstance(server, int | float) else None
 
 
-def _default_state_dir(config_file: Path) -> Path:
-    from config.settings import DEFAULT_STATE_DIR
+def _existing_config(config_file: Path) -> tuple[str | None, Any]:
+    """The config as it is now (text, settings), checked before head office is asked: a config the daemon would
+    refuse, or one enroll could not update, is reported while the code is still unused. (None, None) when there
+    is no file yet."""
+    from config.loading import ConfigError, parse_settings
 
+    unused = "nothing was sent to head office and the code is still unused"
     try:
-        doc = tomllib.loads(config_file.read_text("utf-8"))
-        state = doc.get("terminal", {}).get("state_dir")
-        if isinstance(state, str):
-            path = Path(state).expanduser()
-            return path if path.is_absolute() else config_file.parent / path
-    except (OSError, tomllib.TOMLDecodeError):
-        pass
-    return DEFAULT_STATE_DIR
+        text = config_file.read_text("utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"config {config_file}: cannot read it ({exc}); {unused}") from None
+    try:
+        return text, parse_settings(tomllib.loads(text), path=config_file)
+    except tomllib.TOMLDecodeError as exc:
+        raise click.ClickException(f"config {config_file}: invalid TOML: {exc}; fix it first ({unused})") from None
+    except ConfigError as exc:  # its message already names the file and the key
+        raise click.ClickException(f"{exc}; fix it first ({unused})") from None
 
 
 @click.command()
@@ -239,20 +282,28 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
 
     from config.loading import ConfigError, config_path, parse_settings
     from config.provisioning import ENROLLMENT, HQ_PUBLIC_KEY, TERMINAL_KEY, TOKEN_KEY
-    from config.settings import QUEUE_FILE
+    from config.settings import DEFAULT_STATE_DIR, QUEUE_FILE, checked_http_url
     from offline_queue.hqclient import HeadOfficeBadAnswer, HeadOfficeRejected, HeadOfficeUnreachable, parameters_doc
     from offline_queue.hqclient import enroll as hq_enroll
     from protocol.envelope import EnvelopeError, announced_versions, load_public_key, public_key_pem
     from protocol.signing import public_key_to_text
 
-    hq_url = hq_url.rstrip("/")
-    if not hq_url.startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--hq")
+    try:
+        hq_url = checked_http_url(hq_url.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hq") from None
     cfg_path = config_path(config_file)
-    state = (state_dir or _default_state_dir(cfg_path)).expanduser().absolute()
+    existing_text, existing = _existing_config(cfg_path)
+    state = (state_dir or (existing.state_dir if existing is not None else None) or DEFAULT_STATE_DIR)
+    state = state.expanduser().absolute()
     if (state / ENROLLMENT).exists() and not force:
         raise click.ClickException(f"{state} is already enrolled; use --force to enroll it again")
     _check_queue_before_reenroll(state / QUEUE_FILE)  # before the code is spent
+    try:  # what enrollment will write into the config must make one the daemon takes (dotted keys, ...)
+        parse_settings(tomllib.loads(_enrolled_config_text(existing_text, "T-CHECK", state, hq_url)), path=cfg_path)
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"config {cfg_path}: enroll cannot add its keys to this file ({exc}); "
+                                   "nothing was sent to head office and the code is still unused") from None
     problem = _config_write_problem(cfg_path)
     if problem:
         raise click.ClickException(
@@ -311,15 +362,9 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     except HeadOfficeBadAnswer as exc:
         raise click.ClickException(f"head office answer is not usable: {exc.message}") from None
 
-    # Validate the config before writing anything final, so a bad existing file is reported, not half-updated.
+    # Checked before the request too; again with the real terminal id, before anything final is written.
     try:
-        old_text = cfg_path.read_text("utf-8") if cfg_path.exists() else (
-            "# smartpos terminal configuration, written by `smartpos enroll`.\n"
-            "# Every key with its default is documented in config/smartpos.toml of the smartpos package.\n")
-        new_text = update_config_text(old_text, {
-            "terminal": {"id": terminal_id, "state_dir": str(state)},
-            "headoffice": {"url": hq_url},
-        })
+        new_text = _enrolled_config_text(existing_text, terminal_id, state, hq_url)
         settings = parse_settings(tomllib.loads(new_text), path=cfg_path)
     except ConfigError as exc:  # its message already names the file
         raise click.ClickException(str(exc)) from None
@@ -336,11 +381,18 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
         "envelope_versions": list(announced_versions(answer) or ()),
         "enrolled_at": datetime.now(UTC).isoformat(),
     }
-    _write_private(state / HQ_PUBLIC_KEY, public_key_pem(hq_public))
-    _write_private(state / TOKEN_KEY, token_key)
-    os.replace(pending_key, state / TERMINAL_KEY)
-    _write_private(state / ENROLLMENT, (json.dumps(enrollment_doc, indent=2, sort_keys=True) + "\n").encode())
+    # The pending key and code stay until enrollment.json is written: a full disk or a crash before that leaves
+    # them, so the same command with the same code gets the same enrollment again (same key, same answer).
+    try:
+        _write_private(state / HQ_PUBLIC_KEY, public_key_pem(hq_public))
+        _write_private(state / TOKEN_KEY, token_key)
+        _write_private(state / TERMINAL_KEY, pending_key.read_bytes())
+        _write_private(state / ENROLLMENT, (json.dumps(enrollment_doc, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the enrollment under {state}: {exc.strerror}; free space and run "
+                                   "the same command again (the same code works for this terminal)") from None
     pending_code.unlink(missing_ok=True)
+    pending_key.unlink(missing_ok=True)
     _write_config(cfg_path, new_text.encode("utf-8"))
     aside_note = _set_aside_other_terminals_queue(settings.db_path, terminal_id)
     queue_note = _create_queue(settings.db_path, terminal_id)

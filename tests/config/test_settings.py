@@ -47,6 +47,21 @@ def test_relative_state_dir_is_next_to_the_config_file(tmp_path):
     assert settings.state_dir == tmp_path / "state"
 
 
+def test_home_relative_state_dir_is_the_users_home(tmp_path):
+    path = write(tmp_path, '[terminal]\nstate_dir = "~/spos"\n')
+    settings, _ = load_settings(path, environ={})
+    assert settings.state_dir == Path.home() / "spos"
+
+
+def test_nfcpy_paths_the_driver_opens_are_accepted(tmp_path):
+    from drivers.nfc_reader import is_nfcpy_path
+
+    paths = ["usb", "usb:072f:2200", "usb:001:004", "tty:USB0:pn532", "com:COM3", "udp", "udp:127.0.0.1:54321"]
+    path = write(tmp_path, "[readers]\nnfcpy = [" + ", ".join(f'"{p}"' for p in paths) + "]\n")
+    assert list(load_settings(path, environ={})[0].readers.nfcpy) == paths
+    assert all(is_nfcpy_path(p) for p in paths)
+
+
 def test_lookup_order_flag_then_environment_then_default(tmp_path):
     assert config_path("a.toml", {"SMARTPOS_CONFIG": "b.toml"}) == Path("a.toml")
     assert config_path(None, {"SMARTPOS_CONFIG": "b.toml"}) == Path("b.toml")
@@ -74,6 +89,13 @@ def test_lookup_order_flag_then_environment_then_default(tmp_path):
         ("[metrics]\nhost = \"not a host\"\nport = 9101\n", "metrics.host", "not an IP address or host name"),
         ("[metrics]\nhost = \"999.1.1.1\"\n", "metrics.host", "not an IP address or host name"),
         ("[api]\nhost = \"127.0.0.1:8470\"\n", "api.host", "not an IP address or host name"),
+        # a bad port or host is reported naming the key, not at the first request as a bare "Invalid port"
+        ("[headoffice]\nurl = \"https://hq.example.com:443x\"\n", "headoffice.url", "Invalid port"),
+        ("[headoffice]\nurl = \"http://a b\"\n", "headoffice.url", "spaces"),
+        # what the config takes, the nfcpy driver opens (before: the daemon refused these at start, exit 1)
+        ("[readers]\nnfcpy = [\"foo:bar\"]\n", "readers.nfcpy", "not an nfcpy device path"),
+        ("[readers]\nnfcpy = [\"USB:072f:2200\"]\n", "readers.nfcpy", "not an nfcpy device path"),
+        ("[readers]\nnfcpy = [\"udp:nohost:notaport\"]\n", "readers.nfcpy", "not an nfcpy device path"),
     ],
 )
 def test_bad_key_or_value_is_one_line_naming_the_key(tmp_path, text, key, problem):

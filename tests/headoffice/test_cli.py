@@ -378,3 +378,62 @@ def test_enroll_as_a_user_who_cannot_write_the_config_spends_no_code(hq: HQ, tmp
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_enroll_refuses_a_broken_config_before_spending_the_code(hq: HQ, tmp_path: Path):
+    """A typo in the existing config: before, the state dir silently fell back to /var/lib/smartpos, the code was
+    spent, then the config was refused, and the retry after the fix got `code_used`."""
+    code, terminal_id = hq.new_code()
+    config, state = tmp_path / "smartpos.toml", tmp_path / "state"
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[printer]\nuri = "tcp://192.168.1.50:9100\n')
+    args = (str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(config))
+    refused = _run(*args)
+    assert refused.returncode == 1 and "invalid TOML" in refused.stderr and "code is still unused" in refused.stderr
+    assert not state.exists()
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[printer]\nurl = "tcp://192.168.1.50:9100"\n')
+    refused = _run(*args)  # parses, but a key the daemon refuses
+    assert refused.returncode == 1 and "printer.url: unknown key" in refused.stderr, refused.stderr
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[printer]\nuri = "tcp://192.168.1.50:9100"\n')
+    done = _run(*args)  # the same code: never spent
+    assert done.returncode == 0, done.stderr
+    assert json.loads((state / "enrollment.json").read_text())["terminal_id"] == terminal_id
+
+
+def test_enroll_again_refuses_while_a_reversal_is_owed_to_head_office(hq: HQ, tmp_path: Path):
+    """A reversal queued by terminal A must reach head office as A: re-enrolling as B is refused until then."""
+    terminal = TerminalEnv.enroll(hq, tmp_path)
+    with terminal.store() as store:
+        store.queue_reversal(idempotency_key="pay-123", type="sale", amount_minor=4200, currency="EUR",
+                             reason="timeout")
+    code, _new_id = hq.new_code()
+    refused = _run(str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config", str(terminal.config),
+                   "--state-dir", str(terminal.state_dir), "--force")
+    assert refused.returncode == 1 and "1 reversal(s) or unfinished payment(s)" in refused.stderr, refused.stderr
+    assert json.loads((terminal.state_dir / "enrollment.json").read_text())["terminal_id"] == terminal.terminal_id
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny filesystem needs root")
+def test_enroll_that_runs_out_of_space_in_the_state_dir_can_be_run_again_with_the_same_code(hq: HQ, tmp_path):
+    """No inode left for enrollment.json: before, the pending key had already been renamed, so the retry made a
+    new key and head office answered `code_used`. Now the same command finishes the enrollment."""
+    code, terminal_id = hq.new_code()
+    state = tmp_path / "state"
+    state.mkdir()
+    # root, keys, pending key + code, the head-office key, the token key, the terminal key: no inode for the rest
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=7,mode=0700", "tmpfs", str(state)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    try:
+        args = (str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config",
+                str(tmp_path / "smartpos.toml"), "--state-dir", str(state))
+        full = _run(*args)
+        assert full.returncode == 1 and "cannot write the enrollment under" in full.stderr, full.stderr
+        assert "Traceback" not in full.stderr and not (state / "enrollment.json").exists()
+        subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(state)], check=True)
+        again = _run(*args)
+        assert again.returncode == 0, again.stderr
+        assert json.loads((state / "enrollment.json").read_text())["terminal_id"] == terminal_id
+        assert not list((state / "keys").glob("*pending*"))
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
