@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,18 +66,31 @@ class LocalApi:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            if self.base_url.endswith(":0"):
-                # [api] port = 0 and no api.json: the daemon is not running (it writes its address when it listens)
-                raise ApiCallError("daemon_unreachable", "the smartpos daemon is not running "
-                                   "(no api.json with its address in the state directory)") from None
-            raise ApiCallError(
-                "daemon_unreachable", f"cannot reach the smartpos daemon at {self.base_url} ({type(exc).__name__}); "
-                "is `smartpos run` running?"
-            ) from None
+    def _call(self, method: str, path: str, *, resend: int = 0, **kwargs: Any) -> dict[str, Any]:
+        """``resend``: times to send the request again when it may have reached the daemon without an answer
+        coming back (a timeout, a connection cut): only for requests the daemon makes idempotent."""
+        for attempt in range(resend + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached the daemon
+                if self.base_url.endswith(":0"):
+                    # [api] port = 0 and no api.json: the daemon is not running (it writes its address when it
+                    # listens)
+                    raise ApiCallError("daemon_unreachable", "the smartpos daemon is not running "
+                                       "(no api.json with its address in the state directory)") from None
+                raise ApiCallError(
+                    "daemon_unreachable", f"cannot reach the smartpos daemon at {self.base_url} "
+                    f"({type(exc).__name__}); is `smartpos run` running?"
+                ) from None
+            except httpx.TransportError as exc:  # sent, maybe acted on, no answer
+                if attempt < resend:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise ApiCallError(
+                    "daemon_no_answer", f"the smartpos daemon at {self.base_url} took the request but gave no "
+                    f"answer ({type(exc).__name__}); it may be busy or stuck: see `smartpos status`"
+                ) from None
         try:
             body = response.json()
         except ValueError:
@@ -94,8 +108,10 @@ class LocalApi:
         return self._call("GET", "/v1/status")
 
     def create_payment(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """Sent again with the same key when no answer came back (a timeout): the daemon answers the payment the
+        first request created, never a second one armed beside it."""
         key = idempotency_key or str(uuid.uuid4())
-        return self._call("POST", "/v1/payments", json=body, headers={"Idempotency-Key": key})
+        return self._call("POST", "/v1/payments", json=body, headers={"Idempotency-Key": key}, resend=2)
 
     def payment(self, payment_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/payments/{payment_id}")

@@ -47,7 +47,8 @@ def selftest(config_file: str | None, test_print: bool, as_json: bool) -> None:
         table.add_column("result")
         table.add_column("detail")
         for c in checks:
-            mark = "[green]ok[/green]" if c.ok else ("[yellow]warn[/yellow]" if c.warn else "[red]FAIL[/red]")
+            # A warning shows as one even on a check that passed (little disk left, no printer, no status).
+            mark = "[yellow]warn[/yellow]" if c.warn else ("[green]ok[/green]" if c.ok else "[red]FAIL[/red]")
             table.add_row(c.name, mark, c.detail)
         Console().print(table)
     sys.exit(0 if ok else 1)
@@ -81,12 +82,18 @@ def run_checks(config_file: str | None, *, test_print: bool = False) -> list[Che
         checks.append(_check_database(settings, enrollment))
     checks.append(_check_disk(settings))
 
-    daemon_status = _daemon_status(settings)
-    checks.append(Check("daemon", daemon_status is not None,
-                        "running" if daemon_status is not None else "not running (`smartpos run`)",
-                        warn=daemon_status is None))
-    checks.extend(_check_readers(settings, daemon_status))
-    checks.append(_check_printer(settings, daemon_status, enrollment, test_print))
+    daemon_status, daemon_problem = _daemon_status(settings)
+    if daemon_problem is not None:
+        # Running (it holds the readers and printer) but not usable: opening them here would fight it.
+        checks.append(Check("daemon", False, f"running but {daemon_problem}"))
+        checks.append(Check("readers", False, "not checked: the daemon holds them"))
+        checks.append(Check("printer", False, "not checked: the daemon holds it"))
+    else:
+        checks.append(Check("daemon", daemon_status is not None,
+                            "running" if daemon_status is not None else "not running (`smartpos run`)",
+                            warn=daemon_status is None))
+        checks.extend(_check_readers(settings, daemon_status))
+        checks.append(_check_printer(settings, daemon_status, enrollment, test_print))
     if enrollment is not None:
         checks.extend(_check_headoffice(settings, enrollment))
     return checks
@@ -142,14 +149,36 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _daemon_status(settings: Any) -> dict[str, Any] | None:
+def _daemon_status(settings: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(the running daemon's status, None); (None, None) when no daemon runs; (None, why) when one runs but cannot
+    be used (no answer, a wrong [api] token)."""
     from terminal.apiclient import ApiCallError, LocalApi, api_url
 
     try:
         with LocalApi(api_url(settings), token=settings.api.token, timeout=2.0) as api:
-            return api.status()
-    except ApiCallError:
-        return None
+            return api.status(), None
+    except ApiCallError as exc:
+        if exc.code == "daemon_unreachable":
+            return None, None
+        return None, f"not usable ({exc.code}: {exc.message})"
+
+
+def _open_nfcpy(path: str, wait_s: float = 3.0) -> dict[str, Any]:
+    """The status of the nfcpy reader at ``path`` once its worker tried to open it (or after ``wait_s``)."""
+    import time
+
+    from drivers.nfc_reader import open_reader
+
+    reader = open_reader(path)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            status = reader.status()
+            if status["state"] != "absent" or time.monotonic() > deadline:
+                return status
+            time.sleep(0.05)
+    finally:
+        reader.close()
 
 
 def _check_readers(settings: Any, daemon_status: dict[str, Any] | None) -> list[Check]:
@@ -168,14 +197,13 @@ def _check_readers(settings: Any, daemon_status: dict[str, Any] | None) -> list[
                 pcsc.close()
             readers.append(status)
         for path in settings.readers.nfcpy:
-            readers.append({"name": path, "stack": "nfcpy", "state": "configured",
-                            "detail": "opened by the daemon only (one owner per reader)"})
+            readers.append(_open_nfcpy(path))  # no daemon holds it: open it here, briefly
     if not readers:
         return [Check("readers", False, "no card reader found")]
     checks = []
     for reader in readers:
         state = reader.get("state")
-        ok = state in ("ready", "card_present", "configured")
+        ok = state in ("ready", "card_present")
         names = ", ".join(str(r.get("name")) for r in reader.get("readers") or [])
         detail = f"{state} {reader.get('detail') or ''}".strip() + (f" [{names}]" if names else "")
         checks.append(Check(f"reader {reader.get('name')}", ok, detail))

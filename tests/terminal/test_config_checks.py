@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.daemon import SMARTPOS, free_port, run_cli
+from tests.harness.nfc import free_udp_port
 
 
 def _config(tmp_path: Path, printer: str = "", readers: str = 'pcsc = false\nnfcpy = ["udp:127.0.0.1:9"]') -> Path:
@@ -83,3 +84,21 @@ def test_a_file_printer_whose_device_is_missing_fails(tmp_path):
     config = _config(tmp_path, f'uri = "file:{present}"')
     status = run_cli([*SMARTPOS, "printer", "status", "--config", str(config)])
     assert status.returncode == 0 and "opens" in status.stdout
+
+
+def test_selftest_opens_an_nfcpy_reader_no_daemon_holds_and_shows_warnings_as_warnings(tmp_path):
+    """Before, with the daemon down an nfcpy reader was listed ok ("configured") without being opened, and a
+    check that passed with a warning (no printer configured) showed a green ok in the table."""
+    missing = _config(tmp_path, readers='pcsc = false\nnfcpy = ["usb:072f:ffff"]')
+    report = json.loads(run_cli([*SMARTPOS, "selftest", "--json", "--config", str(missing)]).stdout)
+    (reader,) = [c for c in report["checks"] if c["check"].startswith("reader ")]
+    assert not reader["ok"] and not reader["warning"] and "configured" not in reader["detail"], reader
+    # the udp driver opens without a peer: the reader is there (a port with a service name, like 9, nfcpy cannot
+    # parse)
+    udp = _config(tmp_path, readers=f'pcsc = false\nnfcpy = ["udp:127.0.0.1:{free_udp_port()}"]')
+    done = run_cli([*SMARTPOS, "selftest", "--json", "--config", str(udp)])
+    (reader,) = [c for c in json.loads(done.stdout)["checks"] if c["check"].startswith("reader ")]
+    assert reader["ok"] and reader["detail"].startswith("ready"), reader
+    table = run_cli([*SMARTPOS, "selftest", "--config", str(udp)], env={"COLUMNS": "200"}).stdout
+    (printer_row,) = [line for line in table.splitlines() if "printer" in line]
+    assert "warn" in printer_row and "none configured" in printer_row and " ok " not in printer_row
