@@ -304,7 +304,7 @@ def enroll(hq_url: str, code: str, config_file: Path | None, state_dir: Path | N
     except (ConfigError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"config {cfg_path}: enroll cannot add its keys to this file ({exc}); "
                                    "nothing was sent to head office and the code is still unused") from None
-    problem = _config_write_problem(cfg_path)
+    problem = _config_write_problem(cfg_path.resolve())  # where _write_config writes (a symlink's target)
     if problem:
         raise click.ClickException(
             f"cannot write the config as this user ({problem}); nothing was sent to head office and the code is "

@@ -304,6 +304,14 @@ def _enroll_as_nobody(hq: HQ, code: str, config: Path, base: Path) -> tuple[Path
     return state, done
 
 
+def _mount_tmpfs(where: Path, options: str) -> None:
+    """A small filesystem at ``where`` (the caller unmounts it); the test is skipped where none can be mounted."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny filesystem and switching users need root")
 def test_enroll_that_cannot_finish_rewriting_the_config_in_place_puts_the_old_text_back(hq: HQ, tmp_path_factory):
     """The daemon's user may write the installed config but not its directory, so enroll rewrites the file in
@@ -315,10 +323,7 @@ def test_enroll_that_cannot_finish_rewriting_the_config_in_place_puts_the_old_te
     base = Path(tempfile.mkdtemp(prefix="smartpos-enroll-full-"))
     etc = base / "etc"
     etc.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(etc)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    _mount_tmpfs(etc, "size=64k,mode=0755")
     try:
         os.chmod(base, 0o755)
         config = etc / "smartpos.toml"
@@ -420,10 +425,7 @@ def test_enroll_that_runs_out_of_space_in_the_state_dir_can_be_run_again_with_th
     state = tmp_path / "state"
     state.mkdir()
     # root, keys, pending key + code, the head-office key, the token key, the terminal key: no inode for the rest
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=7,mode=0700", "tmpfs", str(state)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.strip()}")
+    _mount_tmpfs(state, "size=256k,nr_inodes=7,mode=0700")
     try:
         args = (str(BIN / "smartpos"), "enroll", "--hq", hq.url, "--code", code, "--config",
                 str(tmp_path / "smartpos.toml"), "--state-dir", str(state))
