@@ -20,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,14 +68,12 @@ async def _body(request: Request) -> bytes:
     return body
 
 
-_DATETIME = TypeAdapter(datetime)
-
-
 def _query_time(name: str, value: str) -> datetime:
-    """A time from a query parameter, in the forms pydantic takes (ISO 8601; no offset means UTC)."""
+    """A time from a query parameter in ISO 8601 (extended or basic form; no offset means UTC). Not pydantic's lax
+    datetime: it reads a bare number as seconds since 1970, so ``since=20260101`` meant 1970-08-23."""
     try:
-        return _DATETIME.validate_python(value)
-    except PydanticValidationError:
+        return datetime.fromisoformat(value)
+    except ValueError:
         raise HQError(400, f"invalid_{name}", f"{name} must be an ISO 8601 time, e.g. 2026-12-01T00:00:00Z") from None
 
 

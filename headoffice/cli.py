@@ -6,6 +6,7 @@ bring its schema up to date first, so a fresh install needs no separate set-up s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -41,19 +42,45 @@ def _db_options(func: F) -> F:
 
 def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = False) -> Any:
     """``work(session)`` in one transaction, the schema upgraded first. ``reading``: a command that only shows
-    what is there refuses a SQLite file that does not exist (a mistyped --database-url or --home) instead of
-    creating an empty database and showing nothing."""
+    what is there changes nothing: it refuses a SQLite file that does not exist and a database without head
+    office's schema at this version (a mistyped --database-url or --home) instead of creating an empty database or
+    a schema where none belongs, and showing nothing."""
     from headoffice.db import make_engine, session_factory, upgrade
 
     if reading:
         _refuse_missing_sqlite(settings)
     engine = make_engine(settings.database_url)
     try:
-        upgrade(engine)
+        if reading:
+            _require_schema(engine)
+        else:
+            upgrade(engine)
         with session_factory(engine)() as session, session.begin():
             return work(session)
     finally:
         engine.dispose()
+
+
+def _require_schema(engine: Any) -> None:
+    """The database holds head office's schema at the revision this code needs, or one line says what to run."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from headoffice.db import current_revision, head_revision
+
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        found = current_revision(engine)
+    except SQLAlchemyError as exc:
+        why = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"cannot read the head-office database {where}: {why}") from None
+    if found is None:
+        raise click.ClickException(
+            f"no head-office schema in {where} (check --home / --database-url; `smartpos-hq serve` or "
+            "`smartpos-hq db upgrade` creates it)")
+    if found != head_revision():
+        raise click.ClickException(
+            f"the head-office schema in {where} is at revision {found}, this smartpos-hq needs {head_revision()}: "
+            "run `smartpos-hq db upgrade`")
 
 
 def _refuse_missing_sqlite(settings: Any) -> None:
@@ -436,7 +463,8 @@ def batches_list(settings: Any, status: str | None, terminal: str | None, after:
 @batches.command("pull")
 @click.argument("batch_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (default stdout).")
+@click.option("--out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Write to this file, whole or not at all (default, or -: stdout).")
 @_db_options
 def batches_pull(settings: Any, batch_id: int, fmt: str, out: Path | None) -> None:
     """Export batch BATCH_ID as CSV (header, one line per transaction, trailer) or JSON."""
@@ -445,11 +473,45 @@ def batches_pull(settings: Any, batch_id: int, fmt: str, out: Path | None) -> No
 
     doc = _session_run(settings, lambda s: batch_service.batch_doc(s, batch_id), reading=True)
     text = exports.batch_csv(doc) if fmt == "csv" else json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if out is None:
+    if out is None or str(out) == "-":
         click.echo(text, nl=False)
-    else:
-        out.write_text(text, "utf-8")
-        click.echo(f"batch {batch_id}: {doc['count']} transactions written to {out}", err=True)
+        return
+    try:
+        _write_whole(out, text.encode("utf-8"))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from None
+    click.echo(f"batch {batch_id}: {doc['count']} transactions written to {out}", err=True)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` in full, or keeps what it held: a settlement file cut short by a full disk or a
+    crash would be imported as a batch missing its last lines (the trailer would not match, but only if checked)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- parameters, deny list, acquirer -----------------------------------------------------------------------------

@@ -187,8 +187,10 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
             raise HQError(503, "retry", "head office's chain head moved back while the page was prepared; send again")
         batch_no = p.row["batch_no"]
         batch_id = batch_ids.get(batch_no)
-        if batch_id is None:
+        if batch_id is None and p.status == "accepted":
             batch_id = batch_ids[batch_no] = batch_service.batch_id_for(session, terminal, batch_no)
+        elif batch_id is None:
+            batch_id = _batch_for_rejected(session, terminal, batch_no, rows[-1][1] if rows else None, head_seq)
         rows.append((p, batch_id))
         results.append({"sequence": seq, "status": p.status, "reason": p.reason, "duplicate": False})
         head_seq, head_hash = seq, p.hash
@@ -209,6 +211,26 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         "rejected": len(results) - accepted,
         "results": results,
     }
+
+
+def _batch_for_rejected(session: Session, terminal: Terminal, batch_no: int, before: int | None,
+                        head_seq: int) -> int:
+    """The batch a rejected row is kept in. Its fields are not trusted, its batch number included: it joins the
+    batch of that number if head office has it, opens it only if it is the terminal's next batch, and otherwise stays
+    in the batch of the row before it in the chain. (A malformed number used to open a batch 0, and any number a
+    batch that staff saw open for ever and that moved the batch a replaced terminal continues from.)"""
+    found = session.execute(
+        select(Batch.id).where(Batch.terminal_id == terminal.id, Batch.batch_no == batch_no)).scalar_one_or_none()
+    if found is not None:
+        return int(found)
+    highest = int(session.execute(
+        select(func.max(Batch.batch_no)).where(Batch.terminal_id == terminal.id)).scalar() or 0)
+    if before is None and head_seq:
+        before = session.execute(select(Transaction.batch_id).where(
+            Transaction.terminal_id == terminal.id, Transaction.sequence == head_seq)).scalar_one_or_none()
+    if before is not None and batch_no != highest + 1:
+        return int(before)
+    return batch_service.batch_id_for(session, terminal, highest + 1)
 
 
 def _check_voids(session: Session, rows: list[tuple[PreparedRow, int]],

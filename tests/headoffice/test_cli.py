@@ -246,6 +246,42 @@ def test_hq_cli_codes_tokens_parameters_and_errors(hq: HQ, tmp_path: Path, capsy
     assert _run(str(BIN / "smartpos-hq"), "--version").stdout.startswith("smartpos-hq")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_hq_reading_commands_create_no_schema_in_a_database_that_has_none(backend: str, tmp_path: Path, request):
+    """A mistyped --database-url that names a database that exists (another application's, PostgreSQL's own) is
+    refused by the commands that only read, which used to create head office's tables there and show nothing."""
+    from sqlalchemy import create_engine, inspect
+
+    pg = request.getfixturevalue("pg_server") if backend == "postgresql" else None
+    if pg is not None:
+        dbname = pg.create_database()
+        url = pg.url(dbname)
+    else:
+        empty = tmp_path / "other.sqlite3"
+        create_engine(f"sqlite:///{empty}").connect().close()
+        url = f"sqlite:///{empty}"
+    try:
+        for args in (["batches", "list"], ["batches", "pull", "1"], ["parameters", "show"], ["tokens", "list"],
+                     ["deny", "list"], ["terminals", "list"], ["authorizations", "list"]):
+            done = _run(str(BIN / "smartpos-hq"), *args, "--database-url", url, "--home", str(tmp_path / "hq"))
+            assert done.returncode == 1 and "no head-office schema" in done.stderr, (args, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        engine = create_engine(url)
+        try:
+            assert inspect(engine).get_table_names() == []
+        finally:
+            engine.dispose()
+        # The schema made, the same command works.
+        made = _run(str(BIN / "smartpos-hq"), "db", "upgrade", "--database-url", url, "--home", str(tmp_path / "hq"))
+        assert made.returncode == 0, made.stderr
+        listed = _run(str(BIN / "smartpos-hq"), "batches", "list", "--database-url", url, "--home",
+                      str(tmp_path / "hq"))
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        if pg is not None:
+            pg.drop_database(dbname)
+
+
 def test_enroll_again_refuses_to_strand_unsynced_transactions(hq: HQ, tmp_path: Path):
     """Re-enrolling replaces the key that signs uploads: with transactions still queued it is refused (the code is
     not spent); once they are synced it goes ahead and keeps the old terminal's queue under another name."""

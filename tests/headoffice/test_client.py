@@ -61,8 +61,13 @@ def test_batches_since_filter(hq: HQ, terminal_env: TerminalEnv):
     empty = httpx.get(f"{hq.url}/api/v1/batches?status=&since=&terminal={terminal_env.terminal_id}", headers=auth)
     assert empty.status_code == 200, empty.text
     assert [b["terminal_id"] for b in empty.json()["batches"]] == [terminal_env.terminal_id]
-    bad = httpx.get(f"{hq.url}/api/v1/batches", params={"since": "yesterday"}, headers=auth)
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_since", bad.text
+    # ISO 8601's basic form is a date, not seconds since 1970 (pydantic's lax datetime read 21000101 as 1970-09-01).
+    basic = httpx.get(f"{hq.url}/api/v1/batches", params={"since": "21000101", "terminal": terminal_env.terminal_id},
+                      headers=auth)
+    assert basic.status_code == 200 and basic.json()["batches"] == [], basic.text
+    for bad_value in ("yesterday", "1700000000"):
+        bad = httpx.get(f"{hq.url}/api/v1/batches", params={"since": bad_value}, headers=auth)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_since", bad.text
     for edge in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00"):  # valid, but not once in UTC
         r = httpx.get(f"{hq.url}/api/v1/batches", params={"since": edge}, headers=auth)
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_since", r.text

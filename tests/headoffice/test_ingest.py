@@ -79,6 +79,30 @@ def test_upload_is_idempotent_on_terminal_and_sequence(wire_terminal: WireTermin
     assert sum(s[2] for s in stored) == 100 + 200 + 300 + 400 + 500 + 600
 
 
+def test_a_rejected_rows_batch_number_opens_no_batch_of_its_own(wire_terminal: WireTerminal):
+    """A row rejected for its content keeps its chain position, but its batch number is not trusted: 0 or a stray
+    number used to open a batch staff saw open for ever (and a replaced terminal continued from its number)."""
+    hq, tid = wire_terminal.hq, wire_terminal.terminal_id
+    rows = [wire_terminal.txn(amount=100), wire_terminal.txn(batch=0), wire_terminal.txn(type="bogus", batch=5000),
+            wire_terminal.txn(amount=200)]
+    r = wire_terminal.upload(rows).json()
+    assert [(x["status"], x["reason"]) for x in r["results"]] == [
+        ("accepted", None), ("rejected", "invalid: batch"), ("rejected", "invalid: type"), ("accepted", None)]
+    assert [tuple(b) for b in hq.sql("SELECT batch_no, status FROM batches WHERE terminal_id = :t ORDER BY batch_no",
+                                     t=tid)] == [(1, "open")]
+    assert [tuple(x) for x in hq.sql("SELECT t.sequence, b.batch_no FROM transactions t JOIN batches b ON b.id = "
+                                     "t.batch_id WHERE t.terminal_id = :t ORDER BY t.sequence", t=tid)] == [
+        (1, 1), (2, 1), (3, 1), (4, 1)]
+    # The terminal's next batch starting with a rejected row is still that batch.
+    r = wire_terminal.upload([wire_terminal.txn(type="bogus", batch=2), wire_terminal.txn(batch=2)]).json()
+    assert [x["status"] for x in r["results"]] == ["rejected", "accepted"]
+    assert [b[0] for b in hq.sql("SELECT batch_no FROM batches WHERE terminal_id = :t ORDER BY batch_no",
+                                 t=tid)] == [1, 2]
+    assert [tuple(x) for x in hq.sql("SELECT t.sequence, b.batch_no FROM transactions t JOIN batches b ON b.id = "
+                                     "t.batch_id WHERE t.terminal_id = :t AND t.sequence > 4 ORDER BY t.sequence",
+                                     t=tid)] == [(5, 2), (6, 2)]
+
+
 def test_gap_in_sequence_is_rejected_and_nothing_stored(wire_terminal: WireTerminal):
     rows = [wire_terminal.txn() for _ in range(3)]
     r = wire_terminal.upload(rows[1:])  # starts at 2: head office expects 1
@@ -148,9 +172,46 @@ def test_batch_close_balanced_then_csv_and_json_exports(wire_terminal: WireTermi
         text.replace("\r\n", "\n")
     pulled = hq.cli("batches", "pull", str(batch["id"]), "--format", "json")
     assert '"count": 3' in pulled
+    _pull_to_a_file_is_whole_or_nothing(hq, batch["id"], text, wire_terminal.hq.env)
     table = hq.cli("batches", "list")  # piped: whole ids and timestamps, not cut to 80 columns
     (line,) = [line for line in table.splitlines() if wire_terminal.terminal_id in line]
     assert batch["closed_at"] in line
+
+
+def _pull_to_a_file_is_whole_or_nothing(hq, batch_id: int, text: str, env: dict[str, str]) -> None:
+    """`batches pull --out FILE` writes the whole export or leaves FILE as it was: a settlement file cut short (a
+    full disk, a file size limit) used to be left behind truncated, the old export already gone."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "batch.csv")
+
+        def pull(*extra: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
+            def cap() -> None:  # the size limit a full disk would impose, without needing root for a tmpfs
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            return subprocess.run([sys.executable, "-m", "headoffice.cli", "batches", "pull", str(batch_id), *extra],
+                                  capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+                                  preexec_fn=cap if limit else None)
+
+        done = pull("--out", out)
+        assert done.returncode == 0 and "3 transactions written" in done.stderr, done.stderr
+        with open(out, encoding="utf-8", newline="") as fh:
+            assert fh.read() == text
+        dash = pull("--out", "-")
+        assert dash.returncode == 0 and dash.stdout.replace("\r\n", "\n") == text.replace("\r\n", "\n")
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write("the export of last night\n")
+        cut = pull("--out", out, limit=len(text) // 2)
+        assert cut.returncode == 1 and "nothing was written" in cut.stderr, cut.stderr
+        with open(out, encoding="utf-8") as fh:
+            assert fh.read() == "the export of last night\n"
+        assert os.listdir(tmp) == ["batch.csv"]
 
 
 def test_batch_close_out_of_balance_lists_differences_and_missing(wire_terminal: WireTerminal):
