@@ -91,6 +91,8 @@ class SyncResult:
     error: str | None = None
     error_code: str | None = None
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    last_retry_error: str | None = None  # with wait=True: why head office was last not reached
+    last_retry_code: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,6 +139,7 @@ class SyncEngine:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 60.0,
         on_progress: Callable[[SyncProgress], None] | None = None,
+        on_retry: Callable[[HeadOfficeUnreachable, float], None] | None = None,
         on_contact: Callable[[bool], None] | None = None,
         on_envelope_versions: Callable[[tuple[int, ...]], None] | None = None,
         rng: random.Random | None = None,
@@ -151,6 +154,7 @@ class SyncEngine:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.on_progress = on_progress
+        self.on_retry = on_retry  # (why, seconds to the retry): with wait=True, each time head office is not reached
         self.on_contact = on_contact
         self.on_envelope_versions = on_envelope_versions
         self._envelope_versions: tuple[int, ...] | None = None  # as last passed to on_envelope_versions
@@ -283,15 +287,8 @@ class SyncEngine:
                 self.note_contact(False)
                 if not wait:
                     raise
-                delay = self.backoff_delay(attempt)
+                self._retry_wait(exc, attempt, result, stop)
                 attempt += 1
-                result.retries += 1
-                log.info("head office unreachable (%s); retry in %.1f s", exc.code, delay)
-                if stop is not None:
-                    if stop.wait(delay):
-                        raise _Stopped() from None
-                else:
-                    time.sleep(delay)
                 continue
             except HeadOfficeRejected as exc:
                 # Head office answered and refused this request: reachable, but refusing the terminal itself
@@ -300,6 +297,21 @@ class SyncEngine:
                 raise
             self.note_contact(True)
             return value
+
+    def _retry_wait(self, exc: HeadOfficeUnreachable, attempt: int, result: SyncResult,
+                    stop: threading.Event | None) -> None:
+        """Wait the backoff delay before retry ``attempt``, saying why (``on_retry``, the log, the result)."""
+        delay = self.backoff_delay(attempt)
+        result.retries += 1
+        result.last_retry_error, result.last_retry_code = exc.message, exc.code
+        log.info("head office unreachable (%s); retry in %.1f s", exc.code, delay)
+        if self.on_retry is not None:
+            self.on_retry(exc, delay)
+        if stop is not None:
+            if stop.wait(delay):
+                raise _Stopped() from None
+        else:
+            time.sleep(delay)
 
     def _pass(self, result: SyncResult, *, wait: bool, stop: threading.Event | None) -> None:
         self._refresh_parameters(result, wait=wait, stop=stop)
@@ -350,15 +362,8 @@ class SyncEngine:
                 after = 0
                 if not wait:
                     raise
-                delay = self.backoff_delay(attempt)
+                self._retry_wait(exc, attempt, result, stop)
                 attempt += 1
-                result.retries += 1
-                log.info("head office unreachable (%s); retry in %.1f s", exc.code, delay)
-                if stop is not None:
-                    if stop.wait(delay):
-                        raise _Stopped() from None
-                else:
-                    time.sleep(delay)
                 continue
             except HeadOfficeRejected as exc:
                 self.note_contact(not exc.is_auth)

@@ -1,8 +1,9 @@
 """`smartpos sync [--wait]`: upload the queued transactions to head office now, with a progress bar.
 
 For a technician draining a backlog. Without ``--wait`` one pass is made and an unreachable head office is an
-error (exit 1); with ``--wait`` network errors are retried with backoff until the queue is drained (Ctrl-C stops,
-nothing is lost: what was not acknowledged is sent again next time).
+error (exit 1); with ``--wait`` network errors are retried with backoff until the queue is drained, each retry
+said on stderr (``--timeout`` gives up after that long, exit 1; Ctrl-C stops; nothing is lost either way: what was
+not acknowledged is sent again next time).
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ import click
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file (default $SMARTPOS_CONFIG or /etc/smartpos/smartpos.toml).")
 @click.option("--wait", is_flag=True, help="Retry until everything is uploaded (backoff on network errors).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="With --wait: give up after this long (exit 1), e.g. when head office stays unreachable.")
 @click.option("--page-size", type=click.IntRange(1, 5000), help="Transactions per upload (default [sync] page_size).")
 @click.option("--compress", is_flag=True, help="gzip the uploads (slow uplinks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, no progress bar.")
 @click.option("--requeue", "requeue", type=click.IntRange(1), multiple=True, metavar="SEQ",
               help="Send this dead-lettered (rejected) transaction again, e.g. once head office is fixed "
                    "(repeatable; `smartpos status` shows rejected ones).")
-def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: bool, as_json: bool,
-         requeue: tuple[int, ...]) -> None:
+def sync(config_file: Path | None, wait: bool, timeout_s: float | None, page_size: int | None, compress: bool,
+         as_json: bool, requeue: tuple[int, ...]) -> None:
     """Upload queued transactions to head office and report closed batches."""
+    if timeout_s is not None and not wait:
+        raise click.UsageError("--timeout is for --wait (without it one pass is made)")
     from config.loading import ConfigError, load_settings
     from config.provisioning import ProvisioningError, load_enrollment
     from offline_queue.hqclient import HeadOfficeClient
@@ -59,9 +64,14 @@ def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: 
     client = HeadOfficeClient(url, enrollment.terminal_id, enrollment.terminal_key,
                               timeout=settings.headoffice.timeout_s, compress=compress)
     stop = threading.Event()
+    timer = threading.Timer(timeout_s, stop.set) if timeout_s else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         if as_json:
-            engine = SyncEngine(store, client, page_size=page_size or settings.sync.page_size)
+            engine = SyncEngine(store, client, page_size=page_size or settings.sync.page_size,
+                                on_retry=lambda exc, delay: click.echo(_retry_line(exc, delay), err=True))
             result = engine.run_once(wait=wait, stop=stop)
             click.echo(json.dumps(result.to_dict(), default=str))
         else:
@@ -71,8 +81,14 @@ def sync(config_file: Path | None, wait: bool, page_size: int | None, compress: 
         stop.set()
         raise click.ClickException("interrupted; what was not acknowledged is sent again next time") from None
     finally:
+        if timer is not None:
+            timer.cancel()
         client.close()
         store.close()
+    if result.error_code == "stopped" and timeout_s:
+        why = f" ({result.last_retry_error})" if result.last_retry_error else ""
+        raise click.ClickException(f"gave up after {timeout_s:g} s{why}; {result.remaining} transactions still "
+                                   "queued (nothing is lost: they are sent on the next sync)")
     if not result.ok:
         raise click.ClickException(f"sync incomplete ({result.error_code}): {result.error}; "
                                    f"{result.remaining} transactions still queued")
@@ -93,7 +109,9 @@ def _with_progress(store: Any, client: Any, page_size: int, wait: bool, stop: th
         def on_progress(p: Any) -> None:
             progress.update(task, completed=p.done, total=p.total, accepted=p.accepted, rejected=p.rejected)
 
-        engine = engine_cls(store, client, page_size=page_size, on_progress=on_progress)
+        engine = engine_cls(store, client, page_size=page_size, on_progress=on_progress,
+                            on_retry=lambda exc, delay: progress.console.print(_retry_line(exc, delay),
+                                                                               markup=False, highlight=False))
         result = engine.run_once(wait=wait, stop=stop)
         if not total:
             progress.update(task, total=1, completed=1)
@@ -113,3 +131,7 @@ def _with_progress(store: Any, client: Any, page_size: int, wait: bool, stop: th
     if result.parameters_updated:
         out.print(f"parameters updated to version {result.parameters_version}")
     return result
+
+
+def _retry_line(exc: Any, delay: float) -> str:
+    return f"{exc.message}; retrying in {delay:.1f} s (Ctrl-C stops)"

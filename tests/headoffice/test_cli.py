@@ -173,6 +173,18 @@ def test_sync_command_with_head_office_down_fails_in_one_line(hq: HQ, tmp_path: 
     done = _run(str(BIN / "smartpos"), "sync", "--config", str(terminal.config))
     assert done.returncode == 1
     assert "3 transactions still queued" in done.stderr and "Traceback" not in done.stderr
+    # --wait says each retry (it used to wait in silence, for ever) and --timeout gives up.
+    for extra in ([], ["--json"]):
+        waited = _run(str(BIN / "smartpos"), "sync", "--wait", "--timeout", "2", *extra, "--config",
+                      str(terminal.config))
+        assert waited.returncode == 1, waited.stderr
+        assert "head office unreachable: ConnectError; retrying in" in waited.stderr, waited.stderr
+        last = waited.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: gave up after 2 s (head office unreachable: ConnectError)"), last
+        assert "3 transactions still queued" in last
+    assert terminal.hq_rows()[0] == 0
+    usage = _run(str(BIN / "smartpos"), "sync", "--timeout", "2", "--config", str(terminal.config))
+    assert usage.returncode == 2 and "--timeout is for --wait" in usage.stderr
 
 
 def test_sync_command_before_enrollment_says_what_to_do(tmp_path: Path):
