@@ -199,6 +199,13 @@ def _ascii(value: bytes | None) -> str | None:
     return text.replace("\ufffd", "?").strip()
 
 
+# SELECT answers that mean "not this application here": try the next one, and with none left the card has no
+# payment application (read as a UID card): 6Axx not found, 62xx blocked or invalidated, 69xx not usable now,
+# 6Dxx / 6Exx a card that knows no SELECT by name at all (transit and access cards). Others are a faulty card.
+_NOT_THIS_APPLICATION = (0x6A, 0x62, 0x69, 0x6D, 0x6E)
+_MAX_CANDIDATES = 8
+
+
 def _ppse_candidates(transport: ApduTransport, collected: list[tuple[str, list[tlv.Tlv]]]) -> list[_Candidate] | None:
     resp = exchange(transport, _command(0x00, 0xA4, 0x04, 0x00, PPSE))
     if resp.sw != 0x9000:
@@ -258,6 +265,12 @@ def read_card(
     else:
         candidates = [c for c in listed if any(c.aid.startswith(s) for s in supported)]
         candidates.sort(key=lambda c: (c.priority, c.order))
+        # Each listed application once, and only the first few: a directory of 200 entries (hostile or broken)
+        # must not cost 200 SELECTs while the customer holds the card to the reader.
+        unique: dict[bytes, _Candidate] = {}
+        for cand in candidates:
+            unique.setdefault(cand.aid, cand)
+        candidates = list(unique.values())[:_MAX_CANDIDATES]
     if not candidates:
         raise NoApplicationError("no supported payment application on the card")
 
@@ -269,7 +282,7 @@ def read_card(
             fci = tlv.parse(resp.data)
             chosen = cand
             break
-        if resp.sw >> 8 not in (0x6A, 0x62):  # not found / blocked: try the next one; anything else is an error
+        if resp.sw >> 8 not in _NOT_THIS_APPLICATION:
             raise CardStatusError("card refused SELECT of the application", sw=resp.sw)
     if fci is None or chosen is None:
         raise NoApplicationError("no supported payment application answered")

@@ -110,6 +110,24 @@ def _error_for(hr: int, what: str) -> CardError:
     return ReaderUnavailableError(f"PC/SC error during {what} (0x{code:08X})")
 
 
+def overall_state(service_ok: bool, readers: list[dict]) -> tuple[str, str | None]:
+    """The state the PC/SC stack shows for its readers' states, and a detail when it has one of its own."""
+    states = {r["state"] for r in readers}
+    if not service_ok:
+        return "error", None
+    if not readers:
+        return "absent", None
+    if "card_present" in states:
+        return "card_present", None
+    if states & {"empty", "mute"}:  # mute: a card that does not answer; the reader takes the next one
+        return "ready", None
+    if "unavailable" in states:
+        # Every reader pcscd lists is unusable (its driver failing, unplugged mid-scan, held by another program):
+        # not ready to take a card, though pcscd itself answers. It used to show "ready".
+        return "unavailable", f"no usable reader: {', '.join(r['name'] for r in readers)} unavailable"
+    return "unknown", None  # listed, first state not read yet
+
+
 @dataclass
 class _ReaderState:
     name: str
@@ -188,15 +206,9 @@ class PcscReaders:
         with self._cond:
             readers = [{"name": r.name, "state": r.state, "atr": r.atr.hex().upper() or None}
                        for r in self._readers.values()]  # fmt: skip
-            if not self._service_ok:
-                state = "error"
-            elif not readers:
-                state = "absent"
-            elif any(r["state"] == "card_present" for r in readers):
-                state = "card_present"
-            else:
-                state = "ready"
-            return {"name": self.name, "stack": "pcsc", "state": state, "detail": self._detail, "readers": readers}
+            state, detail = overall_state(self._service_ok, readers)
+            return {"name": self.name, "stack": "pcsc", "state": state, "detail": detail or self._detail,
+                    "readers": readers}
 
     def reader_names(self) -> list[str]:
         with self._cond:

@@ -107,7 +107,8 @@ class MultiReader:
             except Exception:
                 statuses.append({"name": r.name, "state": "error", "detail": "status unavailable"})
         states = {s.get("state") for s in statuses}
-        state = next((s for s in ("card_present", "ready", "error") if s in states), "absent")
+        state = next((s for s in ("card_present", "ready", "error", "unavailable", "unknown") if s in states),
+                     "absent")
         return {"name": self.name, "stack": "multi", "state": state, "detail": f"{len(statuses)} reader stacks",
                 "readers": statuses}  # fmt: skip
 

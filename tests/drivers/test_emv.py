@@ -305,3 +305,36 @@ def test_overlong_application_label_is_cut_to_the_emv_length(tmp_path):
     long = _variant(tmp_path, lambda t: t.replace('label = "VISA CREDIT"', f'label = "{"X" * 71}"'))
     read = emv.read_card(InProcessCard(VirtualEmvCard(long)), TD, reader="test")
     assert read.label == "X" * 16
+
+
+def _ppse_answer(aids: list[bytes]) -> bytes:
+    from drivers import tlv
+
+    entries = b"".join(tlv.encode(0x61, tlv.encode(0x4F, aid)) for aid in aids)
+    return tlv.encode(0x6F, tlv.encode(0x84, b"2PAY.SYS.DDF01") + tlv.encode(0xA5, tlv.encode(0xBF0C, entries)))
+
+
+@pytest.mark.parametrize("sw", [0x6D00, 0x6E00, 0x6999, 0x6A82])
+def test_card_that_knows_no_select_by_name_has_no_application(sw):
+    """A transit or access card answers SELECT with 6D00/6E00 (no such instruction or class): no payment
+    application, so the reader can go on to take it as a UID card. It used to be a failed read (card_status)."""
+    card = _Scripted([RApdu(b"", sw)] * (1 + len(TD.supported_aids)))
+    with pytest.raises(NoApplicationError):
+        emv.read_card(card, TD, reader="t")
+    assert len(card.sent) == 1 + len(TD.supported_aids)  # the directory, then each AID the terminal knows
+
+
+def test_a_directory_of_many_entries_costs_a_few_selects():
+    visa = bytes.fromhex("A0000000031010")
+    listed = [visa] * 150 + [bytes.fromhex("A0000000041010") + bytes([i]) for i in range(50)]
+    card = _Scripted([RApdu(_ppse_answer(listed), 0x9000)] + [RApdu(b"", 0x6A82)] * 300)
+    with pytest.raises(NoApplicationError):
+        emv.read_card(card, TD, reader="t")
+    assert len(card.sent) == 1 + emv._MAX_CANDIDATES  # the same application once, at most 8 tried
+
+
+def test_select_refused_for_another_reason_is_a_card_status_error():
+    card = _Scripted([RApdu(b"", 0x6A82), RApdu(b"", 0x6F00)])
+    with pytest.raises(CardStatusError) as err:
+        emv.read_card(card, TD, reader="t")
+    assert err.value.sw == 0x6F00

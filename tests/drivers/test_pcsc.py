@@ -345,3 +345,31 @@ def test_no_matching_reader_raises_reader_unavailable(private_pcscd):
         assert "no PC/SC reader matches 'NO SUCH READER'" in unavailable.value.message
     finally:
         readers.close()
+
+
+@pytest.mark.parametrize("states, expected", [
+    (["unavailable", "unavailable"], "unavailable"),  # every reader listed, none usable: it used to say "ready"
+    (["unavailable", "empty"], "ready"),
+    (["mute"], "ready"),  # a card that does not answer on a working reader
+    (["empty", "card_present"], "card_present"),
+    (["unknown"], "unknown"),
+    ([], "absent"),
+])
+def test_overall_state_is_ready_only_with_a_reader_that_can_take_a_card(states, expected):
+    from drivers.pcsc import overall_state
+
+    readers = [{"name": f"Reader {i}", "state": s} for i, s in enumerate(states)]
+    state, detail = overall_state(True, readers)
+    assert state == expected
+    if expected == "unavailable":
+        assert detail == "no usable reader: Reader 0, Reader 1 unavailable"
+    assert overall_state(False, readers)[0] == "error"  # pcscd itself gone
+    assert MultiReader([_FixedStatus("a", state), _FixedStatus("b", "absent")]).status()["state"] == expected
+
+
+class _FixedStatus:
+    def __init__(self, name: str, state: str) -> None:
+        self.name, self.state = name, state
+
+    def status(self) -> dict:
+        return {"name": self.name, "state": self.state}
