@@ -1047,11 +1047,14 @@ class QueueStore:
             row = cur.execute(f"{self._BATCH_SELECT} WHERE status = 'open'").fetchone()
             return self._batch_from_row(row, self._totals(cur, row[0]))
 
-    def close_batch(self) -> Batch:
-        """Close the open batch with its totals and open the next one, in one commit."""
+    def close_batch(self, expected: int | None = None) -> Batch:
+        """Close the open batch with its totals and open the next one, in one commit. ``expected``: close it only
+        if it is this batch (a close request sent again must not close the next one), else ``batch_not_open``."""
         now = utcnow_iso()
         with self._write() as cur:
             number = cur.execute("SELECT number FROM batches WHERE status = 'open'").fetchone()[0]
+            if expected is not None and expected != number:
+                raise ValidationError("batch_not_open", f"batch {expected} is not the open batch (open: {number})")
             totals = self._totals(cur, number)
             cur.execute(
                 "UPDATE batches SET status = 'closed', closed_at = ?, totals = ?, hq_status = 'pending' "

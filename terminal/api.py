@@ -49,7 +49,7 @@ class TerminalService(Protocol):
     def payment_view(self, payment_id: str) -> dict[str, Any] | None: ...
     def recent_payments(self, limit: int) -> list[dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
-    def close_batch(self) -> dict[str, Any]: ...
+    def close_batch(self, number: int | None = None) -> dict[str, Any]: ...
     def is_stopping(self) -> bool: ...
 
 
@@ -248,8 +248,19 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
         return JSONResponse({"cancelled": await run_in_threadpool(service.flow.cancel_read)})
 
     @app.post("/v1/batches/close")
-    async def close_batch() -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(service.close_batch))
+    async def close_batch(request: Request) -> JSONResponse:
+        """Close the open batch. Body (optional) ``{"batch": N}``: close it only if N is the open batch, and if N
+        is already closed answer it again (``already_closed``), so a request sent again after a lost answer does
+        not close the next batch empty."""
+        body = await _json_object(request, empty_ok=True)
+        unknown = set(body) - {"batch"}
+        if unknown:
+            raise ApiError(400, "invalid_request", f"unknown field {sorted(unknown)[0]!r}")
+        number = body.get("batch")
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int)
+                                   or not 1 <= number <= 2**63 - 1):
+            raise ApiError(400, "invalid_request", "batch must be a batch number (a positive integer)")
+        return JSONResponse(await run_in_threadpool(service.close_batch, number))
 
     async def _view(payment_id: str) -> dict[str, Any]:
         view = await run_in_threadpool(service.payment_view, _check_id(payment_id))

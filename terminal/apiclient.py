@@ -133,8 +133,12 @@ class LocalApi:
         return dict(self._call("POST", "/v1/reads", json={"timeout_s": timeout_s},
                                timeout=httpx.Timeout(timeout_s + 10.0, connect=5.0))["read"])
 
-    def close_batch(self) -> dict[str, Any]:
-        return self._call("POST", "/v1/batches/close")
+    def close_batch(self, number: int | None = None) -> dict[str, Any]:
+        """Close the open batch; with ``number`` only that one, and the request is sent again when its answer went
+        missing (the daemon answers a batch it closed already as it was, instead of closing the next one)."""
+        if number is None:
+            return self._call("POST", "/v1/batches/close")
+        return self._call("POST", "/v1/batches/close", json={"batch": number}, resend=2)
 
     def events(self, payment_id: str, timeout: float = 120.0) -> Iterator[dict[str, Any]]:
         """Payment objects as the daemon streams them, until a final state."""

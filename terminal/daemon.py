@@ -302,14 +302,26 @@ class Daemon:
             "versions": {"smartpos": __version__, **_safe(self.ledger.versions, {})},
         }
 
-    def close_batch(self) -> dict[str, Any]:
+    def close_batch(self, number: int | None = None) -> dict[str, Any]:
+        """Close the open batch; with ``number``, only if it is that one: a request sent again after its answer
+        was lost gets batch ``number`` as it was closed (``already_closed``), not the next batch closed empty."""
+        from protocol.errors import ValidationError
         from terminal.flow import FlowError
 
+        if number is not None and (earlier := self.ledger.closed_batch(number)) is not None:
+            return {**earlier, "already_closed": True}
         if self.flow is not None and self.flow.busy_payment():
             busy = self.ledger.payment(self.flow.busy_payment())
             if busy is not None and not is_final(busy["state"]):
                 raise FlowError(409, "terminal_busy", "a payment is in progress; close the batch after it")
-        result = self.ledger.close_batch()
+        try:
+            result = self.ledger.close_batch(number)
+        except ValidationError as exc:
+            if exc.code != "batch_not_open":
+                raise
+            if number is not None and (earlier := self.ledger.closed_batch(number)) is not None:
+                return {**earlier, "already_closed": True}  # the same request, answered meanwhile
+            raise FlowError(409, "batch_not_open", exc.message) from None
         if self.hq is not None:
             result["headoffice"] = self.hq.close_batch(result)
         hq = result.get("headoffice") or {}
@@ -317,7 +329,7 @@ class Daemon:
         self.spooler.submit_settlement({**result, "hq_status": hq.get("status", "pending"),
                                         "hq_detail": hq.get("detail")})
         log.info("batch.closed", extra={"batch": result.get("batch"), "count": result.get("count")})
-        return result
+        return {**result, "already_closed": False}
 
     def is_stopping(self) -> bool:
         return self._stopping.is_set()

@@ -373,15 +373,25 @@ class QueueLedger:
         return {"number": batch.number, "opened_at": batch.opened_at, "count": (batch.totals or {}).get("count", 0),
                 "totals": batch.totals}
 
-    def close_batch(self) -> dict[str, Any]:
-        batch = self.store.close_batch()
-        totals = batch.totals or {}
-        return {"batch": batch.number, "opened_at": batch.opened_at, "closed_at": batch.closed_at,
-                "count": totals.get("count", 0), "totals": totals}
+    def close_batch(self, expected: int | None = None) -> dict[str, Any]:
+        return _closed_doc(self.store.close_batch(expected))
+
+    def closed_batch(self, number: int) -> dict[str, Any] | None:
+        """Batch ``number`` as its close answered, with what head office said of it since; None unless closed."""
+        batch = self.store.batch(number)
+        if batch is None or batch.status != "closed":
+            return None
+        return {**_closed_doc(batch), "headoffice": {"status": batch.hq_status, "detail": batch.hq_detail}}
 
     def versions(self) -> dict[str, Any]:
         stored = self.store.parameters()
         return {"parameters": stored.version if stored is not None else self.enrollment.parameters_version}
+
+
+def _closed_doc(batch: Any) -> dict[str, Any]:
+    totals = batch.totals or {}
+    return {"batch": batch.number, "opened_at": batch.opened_at, "closed_at": batch.closed_at,
+            "count": totals.get("count", 0), "totals": totals}
 
 
 def _public_auth(auth: Any) -> dict[str, Any] | None:

@@ -326,11 +326,16 @@ def batch() -> None:
 @CONFIG_OPTION
 @URL_OPTION
 @JSON_OPTION
-def batch_close(config_file: str | None, url: str | None, as_json: bool) -> None:
-    """Close the open batch: totals, settlement report printed, head office told."""
+@click.option("--batch", "number", type=click.IntRange(1), metavar="N",
+              help="Close batch N only if it is the open one (default: the open batch as `smartpos status` shows it).")
+def batch_close(config_file: str | None, url: str | None, as_json: bool, number: int | None) -> None:
+    """Close the open batch: totals, settlement report printed, head office told. Safe to run again when the
+    answer went missing: the batch it was about to close is answered as closed, the next one is left open."""
     api, _ = _client(config_file, url)
     with api:
-        result = _call(api.close_batch, as_json=as_json)
+        if number is None:
+            number = (_call(api.status, as_json=as_json).get("batch") or {}).get("number")
+        result = _call(api.close_batch, number, as_json=as_json)
     if as_json:
         click.echo(orjson.dumps(result).decode())
         return
@@ -338,6 +343,8 @@ def batch_close(config_file: str | None, url: str | None, as_json: bool) -> None
     from rich.table import Table
 
     totals = result.get("totals") or {}
+    if result.get("already_closed"):
+        click.echo(f"batch {result.get('batch')} was already closed, at {result.get('closed_at')}: nothing closed now")
     table = Table(title=f"batch {result.get('batch')} closed: {totals.get('count', 0)} transactions")
     for col in ("scheme", "currency", "sales", "refunds", "voids", "net"):
         table.add_column(col, justify="left" if col in ("scheme", "currency") else "right")

@@ -197,6 +197,22 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     empty = run_cli([*SMARTPOS, "batch", "close", "--json"], env=env)
     assert empty.returncode == 0, empty.stderr
     assert json.loads(empty.stdout)["count"] == 0 and json.loads(empty.stdout)["batch"] == 2
+    # Run again after its answer went missing, the close of batch 2 answers batch 2 as it was closed; it used to
+    # close batch 3 empty (and print its report). A batch that is not the open one is refused.
+    again = run_cli([*SMARTPOS, "batch", "close", "--batch", "2", "--json"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["already_closed"] is True and json.loads(again.stdout)["batch"] == 2
+    shown = run_cli([*SMARTPOS, "batch", "close", "--batch", "1"], env=env)
+    assert shown.returncode == 0 and "batch 1 was already closed, at 20" in shown.stdout, shown.stdout
+    assert "batch 1 closed: 4 transactions" in shown.stdout
+    wrong = run_cli([*SMARTPOS, "batch", "close", "--batch", "9"], env=env)
+    assert wrong.returncode == 1 and "batch_not_open" in wrong.stderr and "(open: 3)" in wrong.stderr, wrong.stderr
+    assert json.loads(run_cli([*SMARTPOS, "status", "--json"], env=env).stdout)["batch"]["number"] == 3
+    with stack.api() as client:
+        for body in ({"batch": True}, {"batch": "3"}, {"batch": 0}, {"number": 3}):
+            r = client.post("/v1/batches/close", json=body)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", (body, r.text)
+    assert json.loads(run_cli([*SMARTPOS, "status", "--json"], env=env).stdout)["batch"]["number"] == 3
 
     # Prometheus metrics on the port the daemon logged
     events = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]

@@ -40,7 +40,7 @@ class FakeService:
     def status(self):
         return {"readers": [], "printer": {"state": "unknown"}}
 
-    def close_batch(self):
+    def close_batch(self, number=None):
         raise RuntimeError("boom: 4761739001010010")
 
     def is_stopping(self):
