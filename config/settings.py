@@ -191,6 +191,9 @@ class PaymentsSection(_Section):
     # Closed loop (campus, membership, stored value): a UID-only card pays, identified by its keyed UID token.
     # Off by default: in a shop taking payment cards a UID card is "not a payment card".
     closed_loop_uid: bool = False
+    # Where the terminal stands (EMV 9F1A, sent to the card): ISO 3166-1 numeric, e.g. 276 Germany, 250 France,
+    # 826 United Kingdom. Cards use it for their domestic/international rules.
+    country_code: int = Field(default=276, ge=1, le=999)
 
     @field_validator("currency")
     @classmethod

@@ -102,11 +102,18 @@ class UidCardRead:
     entry_mode: str = "card_uid"
     kind: Literal["uid"] = "uid"
 
+    @property
+    def random_uid(self) -> bool:
+        """A single-size UID whose first byte is 08 is drawn anew at every activation (ISO/IEC 14443-3, 6.4.4):
+        phones and many bank cards show one. It names no card: the next tap of the same card shows another."""
+        return len(self.uid) == 8 and self.uid[:2] == "08"
+
     def to_public_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "reader": self.reader,
             "uid": self.uid,
+            "random_uid": self.random_uid,
             "atr": self.atr,
             "entry_mode": self.entry_mode,
             "read_ms": round((self.read_at - self.detected_at) * 1000, 3),

@@ -159,7 +159,8 @@ def primitives(nodes: Iterable[Tlv]) -> dict[int, bytes]:
 
 
 def parse_dol(data: bytes) -> list[tuple[int, int]]:
-    """Parse a Data Object List (PDOL, CDOL): tag + length pairs, no values."""
+    """Parse a Data Object List (PDOL, CDOL): tag + length pairs, no values. The length is one byte (EMV Book 3,
+    5.4), never BER: 0x81 asks for 129 bytes, it does not announce a length byte to follow."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CardDataError("DOL input is not bytes")
     buf = bytes(data)
@@ -169,7 +170,10 @@ def parse_dol(data: bytes) -> list[tuple[int, int]]:
     pos = 0
     while pos < len(buf):
         tag, pos = _read_tag(buf, pos, len(buf))
-        length, pos = _read_length(buf, pos, len(buf))
+        if pos >= len(buf):
+            raise CardDataError("DOL entry without its length")
+        length = buf[pos]
+        pos += 1
         if length > 252:
             raise CardDataError("DOL entry length too large")
         out.append((tag, length))

@@ -219,16 +219,7 @@ class Daemon:
         )
 
     def _terminal_data(self, payment: dict[str, Any]) -> Any:
-        from drivers.emv import TerminalData
-
-        merchant = self.enrollment.merchant or {}
-        return TerminalData(
-            amount_minor=int(payment["amount_minor"]),
-            currency=payment["currency"],
-            txn_type=0x20 if payment["type"] == "refund" else 0x00,
-            merchant_name=str(merchant.get("name") or "SMARTPOS")[:40],
-            terminal_id=self.enrollment.terminal_id[:8],
-        )
+        return terminal_data(self.settings, self.enrollment, payment)
 
     def _payment_finished(self, payment: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -471,6 +462,21 @@ def _unlink_own_api_file(path: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()
+
+
+def terminal_data(settings: Settings, enrollment: Any, payment: dict[str, Any]) -> Any:
+    """What the terminal tells the card for ``payment`` (amount, currency, type, country, merchant, terminal id)."""
+    from drivers.emv import TerminalData
+
+    merchant = enrollment.merchant or {}
+    return TerminalData(
+        amount_minor=int(payment["amount_minor"]),
+        currency=payment["currency"],
+        txn_type=0x20 if payment["type"] == "refund" else 0x00,
+        country_numeric=settings.payments.country_code,
+        merchant_name=str(merchant.get("name") or "SMARTPOS")[:40],
+        terminal_id=enrollment.terminal_id[:8],
+    )
 
 
 def _safe(fn: Callable[[], Any], default: Any) -> Any:

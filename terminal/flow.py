@@ -461,6 +461,13 @@ class PaymentFlow:
                     self._back_to_waiting(payment)
                 self._read_problem(payment, CardError("this card is not a payment card", code="not_a_payment_card"))
                 continue
+            if isinstance(read, UidCardRead) and read.random_uid:
+                # Its token would be a new account at every tap: nothing to charge, nothing to find again.
+                if reading:
+                    self._back_to_waiting(payment)
+                self._read_problem(payment, CardError("this card shows a new random UID at every tap; it cannot pay "
+                                                      "by UID", code="uid_random"))
+                continue
             self._authorize(payment, read, reading)
             return
 

@@ -164,7 +164,8 @@ def _read_here(settings: Any, reader: str | None, nfc: tuple[str, ...], timeout:
               status=EXIT_FAILED)  # fmt: skip
     multi = MultiReader(readers)
     _fail_fast_without_pcscd(readers, min(timeout, 2.0), as_json, reader)
-    td = TerminalData(amount_minor=0, currency=settings.payments.currency)
+    td = TerminalData(amount_minor=0, currency=settings.payments.currency,
+                      country_numeric=settings.payments.country_code)
     if not as_json:
         click.echo(f"Waiting up to {timeout:g} s for a tap on {multi.name} ...", err=True)
     try:

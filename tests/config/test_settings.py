@@ -96,6 +96,7 @@ def test_lookup_order_flag_then_environment_then_default(tmp_path):
         ("[readers]\nnfcpy = [\"foo:bar\"]\n", "readers.nfcpy", "not an nfcpy device path"),
         ("[readers]\nnfcpy = [\"USB:072f:2200\"]\n", "readers.nfcpy", "not an nfcpy device path"),
         ("[readers]\nnfcpy = [\"udp:nohost:notaport\"]\n", "readers.nfcpy", "not an nfcpy device path"),
+        ("[payments]\ncountry_code = 1000\n", "payments.country_code", "less than or equal to 999"),
     ],
 )
 def test_bad_key_or_value_is_one_line_naming_the_key(tmp_path, text, key, problem):
@@ -151,3 +152,17 @@ def test_risk_overrides_use_the_risk_rules_names_and_types(tmp_path):
         load_settings(write(tmp_path, "[risk]\ntxn_limit = 2000\n"), environ={})
     with pytest.raises(ConfigError, match=r": risk: txn_limit_minor: .*greater than or equal to 0"):
         load_settings(write(tmp_path, "[risk]\ntxn_limit_minor = -1\n"), environ={})
+
+
+def test_the_shops_country_is_what_the_card_is_told(tmp_path):
+    """EMV 9F1A, the terminal country code, comes from [payments] country_code (it was always 0276, Germany)."""
+    from types import SimpleNamespace
+
+    from terminal.daemon import terminal_data
+
+    settings = load_settings(write(tmp_path, "[payments]\ncountry_code = 250\n"), environ={})[0]
+    enrollment = SimpleNamespace(merchant={"name": "Boulangerie"}, terminal_id="T-1")
+    td = terminal_data(settings, enrollment, {"amount_minor": 1250, "currency": "EUR", "type": "sale"})
+    assert td.values(bytes(4))[0x9F1A] == bytes.fromhex("0250")
+    default = terminal_data(Settings(), enrollment, {"amount_minor": 1, "currency": "EUR", "type": "refund"})
+    assert default.values(bytes(4))[0x9F1A] == bytes.fromhex("0276") and default.values(bytes(4))[0x9C] == b"\x20"

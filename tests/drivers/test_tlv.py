@@ -89,6 +89,8 @@ def test_dol_parsing():
     ]  # fmt: skip
     with pytest.raises(CardDataError):
         tlv.parse_dol(bytes.fromhex("9F66"))
+    # A DOL length is one byte, not BER: 0x81 is 129 bytes asked for (read as BER it swallowed the next tag).
+    assert tlv.parse_dol(bytes.fromhex("9F66819F0206")) == [(0x9F66, 0x81), (0x9F02, 6)]
 
 
 def test_dump_redacts_and_shows_text():

@@ -25,9 +25,9 @@ def emv_read(pan=VISA_TEST_PAN):
     )
 
 
-def uid_read():
+def uid_read(uid: str = "04A1B2C3"):
     now = time.monotonic()
-    return UidCardRead(reader="fake", detected_at=now, read_at=now, uid="04A1B2C3")
+    return UidCardRead(reader="fake", detected_at=now, read_at=now, uid=uid)
 
 
 class ScriptedReader:

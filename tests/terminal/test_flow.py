@@ -427,6 +427,29 @@ def test_closed_loop_terminal_takes_a_uid_card_and_a_shop_terminal_does_not():
             flow.shutdown(2)
 
 
+def test_a_random_uid_does_not_pay_on_a_closed_loop_terminal():
+    """A phone or bank card without a supported application shows a random UID (08...) drawn at every tap: it used
+    to pay as a new closed-loop account each time. The payment shows why and keeps waiting for a real card."""
+    ledger, reader, published = MemoryLedger(), ScriptedReader(), Published()
+    flow = PaymentFlow(ledger, reader, online=None, receipts=ReceiptLog(), publish=published,
+                       settings=FlowSettings(default_mode="force-offline", card_timeout_s=5, reader_retry_s=0.01,
+                                             closed_loop_uid=True))
+    flow.start()
+    try:
+        payment, _ = flow.create("k", SALE)
+        reader.taps.put(uid_read("08A1B2C3"))
+        deadline = time.monotonic() + 3
+        while (ledger.payment(payment["id"]).get("error") or {}).get("code") != "uid_random" and \
+                time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ledger.payment(payment["id"])["error"]["code"] == "uid_random"
+        assert ledger.payment(payment["id"])["state"] == "waiting_for_card"
+        reader.taps.put(uid_read("04A1B2C3"))  # 7-byte and fixed 4-byte UIDs name the card
+        assert wait_state(ledger, payment["id"], "approved")["state"] == "approved"
+    finally:
+        flow.shutdown(2)
+
+
 def test_a_late_cancel_of_a_finished_payment_does_not_cancel_the_next_one(running):
     """The cashier's cancel of A read A still waiting; A was approved before the cancel took effect, and the front
     end (following A's events) asked for B at once. The cancel was A's: B waits for its card as asked."""
