@@ -66,6 +66,7 @@ def _u32(hr: int) -> int:
 _REMOVED = {0x80100069, 0x8010000C, 0x80100016, 0x80100067, 0x80100068, 0x80100066, 0x8010002F}
 _SERVICE_GONE = {0x8010001D, 0x8010001E, 0x80100003, 0x80100009, 0x80100017, 0x8010002E, 0x80100013}
 _TIMEOUT = 0x8010000A
+_SHARING = 0x8010000B  # SCARD_E_SHARING_VIOLATION: another program has the card connected
 _CANCELLED = 0x80100002
 
 
@@ -79,6 +80,10 @@ def _scard() -> Any:
 
 class _GoneBeforeConnect(CardRemovedError):
     pass
+
+
+class _HeldByAnother(ReaderUnavailableError):
+    """Another program has the card connected: this read waits for it to let go (the card is not read beside it)."""
 
 
 class PcscTransport:
@@ -107,6 +112,8 @@ def _error_for(hr: int, what: str) -> CardError:
         return CardRemovedError(f"card removed during {what}")
     if code in _SERVICE_GONE:
         return ReaderUnavailableError(f"reader or pcscd unavailable during {what} (0x{code:08X})")
+    if code == _SHARING:
+        return ReaderUnavailableError(f"the card is in use by another program on this reader ({what})")
     return ReaderUnavailableError(f"PC/SC error during {what} (0x{code:08X})")
 
 
@@ -151,7 +158,8 @@ class _Waiter:
 
 
 class PcscReaders:
-    """All PC/SC readers whose name contains ``reader_filter`` (case-insensitive), as one ``CardReader``."""
+    """All PC/SC readers whose name contains ``reader_filter`` (case-insensitive), as one ``CardReader``.
+    ``exclude``: leave out the readers whose name contains it (those another program reads; "" leaves out all)."""
 
     def __init__(
         self,
@@ -159,8 +167,10 @@ class PcscReaders:
         *,
         poll_ms: int = 500,
         on_change: Callable[[dict], None] | None = None,
+        exclude: str | None = None,
     ) -> None:
         self.reader_filter = reader_filter
+        self.exclude = exclude
         self.name = f"pcsc:{reader_filter}" if reader_filter else "pcsc"
         self._poll_ms = poll_ms
         self._on_change = on_change
@@ -229,6 +239,8 @@ class PcscReaders:
         return True
 
     def _matches(self, name: str) -> bool:
+        if self.exclude is not None and self.exclude.lower() in name.lower():
+            return False
         return self.reader_filter is None or self.reader_filter.lower() in name.lower()
 
     def _notify(self) -> None:
@@ -401,6 +413,14 @@ class PcscReaders:
                     return True
             log.debug("card on %s left before it could be read", name)
             return False
+        except _HeldByAnother:
+            # Connected exclusively, the read cannot interleave with another program's commands to the card; it
+            # is tried again at the next poll, while the waiter still waits, and reads the card once it is free.
+            with self._cond:
+                if reader.read_insertion == taken:
+                    reader.read_insertion = taken - 1
+            log.debug("card on %s is in use by another program; waiting for it", name)
+            return False
         except CardError as exc:
             error = exc
         except Exception as exc:  # pyscard/SWIG surprises become a typed failure, never a dead monitor
@@ -482,6 +502,8 @@ class PcscReaders:
             if not self._service_ok:
                 return self._detail
             if not self._readers:
+                if self.exclude is not None:
+                    return "no PC/SC reader besides those left to another program"
                 return f"no PC/SC reader matches {self.reader_filter!r}" if self.reader_filter else "no PC/SC reader"
         return None
 
@@ -496,13 +518,15 @@ class PcscReaders:
         for attempt in (1, 2):
             ctx = self._read_context()
             hr, handle, protocol = sc.SCardConnect(
-                ctx, reader, sc.SCARD_SHARE_SHARED, sc.SCARD_PROTOCOL_T0 | sc.SCARD_PROTOCOL_T1
+                ctx, reader, sc.SCARD_SHARE_EXCLUSIVE, sc.SCARD_PROTOCOL_T0 | sc.SCARD_PROTOCOL_T1
             )
             if hr == 0:
                 break
             err = _error_for(hr, "connect")
             if isinstance(err, CardRemovedError) and connect:
                 raise _GoneBeforeConnect(err.message)
+            if _u32(hr) == _SHARING and connect:
+                raise _HeldByAnother(err.message)
             if not isinstance(err, ReaderUnavailableError):
                 raise err
             # The cached context may belong to a pcscd that has restarted since: retry once with a fresh one.

@@ -128,6 +128,25 @@ class Daemon:
             self._sync_thread = threading.Thread(target=self._run_sync, name="sync", daemon=True)
             self._sync_thread.start()
 
+    @staticmethod
+    def running_pid(state_dir: Path) -> str | None:
+        """The pid of the daemon that holds ``state_dir`` (its ``daemon.lock``), or None when none runs."""
+        import fcntl
+
+        try:
+            fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def _lock_state_dir(self, state_dir: Path) -> None:
         """One daemon per state dir. A second one (a technician's `smartpos run` beside the service) would resolve
         the first one's payment in progress as interrupted at its recovery, then run a second worker on the same

@@ -44,6 +44,15 @@ def _settings(config: str | None, as_json: bool) -> Any:
         _fail("config", str(exc), as_json=as_json, status=EXIT_FAILED)
 
 
+def _daemon_pcsc(settings: Any) -> str | None:
+    """What names the PC/SC readers a running daemon of this config reads ("" all of them), or None."""
+    from terminal.daemon import Daemon
+
+    if not settings.readers.pcsc or Daemon.running_pid(settings.state_dir) is None:
+        return None
+    return settings.readers.pcsc_filter or ""
+
+
 def _build_readers(reader: str | None, nfc: tuple[str, ...], settings: Any) -> list[Any]:
     readers: list[Any] = []
     from drivers.nfc_reader import is_nfcpy_path
@@ -56,7 +65,10 @@ def _build_readers(reader: str | None, nfc: tuple[str, ...], settings: Any) -> l
 
         use_pcsc = settings.readers.pcsc or reader is not None
         if use_pcsc:
-            readers.append(PcscReaders(reader if reader is not None else settings.readers.pcsc_filter))
+            # The running daemon reads its PC/SC readers itself: both would read the same tap (one after the
+            # other, each with its own GENERATE AC). Only the others are read here.
+            held = _daemon_pcsc(settings)
+            readers.append(PcscReaders(reader if reader is not None else settings.readers.pcsc_filter, exclude=held))
         if reader is None:
             nfc_paths = [*settings.readers.nfcpy, *nfc_paths]
     if nfc_paths:
@@ -193,6 +205,12 @@ def _fail_fast_without_pcscd(readers: list[Any], wait: float, as_json: bool, nam
     if status["state"] == "error":
         pcsc.close()
         _fail("reader_unavailable", f"PC/SC not usable: {status['detail']}", as_json=as_json, status=EXIT_FAILED)
+    if pcsc.exclude is not None and status["state"] == "absent":
+        pcsc.close()
+        which = f" whose name contains {pcsc.exclude!r}" if pcsc.exclude else ""
+        _fail("reader_unavailable", f"the running smartpos daemon reads the PC/SC readers{which} itself (a tap would "
+              "be read by both): run `smartpos read` without --direct/--reader to read through it, or stop it",
+              as_json=as_json, status=EXIT_FAILED)
     if name is not None and status["state"] == "absent":
         pcsc.close()
         _fail("reader_unavailable", f"no PC/SC reader matches {name!r} (`smartpos selftest` lists the readers)",

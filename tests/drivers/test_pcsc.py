@@ -373,3 +373,38 @@ class _FixedStatus:
 
     def status(self) -> dict:
         return {"name": self.name, "state": self.state}
+
+
+def test_a_card_another_program_has_connected_is_not_read_beside_it(readers, tap):
+    """The read connects exclusively: no other program's commands come between its own (another PC/SC client
+    reading the same tap used to get its own GPO and cryptogram in the middle of the payment's). It waits for the
+    other program to let go, then reads the card."""
+    from smartcard import scard as sc
+
+    card = tap("visa", taps=2)
+    wait_until(lambda: readers.status()["state"] == "card_present", timeout=10, what="the card in the reader")
+    name = readers.reader_names()[0]
+    hr, ctx = sc.SCardEstablishContext(sc.SCARD_SCOPE_USER)
+    assert hr == 0
+    hr, handle, _protocol = sc.SCardConnect(ctx, name, sc.SCARD_SHARE_SHARED,
+                                            sc.SCARD_PROTOCOL_T0 | sc.SCARD_PROTOCOL_T1)
+    assert hr == 0, hex(hr & 0xFFFFFFFF)
+    outcome: dict = {}
+
+    def wait() -> None:
+        try:
+            outcome["read"] = readers.wait_for_card(TD, timeout=15, cancel=threading.Event())
+        except CardError as exc:
+            outcome["error"] = exc
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    try:
+        time.sleep(1.5)  # several polls, each finding the card held
+        assert card.apdus_served == 0 and outcome == {}
+    finally:
+        sc.SCardDisconnect(handle, sc.SCARD_LEAVE_CARD)
+        sc.SCardReleaseContext(ctx)
+    waiting.join(15)
+    assert outcome.get("read") is not None, outcome
+    assert outcome["read"].masked_pan == "476173******0010"

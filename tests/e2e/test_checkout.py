@@ -403,6 +403,20 @@ def test_the_front_end_reads_a_member_tag_through_the_daemon(pos_stack):
         assert again.status_code == 201, again.text
 
 
+def test_smartpos_read_direct_leaves_the_daemons_pcsc_readers_to_it(pos_stack):
+    """`smartpos read --direct` beside the daemon opens only readers the daemon does not read: on a PC/SC reader
+    both used to read the same tap, one after the other (the card counting two transactions)."""
+    stack = pos_stack
+    stack.start_daemon()
+    with stack.api() as client:
+        wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
+                   timeout=10, what="the reader to show up")
+    for args in (["--direct"], ["--reader", "PCD"]):
+        done = run_cli([*SMARTPOS, "read", *args, "--timeout", "5"], env=stack.daemon_env, timeout=30)
+        assert done.returncode == 1, (args, done.returncode, done.stderr)
+        assert "the running smartpos daemon reads the PC/SC readers itself" in done.stderr, done.stderr
+
+
 def test_smartpos_read_goes_through_the_running_daemon_and_a_hang_up_frees_the_readers(pos_stack):
     """A technician runs `smartpos read` while the daemon holds the nfcpy reader: the tag is read through the
     daemon. A read whose caller gives up (Ctrl-C on the command, a front end closing its connection, or
