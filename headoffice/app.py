@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -30,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from headoffice import apitokens, authorization, batches, enrollment, exports, ingest, parameters
 from headoffice.acquirer import AcquirerConnector, AuthRequest, ReversalRequest
 from headoffice.clock import utcnow
-from headoffice.db import make_engine, session_factory
+from headoffice.db import READ_ONLY_OPTION, make_engine, session_factory
 from headoffice.errors import HQError
 from headoffice.keystore import FileKeystore, Keystore
 from headoffice.models import Terminal
@@ -131,12 +132,16 @@ class HeadOffice:
         self.keystore = keystore or FileKeystore(settings.keystore_dir)
         self.connector_for = connector_for or authorization.simulated_connector
 
-    def run(self, work: Callable[[Session], T]) -> T:
+    def run(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
+        """``work(session)`` in one transaction; ``read_only``: it only reads (on SQLite it then takes no write
+        lock, so a long export does not hold terminals' uploads)."""
         with self.sessions() as session, session.begin():
+            if read_only:
+                session.connection(execution_options={READ_ONLY_OPTION: True})
             return work(session)
 
-    async def call(self, work: Callable[[Session], T]) -> T:
-        return await run_in_threadpool(self.run, work)
+    async def call(self, work: Callable[[Session], T], *, read_only: bool = False) -> T:
+        return await run_in_threadpool(functools.partial(self.run, work, read_only=read_only))
 
     def terminal_call(
         self, request: Request, body: bytes, work: Callable[[Session, Any], T], *,
@@ -362,8 +367,8 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
     async def list_batches(
         request: Request,
         status: str | None = Query(None, description="open, balanced or out_of_balance"),
-        since: str | None = Query(None, description="ISO 8601 time: closed (or opened, if open) at or after it; no "
-                                  "offset = UTC", json_schema_extra={"format": "date-time"}),
+        since: str | None = Query(None, description="ISO 8601 time: changed (closed, evaluated again after a late "
+                                  "transaction, or opened, if open) at or after it; no offset = UTC", json_schema_extra={"format": "date-time"}),
         terminal: str | None = None,
         after: int | None = Query(None, ge=0, le=MAX_ID, description="only batches with an id above this one"),
         limit: int = Query(batches.MAX_LIST, ge=1, le=batches.MAX_LIST),
@@ -371,19 +376,20 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         # A filter sent empty (`?status=&since=`, as a client with a form of optional filters does) is no filter.
         since_at = _query_time("since", since) if since else None
         docs = await hq.call(staff(request, lambda s: batches.list_batches(
-            s, status=status or None, since=since_at, terminal_id=terminal or None, after=after, limit=limit)))
+            s, status=status or None, since=since_at, terminal_id=terminal or None, after=after, limit=limit)),
+            read_only=True)
         # A full page may have more behind it: ask again with after=next_after.
         return _json({"batches": docs, "next_after": docs[-1]["id"] if len(docs) == limit else None})
 
     @app.get("/api/v1/batches/{batch_id:int}.csv", tags=["staff"], response_class=Response)
     async def batch_csv(request: Request, batch_id: int = Path(ge=1, le=MAX_ID)) -> Response:
-        doc = await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id)))
+        doc = await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id)), read_only=True)
         return Response(exports.batch_csv(doc), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="batch-{batch_id}.csv"'})
 
     @app.get("/api/v1/batches/{batch_id:int}", tags=["staff"])
     async def batch_detail(request: Request, batch_id: int = Path(ge=1, le=MAX_ID)) -> Response:
-        return _json(await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id))))
+        return _json(await hq.call(staff(request, lambda s: batches.batch_doc(s, batch_id)), read_only=True))
 
     describe_errors(
         app, statuses=(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),

@@ -147,6 +147,7 @@ def reconcile(session: Session, batch: Batch) -> dict[tuple[str, str, str], tupl
     batch.status = "balanced" if not differences and not missing else "out_of_balance"
     batch.differences = differences
     batch.missing = missing
+    batch.updated_at = utcnow()
     session.flush()
     return ours
 
@@ -163,6 +164,7 @@ def summary(batch: Batch) -> dict[str, Any]:
     return {
         "id": batch.id, "terminal_id": batch.terminal_id, "merchant_id": batch.merchant_id, "batch": batch.batch_no,
         "status": batch.status, "opened_at": _iso(batch.opened_at), "closed_at": _iso(batch.closed_at),
+        "updated_at": _iso(batch.updated_at),
     }
 
 
@@ -178,8 +180,9 @@ def list_batches(session: Session, *, status: str | None = None, since: datetime
                  terminal_id: str | None = None, after: int | None = None,
                  limit: int = MAX_LIST) -> list[dict[str, Any]]:
     """Batches in id order (the order they were opened), at most ``limit``, those with an id above ``after``: a
-    caller pages with ``after`` = the last id it got. ``since``: closed (or, when open, opened) at or after it; a
-    time without an offset is UTC."""
+    caller pages with ``after`` = the last id it got. ``since``: changed at or after it (closed, or evaluated again
+    since because a late transaction arrived; when open, opened), so a puller asking for what changed since its
+    last pull also gets a batch that turned balanced after it; a time without an offset is UTC."""
     if status is not None and status not in BATCH_STATUSES:
         raise HQError(400, "invalid_status", f"status must be one of {', '.join(BATCH_STATUSES)}")
     query = select(Batch).order_by(Batch.id)
@@ -191,7 +194,7 @@ def list_batches(session: Session, *, status: str | None = None, since: datetime
             since_utc = as_utc(since).astimezone(UTC)
         except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00, past what a datetime holds once in UTC
             raise HQError(400, "invalid_since", "since is outside the dates head office can compare") from None
-        query = query.where(func.coalesce(Batch.closed_at, Batch.opened_at) >= since_utc)
+        query = query.where(func.coalesce(Batch.updated_at, Batch.closed_at, Batch.opened_at) >= since_utc)
     if terminal_id:
         query = query.where(Batch.terminal_id == terminal_id)
     if after is not None:

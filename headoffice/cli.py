@@ -45,7 +45,7 @@ def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = F
     what is there changes nothing: it refuses a SQLite file that does not exist and a database without head
     office's schema at this version (a mistyped --database-url or --home) instead of creating an empty database or
     a schema where none belongs, and showing nothing."""
-    from headoffice.db import make_engine, session_factory, upgrade
+    from headoffice.db import READ_ONLY_OPTION, make_engine, session_factory, upgrade
 
     if reading:
         _refuse_missing_sqlite(settings)
@@ -56,6 +56,8 @@ def _session_run(settings: Any, work: Callable[[Any], Any], *, reading: bool = F
         else:
             upgrade(engine)
         with session_factory(engine)() as session, session.begin():
+            if reading:  # no write lock: a long export does not hold the terminals' uploads
+                session.connection(execution_options={READ_ONLY_OPTION: True})
             return work(session)
     finally:
         engine.dispose()

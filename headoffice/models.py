@@ -97,6 +97,8 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(20), default="open", index=True)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Last time its status, differences or missing sequences were evaluated (close, a late transaction).
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     terminal_totals: Mapped[Any] = mapped_column(JSON, nullable=True)
     differences: Mapped[Any] = mapped_column(JSON, nullable=True)
     missing: Mapped[Any] = mapped_column(JSON, nullable=True)

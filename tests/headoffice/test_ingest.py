@@ -356,9 +356,22 @@ def test_closed_batch_is_evaluated_again_when_a_late_transaction_arrives(wire_te
     auth = _staff(hq, f"staff-l-{t.terminal_id}")
     batch_id = _batch_of(hq, t.terminal_id, auth)["id"]
 
+    from datetime import UTC, datetime
+
+    pulled_at = {"now": datetime.fromtimestamp(httpx.get(f"{hq.url}/api/v1/time").json()["server_time"] + 0.001,
+                                               UTC).isoformat()}
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"terminal": t.terminal_id, "since": pulled_at["now"]},
+                       headers=auth).json()["batches"]
+    assert listed == []  # nothing changed since that pull
+
     t.upload(rows[2:])  # the late one: no second close needed
     detail = httpx.get(f"{hq.url}/api/v1/batches/{batch_id}", headers=auth).json()
     assert (detail["status"], detail["missing_sequences"], detail["differences"]) == ("balanced", [], [])
+    # A puller asking for what changed since its last pull gets the batch again, now balanced (it closed before).
+    listed = httpx.get(f"{hq.url}/api/v1/batches", params={"terminal": t.terminal_id, "since": pulled_at["now"]},
+                       headers=auth).json()["batches"]
+    assert [(b["id"], b["status"]) for b in listed] == [(batch_id, "balanced")]
+    assert listed[0]["updated_at"] >= listed[0]["closed_at"]
 
     t.upload([t.txn(amount=999)])  # one the terminal's totals did not count, into the balanced batch
     detail = httpx.get(f"{hq.url}/api/v1/batches/{batch_id}", headers=auth).json()

@@ -120,3 +120,51 @@ def test_a_page_prepared_against_a_head_that_then_moved_back_is_refused_whole_fo
                                                                                     known_head=2))
         assert [r["duplicate"] for r in retried["results"]] == [True, True, False, False]
     engine.dispose()
+
+
+def test_a_staff_read_on_sqlite_leaves_the_write_lock_to_terminal_uploads(tmp_path):
+    """Staff reads (batch lists, exports) run in a transaction that takes no write lock: on SQLite in WAL mode a
+    terminal's upload commits meanwhile. They used to BEGIN IMMEDIATE like a write, holding every upload waiting
+    for as long as a large export took (and failing them after the 30 s busy timeout)."""
+    import sqlite3
+    import threading
+
+    from sqlalchemy import text
+
+    from headoffice.app import HeadOffice
+    from headoffice.db import upgrade
+    from headoffice.settings import HQSettings
+
+    path = tmp_path / "hq.sqlite3"
+    hq = HeadOffice(HQSettings.resolve(home=tmp_path, database_url=f"sqlite:///{path}"))
+    upgrade(hq.engine)
+
+    def upload_can_commit() -> bool:
+        raw = sqlite3.connect(path, timeout=0.3, isolation_level=None)
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            raw.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return False
+        finally:
+            raw.close()
+
+    def holding(read_only: bool) -> bool:
+        seen: list[bool] = []
+
+        def work(session):
+            session.execute(text("SELECT count(*) FROM batches")).scalar()
+            seen.append(upload_can_commit())  # a terminal's upload while this transaction is open
+
+        worker = threading.Thread(target=hq.run, args=(work,), kwargs={"read_only": read_only})
+        worker.start()
+        worker.join(10)
+        return seen[0]
+
+    try:
+        assert holding(read_only=True) is True
+        assert holding(read_only=False) is False  # a writer's transaction does hold it, as it must
+    finally:
+        hq.engine.dispose()
