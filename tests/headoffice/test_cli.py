@@ -187,6 +187,19 @@ def test_sync_command_with_head_office_down_fails_in_one_line(hq: HQ, tmp_path: 
     assert usage.returncode == 2 and "--timeout is for --wait" in usage.stderr
 
 
+def test_selftest_with_head_office_down_lists_what_it_could_not_check(hq: HQ, tmp_path: Path):
+    from tests.harness.headoffice import free_port
+
+    terminal = TerminalEnv.enroll(hq, tmp_path)
+    terminal.config.write_text(terminal.config.read_text().replace(hq.url, f"http://127.0.0.1:{free_port()}"))
+    done = _run(str(BIN / "smartpos"), "selftest", "--json", "--config", str(terminal.config))
+    assert done.returncode == 1, done.stderr
+    rows = {c["check"]: c for c in json.loads(done.stdout)["checks"]}
+    assert not rows["head office"]["ok"]
+    for name in ("head office auth", "clock"):  # they used to be left out, as if nothing was wrong with them
+        assert not rows[name]["ok"] and rows[name]["detail"] == "not checked: head office not reached", rows[name]
+
+
 def test_sync_command_before_enrollment_says_what_to_do(tmp_path: Path):
     config = tmp_path / "smartpos.toml"
     config.write_text(f'[terminal]\nstate_dir = "{tmp_path / "state"}"\n')
