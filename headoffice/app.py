@@ -368,7 +368,8 @@ def create_app(settings: HQSettings | None = None, **kwargs: Any) -> FastAPI:
         request: Request,
         status: str | None = Query(None, description="open, balanced or out_of_balance"),
         since: str | None = Query(None, description="ISO 8601 time: changed (closed, evaluated again after a late "
-                                  "transaction, or opened, if open) at or after it; no offset = UTC", json_schema_extra={"format": "date-time"}),
+                                  "transaction, or opened, if open) at or after it; no offset = UTC",
+                                  json_schema_extra={"format": "date-time"}),
         terminal: str | None = None,
         after: int | None = Query(None, ge=0, le=MAX_ID, description="only batches with an id above this one"),
         limit: int = Query(batches.MAX_LIST, ge=1, le=batches.MAX_LIST),
