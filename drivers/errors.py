@@ -43,6 +43,9 @@ class ReaderUnavailableError(CardError):
 # How long one wait tolerates its reader stack being away before it raises ReaderUnavailableError (both stacks):
 # a pcscd restart or a device reopen passes unreported; a wait shorter than this ends as a plain ReadTimeout.
 UNAVAILABLE_GRACE_S = 1.0
+# A wait whose time runs out while a card is being read lets that read finish, for up to this long: cut off, the
+# same tap was read again from the start by the next wait (a second GPO and cryptogram).
+READ_GRACE_S = 10.0
 
 
 class CardStatusError(CardError):

@@ -55,6 +55,7 @@ from typing import Any
 from drivers.cardread import CardRead, NdefRead, OnDetected, UidCardRead, notify_detected
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
+    READ_GRACE_S,
     UNAVAILABLE_GRACE_S,
     CardDataError,
     CardError,
@@ -133,6 +134,7 @@ class _Wait:
     error: CardError | None = None
     gave_up: str | None = None  # why the waiter gave up (error code), set with ``abandoned``
     on_detected: OnDetected | None = None
+    reading: bool = False  # the tag answered its activation and is being read: the timeout waits for the read
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def finish(self, result: CardRead | None = None, error: CardError | None = None) -> bool:
@@ -222,8 +224,10 @@ class NfcpyReader:
                 failure: CardError | None = None
                 if cancel is not None and cancel.is_set():
                     failure = ReadTimeout("card read cancelled", code="cancelled")
-                elif now >= deadline:
-                    failure = ReadTimeout(f"no card presented within {timeout:g} s")
+                elif now >= deadline and not (wait.reading and now < deadline + READ_GRACE_S):
+                    # A read under way is let finish, as on PC/SC: cut off, the tap was read again from the start.
+                    failure = ReadTimeout(f"the card's read did not finish within {READ_GRACE_S:g} s after the wait"
+                                          if wait.reading else f"no card presented within {timeout:g} s")
                 elif self._closing.is_set():
                     failure = ReaderUnavailableError(f"nfc reader {self.path} was closed")
                 else:
@@ -421,6 +425,7 @@ class NfcpyReader:
             if tag is None:
                 self._show_field(occupied=False)
                 return False
+            wait.reading = True
             notify_detected(wait.on_detected, self.name)
             result = self._read_tag(tag, wait.td, detected_at)
         except CardError as exc:

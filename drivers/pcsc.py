@@ -41,6 +41,7 @@ from typing import Any
 from drivers.cardread import CardRead, OnDetected, UidCardRead, notify_detected
 from drivers.emv import TerminalData, read_card
 from drivers.errors import (
+    READ_GRACE_S,
     UNAVAILABLE_GRACE_S,
     CardDataError,
     CardError,
@@ -155,6 +156,7 @@ class _Waiter:
     result: CardRead | None = None
     error: CardError | None = None
     on_detected: OnDetected | None = None
+    reading: bool = False  # a card is being read for this waiter: its timeout waits for the read (READ_GRACE_S)
 
 
 class PcscReaders:
@@ -400,6 +402,7 @@ class PcscReaders:
                 return False
             reader.read_insertion = taken = reader.insertion
             name, detected_at, atr = reader.name, reader.detected_at, reader.atr
+            waiter.reading = True
         result: CardRead | None = None
         error: CardError | None = None
         try:
@@ -407,6 +410,7 @@ class PcscReaders:
                                        on_connected=waiter.on_detected)
         except _GoneBeforeConnect:
             with self._cond:
+                waiter.reading = False
                 reader.connect_retries += 1
                 if reader.connect_retries <= 20:  # ~1 s of retries, then wait for a new insertion
                     reader.read_insertion = reader.insertion - 1
@@ -417,6 +421,7 @@ class PcscReaders:
             # Connected exclusively, the read cannot interleave with another program's commands to the card; it
             # is tried again at the next poll, while the waiter still waits, and reads the card once it is free.
             with self._cond:
+                waiter.reading = False
                 if reader.read_insertion == taken:
                     reader.read_insertion = taken - 1
             log.debug("card on %s is in use by another program; waiting for it", name)
@@ -466,15 +471,21 @@ class PcscReaders:
             now = time.monotonic()
             deadline = now + timeout
             available_at = now  # last time pcscd and a matching reader were there during this wait
-            while not waiter.done.wait(min(0.05, max(0.0, deadline - now))):
+            while True:
+                # The timeout is for a card to come: a read already going on is let finish (cut off, the card
+                # was read again from the start by the next wait, a second GPO and cryptogram on the same tap).
+                limit = deadline + READ_GRACE_S if waiter.reading else deadline
+                if waiter.done.wait(min(0.05, max(0.0, limit - now))):
+                    break
                 now = time.monotonic()
                 unavailable = self._unavailable_detail()
                 if unavailable is None:
                     available_at = now
                 if cancel.is_set():
                     failure = ReadTimeout("card read cancelled", code="cancelled")
-                elif now >= deadline:
-                    failure = ReadTimeout(f"no card presented within {timeout:g} s")
+                elif now >= limit:
+                    failure = ReadTimeout(f"the card's read did not finish within {READ_GRACE_S:g} s after the wait"
+                                          if waiter.reading else f"no card presented within {timeout:g} s")
                 elif unavailable is not None and now - available_at >= UNAVAILABLE_GRACE_S:
                     failure = ReaderUnavailableError(f"PC/SC reader unavailable: {unavailable}")
                 if failure is not None:

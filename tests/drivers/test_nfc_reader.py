@@ -199,3 +199,41 @@ def test_debug_logging_never_shows_card_data(nfc_sims, nfc_port, nfc_reader, cap
     logged = caplog.text.lower()
     assert profile.pan not in logged and profile.pan.lower() not in logged.replace(" ", "")
     assert "nfc read on" in logged  # our own outcome line is there (code only)
+
+
+def test_a_read_under_way_when_the_wait_runs_out_is_let_finish(nfc_port, nfc_reader):
+    """The phone is sensed before the wait's end and its read runs past it (held here in the detection callback,
+    which runs as the read begins): the read finishes and is returned, one GPO on the tap. It used to be cut off
+    at the timeout, and the next wait read the phone again from the start."""
+    from drivers.simulators.nfc_target import serve_isodep
+
+    card = VirtualEmvCard(load_profile("phone"))
+    gpos: list[bytes] = []
+
+    def handler_for_tap(_n: int):
+        card.reset()
+
+        def process(apdu: bytes) -> bytes:
+            if apdu[:2] == b"\x80\xa8":
+                gpos.append(apdu)
+            return card.process(apdu)
+
+        return process
+
+    reader = nfc_reader(nfc_port)
+    phone = threading.Thread(target=serve_isodep, args=(handler_for_tap, nfc_port),
+                             kwargs={"uid": load_profile("phone").uid, "taps": 1}, daemon=True)
+    started = time.monotonic()
+    phone.start()
+    detected: list[float] = []
+
+    def slow_start(_reader: str) -> None:
+        detected.append(time.monotonic() - started)
+        time.sleep(max(0.0, started + 1.3 - time.monotonic()))  # the read goes on past the 1 s wait
+
+    read = reader.wait_for_card(TD, timeout=1.0, cancel=threading.Event(), on_detected=slow_start)
+    assert detected and detected[0] < 1.0, detected
+    assert time.monotonic() - started > 1.3
+    assert isinstance(read, EmvCardRead) and read.masked_pan == mask_pan(load_profile("phone").pan)
+    phone.join(10)
+    assert len(gpos) == 1

@@ -291,19 +291,20 @@ def _slow_card_in_the_reader(readers: PcscReaders, tap):
     return card
 
 
-def test_read_cut_off_by_the_end_of_a_wait_is_read_by_the_next_wait(readers, tap):
-    # The wait ends while the card is being read, as the payment flow's 5 s wait slices do: the next wait reads it.
+def test_a_read_under_way_when_the_wait_runs_out_is_let_finish(readers, tap):
+    """The wait's time runs out while the card is being read, as it may at the end of the payment flow's wait
+    slices: the read finishes and is returned. (It used to be cut off and read again from the start by the next
+    wait: a second GPO and cryptogram on one tap, the front end flickering reading -> waiting -> reading.)"""
     card = _slow_card_in_the_reader(readers, tap)
-    with pytest.raises(ReadTimeout) as timed_out:
-        _wait(readers, 0.3)
-    assert timed_out.value.code == "timeout"
-    assert card.apdus_served < 10  # the read was still going on when the wait ended
-
-    read = _wait(readers, 10)
+    started = time.monotonic()
+    read = _wait(readers, 0.3)
+    assert time.monotonic() - started > 0.3  # returned after its timeout, once the read was done
     assert isinstance(read, EmvCardRead) and read.masked_pan == "476173******0010"
     assert read.cryptogram["9F02"] == "000000001250"
+    served = card.apdus_served
     with pytest.raises(ReadTimeout):  # still on the reader: that presentation has been used
         _wait(readers, 1.5)
+    assert card.apdus_served == served  # one read of the tap, nothing sent to the card after it
 
 
 def test_read_cut_off_by_a_cancel_is_not_read_for_the_next_sale(readers, tap):
