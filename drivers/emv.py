@@ -321,7 +321,8 @@ def read_card(
             data.setdefault(tag, value)
 
     return _result(
-        data, fci_fields, chosen, aid, pdol, terminal_values, collected, reader=reader, detected=detected
+        data, fci_fields, chosen, aid, pdol, terminal_values, collected, reader=reader, detected=detected,
+        pdol_data=pdol_data,
     )
 
 
@@ -336,6 +337,7 @@ def _result(
     *,
     reader: str,
     detected: float,
+    pdol_data: bytes,
 ) -> EmvCardRead:
     track2_raw = data.get(0x57)
     track2 = track2_raw.hex().upper().rstrip("F") if track2_raw else None
@@ -371,10 +373,14 @@ def _result(
     ffi = data.get(0x9F6E)
     wallet = 0x9F19 in data or (scheme == "visa" and ffi is not None and len(ffi) >= 1 and ffi[0] & 0x1F != 0)
 
+    # The terminal's values as the card got them in the GPO (padded or cut to the length its PDOL asked for): the
+    # bytes its cryptogram covers, which head office's check must rebuild.
     crypt: dict[str, str] = {}
-    for tag, _length in pdol:
+    pos = 0
+    for tag, length in pdol:
         if tag in terminal_values:
-            crypt[tlv.tag_hex(tag)] = terminal_values[tag].hex().upper()
+            crypt[tlv.tag_hex(tag)] = pdol_data[pos:pos + length].hex().upper()
+        pos += length
     crypt["84"] = aid_hex
     for tag in CRYPTOGRAM_TAGS:
         if tag in data and tag not in TERMINAL_SOURCED_TAGS:

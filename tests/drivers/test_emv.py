@@ -287,6 +287,21 @@ def test_card_cannot_replace_what_the_terminal_sent_in_the_sealed_cryptogram_dat
     assert read.cryptogram["9F26"]  # the card's own cryptogram is still there
 
 
+def test_the_sealed_terminal_values_are_the_bytes_the_card_was_sent(tmp_path):
+    """A PDOL asking for a length other than the element's own (8 bytes of amount, 3 of country, 2 of the
+    unpredictable number): the cryptogram data holds what went to the card in the GPO, padded or cut as sent, not
+    the terminal's full values (head office rebuilding the card's input from those would not match it)."""
+    odd = _variant(tmp_path, lambda t: t.replace('pdol = "9F6604 9F0206 9F0306 9F1A02 9505 5F2A02 9A03 9C01 9F3704"',
+                                                 'pdol = "9F6604 9F0208 9F1A03 9505 5F2A02 9A03 9C01 9F3702"'))
+    transport = InProcessCard(VirtualEmvCard(odd))
+    read = emv.read_card(transport, TD, reader="test")
+    gpo = next(c for c in transport.apdus if c[:2] == b"\x80\xa8")
+    sent = gpo[7:7 + gpo[6]]
+    assert read.cryptogram["9F02"] == "0000000000001250" == sent[4:12].hex().upper()  # numeric: zeros on the left
+    assert read.cryptogram["9F1A"] == "000276" == sent[12:15].hex().upper()
+    assert read.cryptogram["9F37"] == sent[-2:].hex().upper() and len(read.cryptogram["9F37"]) == 4
+
+
 def test_pan_and_track2_of_different_cards_are_refused(tmp_path):
     mixed = _variant(tmp_path, lambda t: t.replace(
         '"9F4A" = "82"', '"9F4A" = "82"\n"57" = "5555555555554444D28122010000000000000F"'))
