@@ -27,6 +27,19 @@ class _Recorder:
         return split_response(raw)
 
 
+def flow_seed(answers: list[bytes]) -> bytes:
+    """An input that makes the fuzz target's card give exactly ``answers``. atheris' FuzzedDataProvider (as
+    libFuzzer's) takes bytes from the front and integers from the back: each answer's data and SW go in order at
+    the front, its length (ConsumeIntInRange(0, 300): two bytes, the last one consumed first and the high one) in
+    reverse order at the back."""
+    front, back = bytearray(), bytearray()
+    for raw in answers:
+        data, sw = raw[:-2], raw[-2:]
+        front += data + sw
+        back[:0] = struct.pack(">H", len(data))[::-1]  # consumed from the end: [low, high] reads as high, low
+    return b"\x01" + bytes(front + back)
+
+
 def main(out: Path) -> None:
     from drivers import emv
 
@@ -38,12 +51,7 @@ def main(out: Path) -> None:
                 emv.read_card(rec, emv.TerminalData(), reader="seed")
             except Exception:  # the uid profile has no application: its answers are still good seeds
                 pass
-            # FuzzedDataProvider.ConsumeIntInRange(0, 300) reads 2 bytes (big end first per byte order).
-            blob = bytearray(b"\x01")
-            for raw in rec.answers:
-                data, sw = raw[:-2], raw[-2:]
-                blob += struct.pack("<H", len(data)) + data + sw
-            (out / f"emv-{name}-{mode or 'plain'}").write_bytes(bytes(blob))
+            (out / f"emv-{name}-{mode or 'plain'}").write_bytes(flow_seed(rec.answers))
             for i, raw in enumerate(rec.answers):
                 (out / f"tlv-{name}-{mode or 'plain'}-{i}").write_bytes(b"\x00" + raw[:-2])
 
