@@ -128,10 +128,15 @@ class ReadersSection(_Section):
     @field_validator("nfcpy")
     @classmethod
     def _nfcpy_paths(cls, value: list[str]) -> list[str]:
+        from drivers.nfc_reader import udp_port_problem
+
         for path in value:
             if not _NFCPY_PATH.fullmatch(path) or not _udp_port_ok(path):
                 raise ValueError(f"{path!r} is not an nfcpy device path like 'usb:072f:2200', 'tty:USB0:pn532' or "
                                  "'udp:127.0.0.1:54321'")
+            parts = path.split(":")
+            if parts[0] == "udp" and len(parts) == 3 and (problem := udp_port_problem(int(parts[2]))):
+                raise ValueError(problem)
         if len(set(value)) != len(value):
             raise ValueError("a reader is listed twice")
         return value

@@ -95,6 +95,19 @@ def import_nfc() -> Any:
         return _nfc_module
 
 
+def udp_port_problem(port: int) -> str | None:
+    """Why nfcpy's udp driver cannot use ``port``, or None. It turns the address back into text with a service name
+    (``getnameinfo`` without NI_NUMERICSERV) and then reads that as a number: a port named in /etc/services (9
+    "discard", 27374 "asp", ...) cannot be opened, by a reader or an emulator."""
+    import socket
+
+    try:
+        name = socket.getservbyport(port, "udp")
+    except (OSError, OverflowError):
+        return None
+    return f"nfcpy's udp driver cannot use port {port}: it has a service name ({name!r} in /etc/services)"
+
+
 def is_nfcpy_path(text: str) -> bool:
     """True if ``text`` names an nfcpy device (``usb...``, ``tty:...``, ``com:...``, ``udp...``)."""
     return text.startswith(PATH_PREFIXES)
@@ -179,6 +192,9 @@ class NfcpyReader:
     ) -> None:
         if not isinstance(path, str) or not is_nfcpy_path(path):
             raise ValueError(f"not an nfcpy reader path: {path!r} (usb[:VID:PID], tty:PORT:DRIVER, udp:HOST:PORT)")
+        parts = path.split(":")
+        if parts[0] == "udp" and len(parts) == 3 and parts[2].isdigit() and udp_port_problem(int(parts[2])):
+            raise ValueError(udp_port_problem(int(parts[2])))
         key = path.lower()
         with NfcpyReader._claim_lock:
             if key in NfcpyReader._claimed:

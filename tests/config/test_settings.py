@@ -96,6 +96,8 @@ def test_lookup_order_flag_then_environment_then_default(tmp_path):
         ("[readers]\nnfcpy = [\"foo:bar\"]\n", "readers.nfcpy", "not an nfcpy device path"),
         ("[readers]\nnfcpy = [\"USB:072f:2200\"]\n", "readers.nfcpy", "not an nfcpy device path"),
         ("[readers]\nnfcpy = [\"udp:nohost:notaport\"]\n", "readers.nfcpy", "not an nfcpy device path"),
+        # nfcpy's udp driver reads the service name of a named port (9: "discard") as the port number and fails
+        ("[readers]\nnfcpy = [\"udp:127.0.0.1:9\"]\n", "readers.nfcpy", "service name ('discard'"),
         ("[payments]\ncountry_code = 1000\n", "payments.country_code", "less than or equal to 999"),
     ],
 )

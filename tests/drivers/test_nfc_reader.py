@@ -165,6 +165,9 @@ def test_missing_device_reports_error_and_times_out_cleanly():
 def test_not_an_nfcpy_path_is_refused():
     with pytest.raises(ValueError):
         NfcpyReader("Virtual PCD 00 00")
+    # nfcpy would fail later, with "invalid literal for int() with base 10: 'discard'"
+    with pytest.raises(ValueError, match="service name"):
+        NfcpyReader("udp:127.0.0.1:9")
 
 
 def test_emulator_on_a_busy_port_raises_a_typed_error():

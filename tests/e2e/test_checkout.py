@@ -257,7 +257,8 @@ def test_daemon_refuses_a_corrupt_queue_and_loose_key_permissions(tmp_path):
     state = tmp_path / "state"
     write_enrollment(state)
     config = tmp_path / "smartpos.toml"
-    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[readers]\npcsc = false\nnfcpy = ["udp:127.0.0.1:9"]\n')
+    config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[readers]\npcsc = false\n'
+                      'nfcpy = ["udp:127.0.0.1:30999"]\n')
     (state / "queue.sqlite").write_bytes(b"this is not a database" * 100)
     result = run_cli([*SMARTPOS, "run", "--config", str(config)])
     assert result.returncode == 1 and "queue.sqlite" in result.stderr, result.stderr

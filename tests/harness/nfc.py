@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from drivers.nfc_reader import udp_port_problem
 from tests.harness.procs import ProcessGroup, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,8 @@ def free_udp_port() -> int:
     """A UDP port nobody holds right now (the emulator binds it a moment later), outside the ephemeral range."""
     for _ in range(200):
         port = _pick.choice(_EMULATOR_PORTS)
+        if udp_port_problem(port):  # 27374 "asp": nfcpy cannot open it
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             try:
                 sock.bind(("0.0.0.0", port))

@@ -124,7 +124,7 @@ def test_selftest_fails_when_the_queue_disk_is_full_and_passes_when_space_return
     state.mkdir()
     config = tiny_fs / "smartpos.toml"
     config.write_text(f'[terminal]\nstate_dir = "{state}"\n\n[api]\nport = {free_port()}\n\n'
-                      '[readers]\npcsc = false\nnfcpy = ["udp:127.0.0.1:9"]\n')
+                      '[readers]\npcsc = false\nnfcpy = ["udp:127.0.0.1:30999"]\n')
     (tiny_fs / "filler").write_bytes(b"\0" * (900 * 1024))  # what the shop's logs left of the 1 MiB
 
     def disk_check():

@@ -12,7 +12,7 @@ from tests.harness.daemon import SMARTPOS, free_port, run_cli
 from tests.harness.nfc import free_udp_port
 
 
-def _config(tmp_path: Path, printer: str = "", readers: str = 'pcsc = false\nnfcpy = ["udp:127.0.0.1:9"]') -> Path:
+def _config(tmp_path: Path, printer: str = "", readers: str = 'pcsc = false\nnfcpy = ["udp:127.0.0.1:30999"]') -> Path:
     path = tmp_path / "smartpos.toml"
     path.write_text(f'[terminal]\nstate_dir = "{tmp_path / "state"}"\n\n[api]\nport = {free_port()}\n\n'
                     f"[readers]\n{readers}\n\n[printer]\n{printer}\n")
@@ -93,8 +93,8 @@ def test_selftest_opens_an_nfcpy_reader_no_daemon_holds_and_shows_warnings_as_wa
     report = json.loads(run_cli([*SMARTPOS, "selftest", "--json", "--config", str(missing)]).stdout)
     (reader,) = [c for c in report["checks"] if c["check"].startswith("reader ")]
     assert not reader["ok"] and not reader["warning"] and "configured" not in reader["detail"], reader
-    # the udp driver opens without a peer: the reader is there (a port with a service name, like 9, nfcpy cannot
-    # parse)
+    # the udp driver opens without a peer: the reader is there (a port with a service name, like 9, the config
+    # refuses: nfcpy cannot open it)
     udp = _config(tmp_path, readers=f'pcsc = false\nnfcpy = ["udp:127.0.0.1:{free_udp_port()}"]')
     done = run_cli([*SMARTPOS, "selftest", "--json", "--config", str(udp)])
     (reader,) = [c for c in json.loads(done.stdout)["checks"] if c["check"].startswith("reader ")]
