@@ -50,6 +50,8 @@ class TerminalService(Protocol):
     def recent_payments(self, limit: int) -> list[dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
     def close_batch(self, number: int | None = None) -> dict[str, Any]: ...
+    def print_test_page(self) -> dict[str, Any]: ...
+    def print_job(self, job_id: int) -> dict[str, Any] | None: ...
     def is_stopping(self) -> bool: ...
 
 
@@ -261,6 +263,21 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
                                    or not 1 <= number <= 2**63 - 1):
             raise ApiError(400, "invalid_request", "batch must be a batch number (a positive integer)")
         return JSONResponse(await run_in_threadpool(service.close_batch, number))
+
+    @app.post("/v1/printer/test", status_code=202)
+    async def print_test_page() -> JSONResponse:
+        """Print the test page through the daemon's print queue (the daemon owns the printer); answers the job,
+        whose state ``GET /v1/printer/jobs/{id}`` follows (pending, sending, then printed, failed or unknown)."""
+        return JSONResponse(await run_in_threadpool(service.print_test_page), status_code=202)
+
+    @app.get("/v1/printer/jobs/{job_id}")
+    async def print_job(job_id: str) -> JSONResponse:
+        if not job_id.isdigit() or len(job_id) > 18:
+            raise ApiError(404, "not_found", "no print job with this id")
+        job = await run_in_threadpool(service.print_job, int(job_id))
+        if job is None:
+            raise ApiError(404, "not_found", "no print job with this id")
+        return JSONResponse(job)
 
     async def _view(payment_id: str) -> dict[str, Any]:
         view = await run_in_threadpool(service.payment_view, _check_id(payment_id))

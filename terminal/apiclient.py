@@ -133,6 +133,12 @@ class LocalApi:
         return dict(self._call("POST", "/v1/reads", json={"timeout_s": timeout_s},
                                timeout=httpx.Timeout(timeout_s + 10.0, connect=5.0))["read"])
 
+    def print_test_page(self) -> dict[str, Any]:
+        return self._call("POST", "/v1/printer/test")
+
+    def print_job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/v1/printer/jobs/{int(job_id)}")
+
     def close_batch(self, number: int | None = None) -> dict[str, Any]:
         """Close the open batch; with ``number`` only that one, and the request is sent again when its answer went
         missing (the daemon answers a batch it closed already as it was, instead of closing the next one)."""

@@ -341,6 +341,23 @@ class Daemon:
         log.info("batch.closed", extra={"batch": result.get("batch"), "count": result.get("count")})
         return {**result, "already_closed": False}
 
+    def print_test_page(self) -> dict[str, Any]:
+        """The printer's test page, through the spooler that owns the printer (a technician's selftest --print
+        used to write to the device itself, beside the daemon's receipts)."""
+        import uuid
+
+        from terminal.flow import FlowError
+
+        if not self.spooler.enabled:
+            raise FlowError(409, "no_printer", "no printer is configured")
+        job_id = self.spooler.submit_test_page(f"test:{uuid.uuid4().hex}")
+        if job_id is None:
+            raise FlowError(503, "print_job_not_recorded", "the test page could not be recorded; see the log")
+        return self.spooler.job(job_id) or {"id": job_id, "state": "pending"}
+
+    def print_job(self, job_id: int) -> dict[str, Any] | None:
+        return self.spooler.job(job_id)
+
     def is_stopping(self) -> bool:
         return self._stopping.is_set()
 

@@ -72,6 +72,22 @@ class ReceiptDesk:
             return
         self.spooler.submit("settlement", batch, f"settlement:{batch['batch']}")
 
+    def submit_test_page(self, request_id: str) -> int | None:
+        """Queue the printer's test page; its job id, None when no printer is configured or it was not recorded."""
+        if self.spooler is None:
+            return None
+        ids = self.spooler.submit("test", None, request_id)
+        return int(ids[0]) if ids else None
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        """A print job as the spooler has it (state, attempts, error), without what it prints."""
+        if self.spooler is None:
+            return None
+        job = self.spooler.store.get_print_job(job_id)
+        if job is None:
+            return None
+        return {k: v for k, v in job.to_dict().items() if k not in ("payload", "txn_uuid")}
+
     def receipt_state(self, txn_uuid: str | None) -> str | None:
         if self.spooler is None or txn_uuid is None:
             return None

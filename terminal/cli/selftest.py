@@ -223,6 +223,8 @@ def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollme
         return Check("printer", False, exc.message)
     reports_status = parse_uri(settings.printer.uri).status_enabled  # file: printers and ?status=0 cannot
     no_status = "this connection does not report status"  # ... which is no failure, only unknown
+    if test_print and daemon_status is not None:
+        return _print_through_daemon(settings)
     if test_print:
         try:
             _print_test_page(settings, profile, enrollment)
@@ -247,6 +249,34 @@ def _check_printer(settings: Any, daemon_status: dict[str, Any] | None, enrollme
     status = query_status(settings.printer.uri, profile=profile, timeout=settings.printer.status_timeout_s)
     return Check("printer", status.ready, f"{settings.printer.uri}: {status.summary} {status.detail}".strip(),
                  warn=status.summary == "paper_low")
+
+
+PRINT_WAIT_S = 20.0  # how long selftest --print follows the daemon's test page job
+
+
+def _print_through_daemon(settings: Any) -> Check:
+    """The test page through the running daemon's print queue: it owns the printer (a second writer to a serial or
+    USB device, or a second connection to a network printer, mixes or loses what the daemon is printing)."""
+    import time
+
+    from terminal.apiclient import ApiCallError, LocalApi, api_url
+
+    with LocalApi(api_url(settings), token=settings.api.token, timeout=5.0) as api:
+        try:
+            job = api.print_test_page()
+            deadline = time.monotonic() + PRINT_WAIT_S
+            while job.get("state") in ("pending", "sending") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                job = api.print_job(job["id"])
+        except ApiCallError as exc:
+            return Check("printer", False, f"test page through the daemon: {exc.code}: {exc.message}")
+    state = job.get("state")
+    if state == "printed":
+        return Check("printer", True, f"test page printed by the daemon (job {job['id']})")
+    if state in ("pending", "sending"):
+        return Check("printer", False, f"test page still {state} after {PRINT_WAIT_S:g} s (job {job['id']}; the "
+                                       f"daemon keeps trying){': ' + job['error'] if job.get('error') else ''}")
+    return Check("printer", False, f"test page {state} (job {job['id']}): {job.get('error') or 'no detail'}")
 
 
 def _print_test_page(settings: Any, profile: Any, enrollment: Any) -> None:

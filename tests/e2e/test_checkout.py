@@ -181,7 +181,14 @@ def test_technician_commands_against_the_running_daemon(pos_stack):
     report = json.loads(selftest.stdout)
     checks = {c["check"]: c for c in report["checks"]}
     assert selftest.returncode == 0, report
-    assert checks["printer"]["ok"] and "test page sent" in checks["printer"]["detail"]
+    # Through the daemon's print queue, which owns the printer (it used to write to the printer itself, beside it).
+    assert checks["printer"]["ok"] and "test page printed by the daemon (job " in checks["printer"]["detail"], checks
+    job_id = int(checks["printer"]["detail"].split("(job ")[1].rstrip(")"))
+    with stack.api() as client:
+        job = client.get(f"/v1/printer/jobs/{job_id}").json()
+        assert (job["kind"], job["state"]) == ("test", "printed") and "payload" not in job, job
+        assert client.get("/v1/printer/jobs/x1").status_code == 404
+        assert client.get("/v1/printer/jobs/999999").status_code == 404
     assert stack.printer.wait_for_receipts(before + 1, 10)
     assert "TEST" in stack.printer.receipts[-1].text.upper()
     assert checks["queue database"]["ok"] and "chain verified" in checks["queue database"]["detail"]

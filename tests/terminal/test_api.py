@@ -201,7 +201,8 @@ def test_openapi_documents_the_contract(client):
     spec = client.get("/openapi.json").json()
     for path in ("/v1/payments", "/v1/payments/{payment_id}", "/v1/payments/{payment_id}/events",
                  "/v1/payments/{payment_id}/cancel", "/v1/payments/{payment_id}/void",
-                 "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close", "/v1/reads"):
+                 "/v1/payments/{payment_id}/receipt", "/v1/status", "/v1/batches/close", "/v1/reads",
+                 "/v1/printer/test", "/v1/printer/jobs/{job_id}"):
         assert path in spec["paths"]
     # The error object the API really sends, not FastAPI's {"detail": [...]}; and the bearer token.
     assert "HTTPValidationError" not in json.dumps(spec)
