@@ -1595,6 +1595,16 @@ class QueueStore:
                 ).fetchall()
         return [self._job(r) for r in rows]
 
+    def prune_print_jobs(self, older_than_s: float) -> int:
+        """Delete the finished print jobs (printed, failed, unknown) last changed more than ``older_than_s`` ago;
+        how many. Each holds a whole receipt: kept for ever they grew the queue by a few KiB per sale. A receipt is
+        reprinted from its transaction, which stays."""
+        before = utcnow_iso(datetime.now(UTC) - timedelta(seconds=older_than_s))
+        with self._write() as cur:
+            cur.execute("DELETE FROM print_jobs WHERE state IN ('printed', 'failed', 'unknown') AND updated_at < ?",
+                        (before,))
+            return int(cur.rowcount)
+
     def print_jobs_for_txn(self, txn_uuid: str) -> list[PrintJob]:
         with self._raw_read() as cur:
             rows = cur.execute(f"{self._JOB_SELECT} WHERE txn_uuid = ? ORDER BY id", (txn_uuid,)).fetchall()

@@ -79,6 +79,7 @@ class PrintJobStore(Protocol):
     def print_jobs(self, states: Iterable[str] | None = None, limit: int = 100, *,
                    newest_first: bool = False) -> list[PrintJob]: ...
     def print_jobs_for_txn(self, txn_uuid: str) -> list[PrintJob]: ...
+    def prune_print_jobs(self, older_than_s: float) -> int: ...
 
 
 PrinterFactory = Callable[[], PrinterConnection]
@@ -90,6 +91,10 @@ class _Attempt:
     code: str = ""
     message: str = ""
     after_send: bool = False  # failed once the whole receipt had been written
+
+
+KEEP_JOBS_S = 30 * 86400.0  # finished print jobs are kept this long (receipt state, `smartpos status`), then deleted
+PRUNE_EVERY_S = 6 * 3600.0
 
 
 def error_code(error: str | None) -> str:
@@ -115,6 +120,7 @@ class PrintSpooler:
         copies: tuple[str, ...] = ("merchant", "customer"),
         tz: tzinfo | None = None,
         header: Callable[[], Sequence[str]] | None = None,
+        keep_jobs_s: float = KEEP_JOBS_S,
     ) -> None:
         """``tz``: the zone receipt times are printed in; None = the system's local time (what a shop reads).
         ``header``: extra lines under the merchant's name and address (head office's ``receipt_header`` parameter,
@@ -131,6 +137,8 @@ class PrintSpooler:
         self.copies = copies
         self.tz = tz
         self.header = header
+        self.keep_jobs_s = keep_jobs_s
+        self._next_prune = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -363,6 +371,7 @@ class PrintSpooler:
         if self._prepare.is_set() and not self._prepared:
             self._warm_up()
         self._maybe_probe()
+        self._maybe_prune()
         self._wake.wait(min(self.retry_interval_s, self.idle_probe_s))
         self._wake.clear()
 
@@ -444,6 +453,20 @@ class PrintSpooler:
         if after.online is None:
             return _Attempt("unknown", "no_reply", "all data sent but the printer did not answer afterwards")
         return _Attempt("printed")
+
+    def _maybe_prune(self) -> None:
+        """When idle, at start and then every few hours: forget finished jobs older than ``keep_jobs_s``."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        try:
+            removed = self.store.prune_print_jobs(self.keep_jobs_s)
+        except Exception as exc:  # a store that refuses the delete keeps its jobs; printing goes on
+            log.warning("print jobs not pruned: %s", redact(str(exc)))
+            return
+        if removed:
+            log.info("pruned %d print jobs finished more than %.0f days ago", removed, self.keep_jobs_s / 86400)
 
     def _maybe_probe(self) -> None:
         now = time.monotonic()

@@ -402,3 +402,20 @@ def test_old_failures_beyond_a_hundred_do_not_hide_a_new_one(tmp_path, tcp_print
     finally:
         spooler.stop()
         st.close()
+
+
+def test_finished_jobs_older_than_the_keep_time_are_pruned(tmp_path, tcp_printer, printer_profile):
+    """Each job holds a whole receipt: kept for ever, they grew a terminal's queue by a few KiB per sale. Finished
+    ones past the keep time go when the spooler is idle; recent ones and those still to print stay."""
+    st = open_store(tmp_path)
+    old = [_failed_job(st, tmp_path / "queue.db", f"old-{i}:customer", age_s=40 * 86400) for i in range(3)]
+    recent = _failed_job(st, tmp_path / "queue.db", "recent:customer", age_s=5 * 86400)
+    waiting = st.add_print_job("sale", s.TXN_UUID, "waiting:customer", st.get_print_job(recent).payload).id
+    spooler = _spooler(st, tcp_printer.uri, printer_profile, retry_window_s=600).start()
+    try:
+        wait_until(lambda: all(st.get_print_job(j) is None for j in old), timeout=5, what="the old jobs pruned")
+        assert st.get_print_job(recent) is not None
+        wait_until(lambda: st.get_print_job(waiting).state == "printed", timeout=5, what="the waiting one printed")
+    finally:
+        spooler.stop()
+        st.close()
