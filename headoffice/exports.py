@@ -20,8 +20,10 @@ from protocol.amounts import format_amount
 COLUMNS = (
     "record", "batch", "merchant", "terminal", "sequence", "uuid", "type", "amount_minor", "amount", "currency",
     "scheme", "masked_pan", "auth_code", "auth_mode", "entry_mode", "reference", "created_at", "received_at",
-    "count", "void_of", "net_minor",
+    "count", "void_of", "net_minor", "terminal_batch",
 )
+# batch: head office's batch id (what `batches pull` takes); terminal_batch: the terminal's own batch number, as its
+# settlement report prints it.
 
 
 def _amount(minor: int, currency: str) -> str:
@@ -56,7 +58,7 @@ def batch_csv(doc: dict[str, Any]) -> str:
             txn["amount_minor"], _amount(txn["amount_minor"], txn["currency"]), txn["currency"], _text(txn["scheme"]),
             txn["masked_pan"] or "", _text(txn["auth_code"]), txn["auth_mode"] or "", _text(txn["entry_mode"]),
             _text(txn["reference"]), _text(txn["created_at"]), txn["received_at"], "", txn.get("void_of") or "",
-            effect,
+            effect, doc["batch"],
         ])
         entry = per.setdefault((txn["currency"], txn["type"]), [0, 0, 0])
         entry[0] += 1
@@ -91,5 +93,5 @@ def _trailer(doc: dict[str, Any], type_: str, amount: int, currency: str, count:
     return [
         "trailer", doc["id"], _text(doc["merchant_id"]), _text(doc["terminal_id"]), "", "", type_, amount,
         _amount(amount, currency) if currency else "0", currency, "", "", "", "", "", "", "", "", count, "",
-        net_minor,
+        net_minor, doc["batch"],
     ]

@@ -165,6 +165,8 @@ def test_batch_close_balanced_then_csv_and_json_exports(wire_terminal: WireTermi
     assert trailer[("refund", "EUR")] == ("300", "1")
     assert trailer[("net", "EUR")] == ("1940", "3")
     assert [t[col["net_minor"]] for t in txns] == ["1250", "990", "-300"]
+    # head office's id (what `batches pull` takes) and the terminal's number (what its settlement report prints)
+    assert {(line[col["batch"]], line[col["terminal_batch"]]) for line in lines[1:]} == {(str(batch["id"]), "1")}
     assert "4111111111111111" not in text
 
     # The CLI export is the same file.
