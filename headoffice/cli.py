@@ -80,6 +80,15 @@ def _require_schema(engine: Any) -> None:
             f"no head-office schema in {where} (check --home / --database-url; `smartpos-hq serve` or "
             "`smartpos-hq db upgrade` creates it)")
     if found != head_revision():
+        from alembic.script import ScriptDirectory
+
+        from headoffice.db import alembic_config
+
+        known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()}
+        if found not in known:  # migrated by a newer smartpos-hq: upgrading cannot help this one
+            raise click.ClickException(
+                f"the head-office schema in {where} is at revision {found}, newer than this smartpos-hq knows "
+                f"(its newest is {head_revision()}): use the smartpos-hq version that serves it")
         raise click.ClickException(
             f"the head-office schema in {where} is at revision {found}, this smartpos-hq needs {head_revision()}: "
             "run `smartpos-hq db upgrade`")
@@ -487,16 +496,28 @@ def batches_pull(settings: Any, batch_id: int, fmt: str, out: Path | None) -> No
 
 def _write_whole(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` in full, or keeps what it held: a settlement file cut short by a full disk or a
-    crash would be imported as a batch missing its last lines (the trailer would not match, but only if checked)."""
+    crash would be imported as a batch missing its last lines (the trailer would not match, but only if checked).
+    Written beside it and renamed over it; a symlink is followed (the link stays), an existing file keeps its mode.
+    What is not a regular file (/dev/stdout, a pipe) is written to as it is: it cannot be replaced."""
+    import stat
     import tempfile
 
+    try:
+        mode = path.stat().st_mode  # of what a symlink points to
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -536,7 +557,7 @@ def parameters_group() -> None:
 def parameters_show(settings: Any) -> None:
     from headoffice import parameters
 
-    _print_json(_session_run(settings, lambda s: parameters.document(parameters.current(s)), reading=True))
+    _print_json(_session_run(settings, lambda s: parameters.document(parameters.peek(s)), reading=True))
 
 
 @parameters_group.command("set")
@@ -622,7 +643,7 @@ def deny_remove(settings: Any, tokens: tuple[str, ...], pan_stdin: bool) -> None
 def deny_list(settings: Any) -> None:
     from headoffice import parameters
 
-    for token in _session_run(settings, lambda s: list(parameters.current(s).deny_list), reading=True):
+    for token in _session_run(settings, lambda s: list(parameters.peek(s).deny_list), reading=True):
         click.echo(token)
 
 

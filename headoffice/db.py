@@ -115,5 +115,5 @@ def head_revision() -> str | None:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn:  # SQLite: no write lock
         return MigrationContext.configure(conn).get_current_revision()

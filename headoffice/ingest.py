@@ -150,6 +150,7 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
 
     rows: list[tuple[PreparedRow, int]] = []
     batch_ids: dict[int, int] = {}
+    rejected_batches: set[int] = set()  # batches that only rejected rows of this page went into
     terminal_id = terminal.id
     now = utcnow()
     stop_reason: str | None = None
@@ -190,7 +191,13 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         if batch_id is None and p.status == "accepted":
             batch_id = batch_ids[batch_no] = batch_service.batch_id_for(session, terminal, batch_no)
         elif batch_id is None:
-            batch_id = _batch_for_rejected(session, terminal, batch_no, rows[-1][1] if rows else None, head_seq)
+            batch_id, number = _batch_for_rejected(session, terminal, batch_no, rows[-1][1] if rows else None,
+                                                   head_seq)
+            rejected_batches.add(batch_id)
+            if number != batch_no:  # stored with the batch it is kept in, not the number it claimed
+                row = {**p.row, "batch_no": number}
+                p = PreparedRow(p.sequence, p.hash, p.prev_hash, p.chain_error, row, p.status, p.reason,
+                                _ROW_VALUES(row))
         rows.append((p, batch_id))
         results.append({"sequence": seq, "status": p.status, "reason": p.reason, "duplicate": False})
         head_seq, head_hash = seq, p.hash
@@ -201,7 +208,8 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
         _insert(session, terminal, rows, now)
         terminal.head_sequence = head_seq
         terminal.head_hash = head_hash
-        batch_service.reconcile_closed(session, set(batch_ids.values()))
+        # A late row, accepted or rejected, changes what a closed batch is missing.
+        batch_service.reconcile_closed(session, set(batch_ids.values()) | rejected_batches)
     session.flush()
     accepted = sum(1 for r in results if r["status"] == "accepted")
     return {
@@ -214,23 +222,25 @@ def apply_page(session: Session, terminal: Terminal, prepared: list[PreparedRow]
 
 
 def _batch_for_rejected(session: Session, terminal: Terminal, batch_no: int, before: int | None,
-                        head_seq: int) -> int:
+                        head_seq: int) -> tuple[int, int]:
     """The batch a rejected row is kept in. Its fields are not trusted, its batch number included: it joins the
     batch of that number if head office has it, opens it only if it is the terminal's next batch, and otherwise stays
     in the batch of the row before it in the chain. (A malformed number used to open a batch 0, and any number a
-    batch that staff saw open for ever and that moved the batch a replaced terminal continues from.)"""
+    batch that staff saw open for ever and that moved the batch a replaced terminal continues from.) Returns the
+    batch's id and number; the row is stored with that number."""
     found = session.execute(
         select(Batch.id).where(Batch.terminal_id == terminal.id, Batch.batch_no == batch_no)).scalar_one_or_none()
     if found is not None:
-        return int(found)
+        return int(found), batch_no
     highest = int(session.execute(
         select(func.max(Batch.batch_no)).where(Batch.terminal_id == terminal.id)).scalar() or 0)
     if before is None and head_seq:
         before = session.execute(select(Transaction.batch_id).where(
             Transaction.terminal_id == terminal.id, Transaction.sequence == head_seq)).scalar_one_or_none()
     if before is not None and batch_no != highest + 1:
-        return int(before)
-    return batch_service.batch_id_for(session, terminal, highest + 1)
+        number = session.execute(select(Batch.batch_no).where(Batch.id == before)).scalar_one()
+        return int(before), int(number)
+    return batch_service.batch_id_for(session, terminal, highest + 1), highest + 1
 
 
 def _check_voids(session: Session, rows: list[tuple[PreparedRow, int]],
@@ -485,9 +495,9 @@ def chain_head(session: Session, terminal: Terminal) -> dict[str, Any]:
     number it has seen (closed or still open). A terminal whose queue had to be replaced continues from here, so
     its next sale is the next sequence of the same chain and its batch numbers do not collide with old ones."""
     batch = session.execute(select(func.max(Batch.batch_no)).where(Batch.terminal_id == terminal.id)).scalar()
-    head_batch = session.execute(
-        select(Transaction.batch_no).where(Transaction.terminal_id == terminal.id,
-                                           Transaction.sequence == terminal.head_sequence)
+    head_batch = session.execute(  # the batch the head row is kept in (a rejected row's claim is not trusted)
+        select(Batch.batch_no).join(Transaction, Transaction.batch_id == Batch.id)
+        .where(Transaction.terminal_id == terminal.id, Transaction.sequence == terminal.head_sequence)
     ).scalar()
     return {"sequence": int(terminal.head_sequence or 0), "hash": terminal.head_hash,
             "batch": max(int(batch or 0), int(head_batch or 0))}

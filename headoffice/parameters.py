@@ -89,6 +89,15 @@ def current(session: Session) -> ParameterSet:
     return row
 
 
+def peek(session: Session) -> ParameterSet:
+    """What ``current`` gives, without storing the defaults when nothing is stored yet (for commands that only
+    show): the defaults as version 1 would hold them, not added to the session."""
+    row = session.execute(select(ParameterSet).order_by(ParameterSet.version.desc()).limit(1)).scalar_one_or_none()
+    if row is not None:
+        return row
+    return ParameterSet(version=1, parameters=_risk_defaults(), deny_list=[], created_at=utcnow(), note="defaults")
+
+
 def current_version(session: Session) -> int:
     return current(session).version
 

@@ -302,6 +302,20 @@ def test_hq_reading_commands_create_no_schema_in_a_database_that_has_none(backen
         listed = _run(str(BIN / "smartpos-hq"), "batches", "list", "--database-url", url, "--home",
                       str(tmp_path / "hq"))
         assert listed.returncode == 0, listed.stderr
+        # Showing the parameters of a head office that stored none yet shows the defaults and stores nothing.
+        shown = _run(str(BIN / "smartpos-hq"), "parameters", "show", "--database-url", url, "--home",
+                     str(tmp_path / "hq"))
+        assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == 1, shown.stderr
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                assert conn.exec_driver_sql("SELECT count(*) FROM parameter_sets").scalar() == 0
+                conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")  # a newer smartpos-hq's
+        finally:
+            engine.dispose()
+        newer = _run(str(BIN / "smartpos-hq"), "batches", "list", "--database-url", url, "--home",
+                     str(tmp_path / "hq"))
+        assert newer.returncode == 1 and "newer than this smartpos-hq knows" in newer.stderr, newer.stderr
     finally:
         if pg is not None:
             pg.drop_database(dbname)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import httpx
 import pytest
@@ -101,6 +102,27 @@ def test_a_rejected_rows_batch_number_opens_no_batch_of_its_own(wire_terminal: W
     assert [tuple(x) for x in hq.sql("SELECT t.sequence, b.batch_no FROM transactions t JOIN batches b ON b.id = "
                                      "t.batch_id WHERE t.terminal_id = :t AND t.sequence > 4 ORDER BY t.sequence",
                                      t=tid)] == [(5, 2), (6, 2)]
+    # The chain's last row rejected with a stray number: a replaced terminal still continues from batch 2.
+    assert wire_terminal.upload([wire_terminal.txn(type="bogus", batch=7000)]).json()["rejected"] == 1
+    ping = wire_terminal.request("GET", f"/api/v1/terminals/{tid}/ping").json()
+    assert ping["chain"]["sequence"] == 7 and ping["chain"]["batch"] == 2, ping
+    assert [tuple(x) for x in hq.sql("SELECT sequence, batch_no FROM transactions WHERE terminal_id = :t AND "
+                                     "sequence IN (2, 3, 7) ORDER BY sequence", t=tid)] == [(2, 1), (3, 1), (7, 2)]
+
+
+def test_a_late_rejected_row_is_no_longer_missing_from_its_closed_batch(wire_terminal: WireTerminal):
+    """Batch 1 closed over 1..3 while 3 was still queued: missing [3]. Then 3 arrives and is rejected for its
+    content: it is no longer missing (head office has it, rejected), and the batch is evaluated again."""
+    t = wire_terminal
+    rows = [t.txn(amount=500), t.txn(amount=500), t.txn(type="bogus")]
+    t.upload(rows[:2])
+    close = f"/api/v1/terminals/{t.terminal_id}/batches/1/close"
+    totals = [{"type": "sale", "scheme": "visa", "currency": "EUR", "count": 2, "amount_minor": 1000}]
+    assert t.request("POST", close, {"totals": totals, "first_sequence": 1, "last_sequence": 3}).json()[
+        "missing_sequences"] == [3]
+    assert t.upload(rows[2:]).json()["rejected"] == 1
+    (missing,) = t.hq.sql("SELECT missing, status FROM batches WHERE terminal_id = :t", t=t.terminal_id)
+    assert (json.loads(missing[0]) if isinstance(missing[0], str) else missing[0], missing[1]) == ([], "balanced")
 
 
 def test_gap_in_sequence_is_rejected_and_nothing_stored(wire_terminal: WireTerminal):
@@ -214,6 +236,17 @@ def _pull_to_a_file_is_whole_or_nothing(hq, batch_id: int, text: str, env: dict[
         with open(out, encoding="utf-8") as fh:
             assert fh.read() == "the export of last night\n"
         assert os.listdir(tmp) == ["batch.csv"]
+        # A symlink is written through (it stays a link), the file keeps its mode; a pipe is written to as it is.
+        os.chmod(out, 0o640)
+        link = os.path.join(tmp, "latest.csv")
+        os.symlink(out, link)
+        assert pull("--out", link).returncode == 0
+        assert os.path.islink(link) and oct(os.stat(out).st_mode & 0o777) == oct(0o640)
+        with open(out, encoding="utf-8", newline="") as fh:
+            assert fh.read() == text
+        piped = pull("--out", "/dev/stdout")
+        assert piped.returncode == 0 and piped.stdout.replace("\r\n", "\n") == text.replace("\r\n", "\n"), \
+            piped.stderr
 
 
 def test_batch_close_out_of_balance_lists_differences_and_missing(wire_terminal: WireTerminal):
