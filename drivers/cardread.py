@@ -101,12 +101,15 @@ class UidCardRead:
     atr: str | None = None
     entry_mode: str = "card_uid"
     kind: Literal["uid"] = "uid"
+    technology: str | None = None  # nfcpy's bit rate and type ("106A", "106B", "212F"); None: not known (PC/SC)
 
     @property
     def random_uid(self) -> bool:
-        """A single-size UID whose first byte is 08 is drawn anew at every activation (ISO/IEC 14443-3, 6.4.4):
-        phones and many bank cards show one. It names no card: the next tap of the same card shows another."""
-        return len(self.uid) == 8 and self.uid[:2] == "08"
+        """A Type A single-size UID whose first byte is 08 is drawn anew at every activation (ISO/IEC 14443-3,
+        6.4.4): phones and many bank cards show one. It names no card: the next tap of the same card shows another.
+        (A Type B PUPI follows no such rule; from PC/SC the type is not known and Type A, the common case, is
+        assumed.)"""
+        return self.technology in (None, "106A") and len(self.uid) == 8 and self.uid[:2] == "08"
 
     def to_public_dict(self) -> dict[str, Any]:
         return {

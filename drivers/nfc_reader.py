@@ -97,13 +97,14 @@ def import_nfc() -> Any:
 
 def udp_port_problem(port: int) -> str | None:
     """Why nfcpy's udp driver cannot use ``port``, or None. It turns the address back into text with a service name
-    (``getnameinfo`` without NI_NUMERICSERV) and then reads that as a number: a port named in /etc/services (9
-    "discard", 27374 "asp", ...) cannot be opened, by a reader or an emulator."""
+    (``getnameinfo`` without NI_NUMERICSERV, so the TCP name) and then reads that as a number: a port named in
+    /etc/services (9 "discard", 8080 "http-alt", ...) cannot be opened, by a reader or an emulator."""
     import socket
 
-    try:
-        name = socket.getservbyport(port, "udp")
-    except (OSError, OverflowError):
+    if not 0 < port < 65536:
+        return None
+    name = socket.getnameinfo(("127.0.0.1", port), socket.NI_NUMERICHOST)[1]
+    if name.isdigit():
         return None
     return f"nfcpy's udp driver cannot use port {port}: it has a service name ({name!r} in /etc/services)"
 
@@ -487,7 +488,9 @@ class NfcpyReader:
                 reader=self.name, detected_at=detected_at, read_at=time.monotonic(), tag_type=str(tag.type),
                 uid=uid, records=decode_records(octets),
             )  # fmt: skip
-        return UidCardRead(reader=self.name, detected_at=detected_at, read_at=time.monotonic(), uid=uid)
+        brty = getattr(getattr(tag, "target", None), "brty", None)
+        return UidCardRead(reader=self.name, detected_at=detected_at, read_at=time.monotonic(), uid=uid,
+                           technology=str(brty) if brty else None)
 
     @staticmethod
     def _ndef_octets(tag: Any) -> bytes | None:

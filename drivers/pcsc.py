@@ -157,6 +157,7 @@ class _Waiter:
     error: CardError | None = None
     on_detected: OnDetected | None = None
     reading: bool = False  # a card is being read for this waiter: its timeout waits for the read (READ_GRACE_S)
+    held_on: str | None = None  # a reader whose card another program held when this waiter tried to read it
 
 
 class PcscReaders:
@@ -422,6 +423,7 @@ class PcscReaders:
             # is tried again at the next poll, while the waiter still waits, and reads the card once it is free.
             with self._cond:
                 waiter.reading = False
+                waiter.held_on = name
                 if reader.read_insertion == taken:
                     reader.read_insertion = taken - 1
             log.debug("card on %s is in use by another program; waiting for it", name)
@@ -483,6 +485,10 @@ class PcscReaders:
                     available_at = now
                 if cancel.is_set():
                     failure = ReadTimeout("card read cancelled", code="cancelled")
+                elif now >= limit and waiter.held_on is not None and not waiter.reading:
+                    # Said as a failed read (the payment shows it and goes on waiting), not as "no card came".
+                    failure = ReaderUnavailableError(f"the card on {waiter.held_on} is in use by another program; "
+                                                     "it is read once that program lets go")
                 elif now >= limit:
                     failure = ReadTimeout(f"the card's read did not finish within {READ_GRACE_S:g} s after the wait"
                                           if waiter.reading else f"no card presented within {timeout:g} s")

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from drivers.cardread import CardRead, OnDetected
 from drivers.emv import TerminalData
-from drivers.errors import CardError, ReaderUnavailableError, ReadTimeout
+from drivers.errors import READ_GRACE_S, CardError, ReaderUnavailableError, ReadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class MultiReader:
             t.start()
         pending = len(threads)
         unavailable: list[ReaderUnavailableError] = []
-        deadline = time.monotonic() + timeout + 2.0
+        # Only a safety net: each stack ends its own wait at the timeout, or once a read under way when it ran out
+        # is done (READ_GRACE_S). Cut shorter, such a read would be cancelled, its tap spent and lost.
+        deadline = time.monotonic() + timeout + READ_GRACE_S + 2.0
         try:
             while pending:
                 if cancel.is_set():

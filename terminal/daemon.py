@@ -130,11 +130,14 @@ class Daemon:
 
     @staticmethod
     def running_pid(state_dir: Path) -> str | None:
-        """The pid of the daemon that holds ``state_dir`` (its ``daemon.lock``), or None when none runs."""
+        """The pid of the daemon that holds ``state_dir`` (its ``daemon.lock``), or None when none runs.
+        ``PermissionError`` when this user may not look (the service's state dir is 0700): nothing can be told."""
         import fcntl
 
         try:
             fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        except PermissionError:
+            raise
         except OSError:
             return None
         try:

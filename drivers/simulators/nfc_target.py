@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import threading
 import time
@@ -36,11 +37,41 @@ FSD_BY_FSDI = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 _POLL_S = 0.2
 
 
+def udp_port_holder(port: int) -> str | None:
+    """Which process holds udp ``port`` ("pid N: command line"), from /proc; None when it cannot be told."""
+    from pathlib import Path
+
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                return f"pid {proc.name}: {cmd[:200]}"
+        except OSError:
+            continue
+    return None
+
+
 class PortInUseError(OSError):
     """The udp port is held by another process (another emulator): nothing could be served on it."""
 
     def __init__(self, port: int) -> None:
-        super().__init__(errno.EADDRINUSE, f"udp port {port} is already in use (another emulator is listening)")
+        holder = udp_port_holder(port)
+        super().__init__(errno.EADDRINUSE, f"udp port {port} is already in use "
+                                           f"({holder or 'another emulator is listening'})")
         self.port = port
 
     def __str__(self) -> str:

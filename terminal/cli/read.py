@@ -48,9 +48,20 @@ def _daemon_pcsc(settings: Any) -> str | None:
     """What names the PC/SC readers a running daemon of this config reads ("" all of them), or None."""
     from terminal.daemon import Daemon
 
-    if not settings.readers.pcsc or Daemon.running_pid(settings.state_dir) is None:
+    if not settings.readers.pcsc:
         return None
-    return settings.readers.pcsc_filter or ""
+    try:
+        running = Daemon.running_pid(settings.state_dir) is not None
+    except PermissionError:  # the service's state dir, not ours to read: ask its API whether it runs
+        from terminal.apiclient import ApiCallError, LocalApi, api_url
+
+        try:
+            with LocalApi(api_url(settings), token=settings.api.token, timeout=2.0) as api:
+                api.status()
+            running = True
+        except ApiCallError as exc:
+            running = exc.code != "daemon_unreachable"
+    return (settings.readers.pcsc_filter or "") if running else None
 
 
 def _build_readers(reader: str | None, nfc: tuple[str, ...], settings: Any) -> list[Any]:

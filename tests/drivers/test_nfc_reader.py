@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -182,6 +183,7 @@ def test_emulator_on_a_busy_port_raises_a_typed_error():
         with pytest.raises(PortInUseError) as exc:
             run_tag([NdefRecord("text", "X", "en")], port, taps=1)
         assert isinstance(exc.value, OSError) and str(port) in str(exc.value)
+        assert f"pid {os.getpid()}: " in str(exc.value)  # who holds it (here, this test)
         with pytest.raises(PortInUseError):
             run_phone("phone", port, taps=1)
     finally:

@@ -41,7 +41,7 @@ def free_udp_port() -> int:
     """A UDP port nobody holds right now (the emulator binds it a moment later), outside the ephemeral range."""
     for _ in range(200):
         port = _pick.choice(_EMULATOR_PORTS)
-        if udp_port_problem(port):  # 27374 "asp": nfcpy cannot open it
+        if udp_port_problem(port):  # 6 of them (22125, 27374 "asp", ...): nfcpy cannot open those
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             try:

@@ -450,6 +450,16 @@ def test_a_random_uid_does_not_pay_on_a_closed_loop_terminal():
         flow.shutdown(2)
 
 
+def test_the_random_uid_rule_is_type_a_only():
+    from drivers.cardread import UidCardRead
+
+    def card(technology):
+        return UidCardRead(reader="r", detected_at=0, read_at=0, uid="08A1B2C3", technology=technology)
+
+    assert card("106A").random_uid and card(None).random_uid  # PC/SC: Type A assumed
+    assert not card("106B").random_uid  # a Type B PUPI may start with 08 and still name its card
+
+
 def test_a_late_cancel_of_a_finished_payment_does_not_cancel_the_next_one(running):
     """The cashier's cancel of A read A still waiting; A was approved before the cancel took effect, and the front
     end (following A's events) asked for B at once. The cancel was A's: B waits for its card as asked."""
