@@ -136,6 +136,9 @@ _INSERT_SQL = (
 )
 
 
+PRUNE_CHUNK = 500  # print jobs deleted per commit
+
+
 def utcnow_iso(now: datetime | None = None) -> str:
     """``2026-11-23T12:00:00.000000Z``: the form times take in the queue, on the wire and in the hash chain."""
     if now is None:
@@ -1598,12 +1601,22 @@ class QueueStore:
     def prune_print_jobs(self, older_than_s: float) -> int:
         """Delete the finished print jobs (printed, failed, unknown) last changed more than ``older_than_s`` ago;
         how many. Each holds a whole receipt: kept for ever they grew the queue by a few KiB per sale. A receipt is
-        reprinted from its transaction, which stays."""
+        reprinted from its transaction, which stays. In commits of ``PRUNE_CHUNK`` jobs: the first prune after
+        months must not hold the write lock (payments waiting behind it) for one long delete."""
         before = utcnow_iso(datetime.now(UTC) - timedelta(seconds=older_than_s))
-        with self._write() as cur:
-            cur.execute("DELETE FROM print_jobs WHERE state IN ('printed', 'failed', 'unknown') AND updated_at < ?",
-                        (before,))
-            return int(cur.rowcount)
+        removed = 0
+        while True:
+            with self._write() as cur:
+                cur.execute(
+                    # The newest job always stays: SQLite gives a new row max(id) + 1, so no id is used twice.
+                    "DELETE FROM print_jobs WHERE id IN (SELECT id FROM print_jobs WHERE state IN "
+                    "('printed', 'failed', 'unknown') AND updated_at < ? AND id < (SELECT max(id) FROM print_jobs) "
+                    "ORDER BY id LIMIT ?)", (before, PRUNE_CHUNK))
+                count = int(cur.rowcount)
+            removed += count
+            if count < PRUNE_CHUNK:
+                return removed
+            time.sleep(0.01)  # let a waiting payment write in between
 
     def print_jobs_for_txn(self, txn_uuid: str) -> list[PrintJob]:
         with self._raw_read() as cur:

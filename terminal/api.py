@@ -272,7 +272,7 @@ def create_app(service: TerminalService, *, token: str | None = None) -> FastAPI
 
     @app.get("/v1/printer/jobs/{job_id}")
     async def print_job(job_id: str) -> JSONResponse:
-        if not job_id.isdigit() or len(job_id) > 18:
+        if not (job_id.isascii() and job_id.isdigit()) or len(job_id) > 18:
             raise ApiError(404, "not_found", "no print job with this id")
         job = await run_in_threadpool(service.print_job, int(job_id))
         if job is None:

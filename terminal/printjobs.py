@@ -467,6 +467,9 @@ class PrintSpooler:
             return
         if removed:
             log.info("pruned %d print jobs finished more than %.0f days ago", removed, self.keep_jobs_s / 86400)
+            for book in (self._attempts, self._first_failed):
+                for job_id in [j for j in book if self.store.get_print_job(j) is None]:
+                    book.pop(job_id, None)
 
     def _maybe_probe(self) -> None:
         now = time.monotonic()

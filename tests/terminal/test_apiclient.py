@@ -48,3 +48,26 @@ def test_a_refused_connection_is_not_sent_again_and_says_the_daemon_is_not_runni
         api.create_payment({"type": "sale", "amount_minor": 700, "currency": "EUR"})
     assert info.value.code == "daemon_unreachable" and "is `smartpos run` running?" in info.value.message
     assert calls == [1]
+
+
+def test_a_batch_close_whose_answer_went_missing_is_reported_as_closed_by_this_call():
+    """The first answer is lost and the close is sent again: the daemon answers batch 4 as already closed, by this
+    very call. Told "already closed, nothing closed now", a cashier would run it again and close batch 5 empty."""
+    bodies = []
+
+    def handler(request):
+        bodies.append(request.content)
+        if len(bodies) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(200, json={"batch": 4, "count": 3, "already_closed": True})
+
+    with api_over(handler) as api:
+        result = api.close_batch(4)
+    assert result["batch"] == 4 and result["already_closed"] is False
+    assert len(bodies) == 2 and bodies[0] == bodies[1] == b'{"batch":4}'
+
+    def closed_before(request):  # asked once, answered at once: it was closed before this call
+        return httpx.Response(200, json={"batch": 4, "count": 3, "already_closed": True})
+
+    with api_over(closed_before) as api:
+        assert api.close_batch(4)["already_closed"] is True

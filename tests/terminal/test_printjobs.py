@@ -416,6 +416,9 @@ def test_finished_jobs_older_than_the_keep_time_are_pruned(tmp_path, tcp_printer
         wait_until(lambda: all(st.get_print_job(j) is None for j in old), timeout=5, what="the old jobs pruned")
         assert st.get_print_job(recent) is not None
         wait_until(lambda: st.get_print_job(waiting).state == "printed", timeout=5, what="the waiting one printed")
+        # The newest job stays whatever its age, so a new job never gets the id of a pruned one.
+        assert st.prune_print_jobs(0) == 1 and [j.id for j in st.print_jobs()] == [waiting]
+        assert spooler.submit("sale", s.sale(), "after-prune", copies=["customer"]) == [waiting + 1]
     finally:
         spooler.stop()
         st.close()
