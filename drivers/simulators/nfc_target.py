@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,9 @@ FSD_BY_FSDI = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 _POLL_S = 0.2
 
 
-def udp_port_holder(port: int) -> str | None:
-    """Which process holds udp ``port`` ("pid N: command line"), from /proc; None when it cannot be told."""
-    from pathlib import Path
-
+def udp_sockets(port: int) -> set[str]:
+    """The sockets bound to udp ``port`` (as /proc/PID/fd links name them), read from /proc/net: a probe by binding
+    would race whoever is about to bind it."""
     inodes = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -51,6 +51,12 @@ def udp_port_holder(port: int) -> str | None:
             fields = line.split()
             if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def udp_port_holder(port: int) -> str | None:
+    """Which process holds udp ``port`` ("pid N: command line"), from /proc; None when it cannot be told."""
+    inodes = udp_sockets(port)
     if not inodes:
         return None
     for proc in Path("/proc").iterdir():

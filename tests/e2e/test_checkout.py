@@ -12,7 +12,7 @@ import pytest
 
 from drivers.simulators.nfc_phone import run_phone
 from tests.harness.daemon import SMARTPOS, run_cli
-from tests.harness.nfc import free_udp_port
+from tests.harness.nfc import free_udp_port, udp_port_bound
 from tests.harness.procs import wait_until
 
 pytestmark = pytest.mark.pcscd
@@ -439,17 +439,29 @@ def test_smartpos_read_goes_through_the_running_daemon_and_a_hang_up_frees_the_r
 
     stack = pos_stack
     tag_port = free_udp_port()
+    # The tag binds its port before the daemon starts (it used to bind it seconds later, after the daemon's start,
+    # and twice found it taken; its error now names the holder). No reader polls it until a read is asked for.
+    tag_errors: list[BaseException] = []
+
+    def serve_tag() -> None:
+        try:
+            run_tag([NdefRecord("text", "MEMBER-0077", lang="en")], tag_port, taps=1)
+        except BaseException as exc:  # shown by the assertion below, not lost in a thread
+            tag_errors.append(exc)
+
+    tag = threading.Thread(target=serve_tag, daemon=True)
+    tag.start()
+    wait_until(lambda: udp_port_bound(tag_port) or bool(tag_errors), timeout=10, what="the tag on its port")
+    assert not tag_errors, tag_errors
     stack.add_config(f"[readers]\nnfcpy = [\"udp:127.0.0.1:{tag_port}\"]")
     stack.start_daemon()
     env = stack.daemon_env
     with stack.api() as client:
         wait_until(lambda: any(r["state"] == "ready" for r in client.get("/v1/status").json()["readers"]),
                    timeout=10, what="the nfcpy reader to show up")
-        tag = threading.Thread(target=run_tag, args=([NdefRecord("text", "MEMBER-0077", lang="en")], tag_port),
-                               kwargs={"taps": 1}, daemon=True)  # fmt: skip
-        tag.start()
         done = run_cli([*SMARTPOS, "read", "--json", "--timeout", "20"], env=env, timeout=40)
         tag.join(10)
+        assert not tag_errors, tag_errors
         assert done.returncode == 0, done.stderr
         read = json.loads(done.stdout)
         assert read["kind"] == "ndef" and [r["value"] for r in read["records"]] == ["MEMBER-0077"]

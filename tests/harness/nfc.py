@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from drivers.nfc_reader import udp_port_problem
+from drivers.simulators.nfc_target import udp_sockets
 from tests.harness.procs import ProcessGroup, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +55,7 @@ def free_udp_port() -> int:
 
 def udp_port_bound(port: int) -> bool:
     """True once some process has bound UDP ``port`` (read from /proc: probing by binding would race it)."""
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local = line.split()[1]
-            if int(local.rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
+    return bool(udp_sockets(port))
 
 
 class NfcSims:
